@@ -1,0 +1,176 @@
+"""The local Triton server: the real ``tritonserver`` binary, serving ``triton_repo/`` in explicit mode.
+
+Where the binary comes from, first match wins: ``stack.tritonserver`` in the settings, a ``tritonserver`` on PATH
+(NVIDIA's container), the one shipped in the ``nvidia-pytriton`` wheel of the serving environment. Models run in the
+serving environment (numpy < 2; the bundled python backend breaks with numpy 2, see DESIGN.md): its ``bin`` goes
+first on PATH because the backend stub starts the first ``python3`` it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from driftloop.settings import Settings
+from driftloop.stack.exceptions import ComponentNotFound
+from driftloop.stack.process import ServerProcess
+
+log = logging.getLogger(__name__)
+
+
+def server(settings: Settings) -> ServerProcess:
+    return ServerProcess("triton", settings.stack.run_dir / "triton")
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """A runnable server: the binary, its backend folder (None: the binary's default) and extra library dirs."""
+
+    binary: Path
+    backend_dir: Path | None
+    library_dirs: tuple[Path, ...]
+
+
+def serving_python(settings: Settings) -> Path:
+    python = settings.stack.serving_venv.resolve() / "bin" / "python3"
+    if not python.exists():
+        raise ComponentNotFound(
+            f"the serving environment {settings.stack.serving_venv} is missing: `make setup` creates it"
+        )
+    return python
+
+
+def _python_info(python: Path) -> dict[str, str]:
+    code = (
+        "import json, sys, sysconfig, site;"
+        "print(json.dumps({'version': '%d.%d' % sys.version_info[:2], 'libdir': sysconfig.get_config_var('LIBDIR'),"
+        " 'site': site.getsitepackages()[0]}))"
+    )
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    return json.loads(out.stdout)
+
+
+def locate(settings: Settings) -> TritonInstall:
+    """Find a tritonserver and prepare its python backend folder in the run folder.
+
+    Raises:
+        ComponentNotFound: no binary anywhere, or the wheel lacks a stub for the serving Python.
+    """
+    if settings.stack.tritonserver:
+        return TritonInstall(settings.stack.tritonserver, None, ())
+    if found := shutil.which("tritonserver"):
+        return TritonInstall(Path(found), None, ())
+
+    info = _python_info(serving_python(settings))
+    wheel = Path(info["site"]) / "pytriton" / "tritonserver"
+    if not (wheel / "bin" / "tritonserver").exists():
+        raise ComponentNotFound(
+            f"no tritonserver: not on PATH and not in {wheel} (the nvidia-pytriton wheel); `make setup` installs it"
+        )
+    stub = wheel / "python_backend_stubs" / info["version"] / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ComponentNotFound(f"the nvidia-pytriton wheel has no python backend stub for Python {info['version']}")
+    backends = server(settings).run_dir / "backends"
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for source in [*sorted((wheel / "backends" / "python").iterdir()), stub]:
+        target = python_backend / source.name
+        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+            shutil.copy2(source, target)
+    libs = Path(info["site"]) / "nvidia_pytriton.libs"
+    return TritonInstall(wheel / "bin" / "tritonserver", backends.resolve(), (libs, Path(info["libdir"])))
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str], dict[str, str]]:
+    stack = settings.stack
+    repository = settings.triton.model_repository.resolve()
+    argv = [
+        str(install.binary),
+        f"--model-repository={repository}",
+        "--model-control-mode=explicit",
+        "--strict-readiness=false",
+        "--disable-auto-complete-config",
+        f"--http-address={stack.host}", f"--http-port={stack.triton_http_port}",
+        f"--grpc-address={stack.host}", f"--grpc-port={stack.triton_grpc_port}",
+        f"--metrics-address={stack.host}", f"--metrics-port={stack.triton_metrics_port}",
+        "--log-verbose=0",
+        # Idle keep-alive clients would otherwise hold a SIGTERM for the default 30 s.
+        "--exit-timeout-secs=5",
+    ]  # fmt: skip
+    if install.backend_dir:
+        argv.append(f"--backend-directory={install.backend_dir}")
+    if not has_gpu():
+        argv.append("--pinned-memory-pool-byte-size=0")
+    # Explicit mode loads nothing by itself: load every model that has a config.
+    argv += [f"--load-model={p.parent.name}" for p in sorted(repository.glob("*/config.pbtxt"))]
+
+    env = dict(os.environ)
+    if install.library_dirs:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [*map(str, install.library_dirs), *filter(None, [env.get("LD_LIBRARY_PATH")])]
+        )
+    if settings.stack.serving_venv.exists():
+        env["PATH"] = f"{settings.stack.serving_venv.resolve() / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env["VIRTUAL_ENV"] = str(settings.stack.serving_venv.resolve())
+    env.pop("PYTHONPATH", None)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return argv, env
+
+
+def start(settings: Settings) -> int:
+    """Start tritonserver on the model repository; returns its PID. Does not wait."""
+    argv, env = argv_and_env(settings, locate(settings))
+    return server(settings).start(argv, env=env)
+
+
+def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - http to a configured server
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def is_ready(settings: Settings) -> bool:
+    status, _ = _get(f"http://{settings.triton_http}/v2/health/ready")
+    return status == 200
+
+
+def up(settings: Settings) -> list[str]:
+    """Start the server unless it runs, wait until ready. Returns the models it serves."""
+    proc = server(settings)
+    if proc.pid() is None:
+        start(settings)
+    proc.wait_ready(lambda: is_ready(settings), settings.stack.ready_timeout_s, f"http://{settings.triton_http}")
+    return [m["name"] for m in repository_index(settings) if m.get("state") == "READY"]
+
+
+def repository_index(settings: Settings) -> list[dict]:
+    request = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+def describe(settings: Settings) -> str:
+    """One line on the server's health: readiness and the models it has loaded. Raises on failure."""
+    status, body = _get(f"http://{settings.triton_http}/v2")
+    if status != 200:
+        raise ConnectionError(f"GET /v2 answered {status}")
+    meta = json.loads(body)
+    ready = is_ready(settings)
+    loaded = [f"{m['name']}:{m.get('version', '?')}" for m in repository_index(settings) if m.get("state") == "READY"]
+    return (
+        f"triton {meta.get('version', '?')} at {settings.triton_http} ({'ready' if ready else 'NOT ready'}), "
+        f"models loaded: {', '.join(loaded) or 'none'}"
+    )

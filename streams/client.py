@@ -1,0 +1,197 @@
+"""Thin, batched wrappers over confluent-kafka's Producer and Consumer.
+
+At-least-once is the contract: ``KafkaProducer.produce_batch`` returns only once the broker acknowledged every
+record (or raises), and ``KafkaConsumer.commit`` commits exactly the offsets after the messages it is given. A worker
+produces its outputs, waits for the acknowledgements, then commits its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from driftloop.settings import Settings
+from streams.exceptions import DeliveryError, KafkaClientError
+
+log = logging.getLogger(__name__)
+
+_SECRET_KEYS = ("password", "secret", "key.password", "sasl.oauthbearer.config")
+
+Headers = list[tuple[str, bytes]]
+
+
+def client_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka configuration shared by every client: bootstrap servers and security.
+
+    Args:
+        settings: the root settings; ``kafka.*`` is read.
+        overrides: librdkafka properties by their own names (``{"group.id": "x", "log_level": 0}``).
+    """
+    kafka = settings.kafka
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        config["sasl.mechanism"] = kafka.sasl_mechanism
+        config["sasl.username"] = kafka.sasl_username or ""
+        config["sasl.password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+    if kafka.ssl_ca_location:
+        config["ssl.ca.location"] = str(kafka.ssl_ca_location)
+    config.update(overrides or {})
+    return config
+
+
+def redacted(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a client configuration that is safe to log."""
+    return {k: ("***" if any(s in k for s in _SECRET_KEYS) else v) for k, v in config.items()}
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: Headers | None = None
+    partition: int | None = None
+
+
+class KafkaProducer:
+    """An idempotent producer (acks=all) whose batches return only once the broker acknowledged them."""
+
+    def __init__(self, settings: Settings, overrides: Mapping[str, Any] | None = None) -> None:
+        config = client_config(
+            settings, {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
+        )
+        config.update(overrides or {})
+        log.debug("producer config %s", redacted(config))
+        self._producer = Producer(config)
+
+    def produce_batch(self, records: Iterable[Record], timeout_s: float = 30.0) -> int:
+        """Produce ``records`` and wait for every acknowledgement.
+
+        Returns:
+            The number of records acknowledged.
+
+        Raises:
+            DeliveryError: a record was rejected or not acknowledged within ``timeout_s``.
+        """
+        failures: list[str] = []
+        acked = 0
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            nonlocal acked
+            if err is None:
+                acked += 1
+            else:
+                failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+        sent = 0
+        for record in records:
+            kwargs: dict[str, Any] = {"key": record.key, "value": record.value, "on_delivery": on_delivery}
+            if record.headers:
+                kwargs["headers"] = record.headers
+            if record.partition is not None:
+                kwargs["partition"] = record.partition
+            while True:
+                try:
+                    self._producer.produce(record.topic, **kwargs)
+                    break
+                except BufferError:
+                    # The local queue is full: serve delivery reports until there is room (backpressure).
+                    self._producer.poll(0.1)
+                except KafkaException as exc:
+                    raise DeliveryError(f"cannot produce to {record.topic}: {exc}") from exc
+            sent += 1
+            self._producer.poll(0)
+        remaining = self._producer.flush(timeout_s)
+        if failures or remaining:
+            raise DeliveryError(
+                f"{len(failures) + remaining} of {sent} records not acknowledged"
+                + (f"; first error: {failures[0]}" if failures else f" within {timeout_s:.0f}s")
+            )
+        return acked
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+
+    def __enter__(self) -> KafkaProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KafkaConsumer:
+    """A consumer-group member with manual commits: read a batch, handle it, commit it."""
+
+    def __init__(
+        self, settings: Settings, group_id: str, topics: Sequence[str], overrides: Mapping[str, Any] | None = None
+    ) -> None:
+        config = client_config(
+            settings,
+            {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.kafka.session_timeout_ms,
+                "partition.assignment.strategy": "cooperative-sticky",
+            },
+        )
+        config.update(overrides or {})
+        log.debug("consumer config %s", redacted(config))
+        self._consumer = Consumer(config)
+        self._consumer.subscribe(list(topics))
+
+    def consume_batch(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
+        """Up to ``max_records`` messages, waiting at most ``timeout_s`` for the first.
+
+        Raises:
+            KafkaClientError: the client reported a fatal error (partition EOF and transient errors are logged).
+        """
+        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        batch: list[Message] = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                batch.append(msg)
+            elif err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                raise KafkaClientError(f"consumer error: {err}")
+            else:
+                log.warning("consumer: %s", err)
+        return batch
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        """Synchronously commit the offset after the last of ``messages`` in each partition."""
+        if not messages:
+            return
+        next_offsets: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            next_offsets[key] = max(next_offsets.get(key, -1), msg.offset() + 1)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise KafkaClientError(f"commit failed: {exc}") from exc
+
+    def committed(self, topic: str, partitions: Iterable[int], timeout_s: float = 10.0) -> dict[int, int]:
+        """The group's committed offset per partition (negative when none)."""
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return {tp.partition: tp.offset for tp in self._consumer.committed(tps, timeout=timeout_s)}
+
+    def close(self) -> None:
+        """Leave the group (triggers a rebalance for the others); uncommitted messages are redelivered."""
+        self._consumer.close()
+
+    def __enter__(self) -> KafkaConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
