@@ -215,11 +215,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if (config_file or env_file) and not path.is_file():
         raise ValueError(f"config file {path} does not exist")
 
-    class _FromFile(Settings):
-        model_config = SettingsConfigDict(toml_file=path)
-
+    # A subclass is how pydantic-settings takes a TOML path chosen at run time; named like its base for errors.
+    from_file = type("Settings", (Settings,), {"__module__": __name__, "model_config": SettingsConfigDict(toml_file=path)})
     try:
-        return _FromFile(**overrides)
+        return from_file(**overrides)
     except ValueError as exc:
         raise ValueError(f"invalid driftloop settings (DRIFTLOOP_* env or {path}): {exc}") from exc
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,14 +21,9 @@ from driftloop.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import triton as local_triton
 from driftloop.stack.repo import REPO_ROOT
+from tests.helpers import free_port
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
