@@ -1,9 +1,9 @@
 """Errors of the features package.
 
-    FeaturesError
-     ├── FeatureStoreConfigError   settings name a store driftloop cannot build
-     ├── FeatureStoreNotReady      registry or online store missing or unreadable
-     └── FeatureRowsInvalid        rows or an entity frame do not match the feature schema
+FeaturesError
+ ├── FeatureStoreConfigError   settings name a store driftloop cannot build
+ ├── FeatureStoreNotReady      registry or online store missing or unreadable
+ └── FeatureRowsInvalid        rows or an entity frame do not match the feature schema
 """
 
 

@@ -4,7 +4,9 @@ Why: feast 0.67's duckdb store reads and appends parquet at ``FileSource.path`` 
 path resolves against the process's working directory, while the rest of Feast (schema reads, the file
 offline store) resolves it against ``repo_path``. driftloop keeps relative paths in its definitions and
 registry so the store directory can move, and needs DuckDB's point-in-time join (see
-:func:`features.store.repo_config`). Only the paths change; reading, joining and writing stay Feast's own.
+:func:`features.store.repo_config`). Only the paths change; reading, joining and writing stay Feast's own,
+through two private helpers of ``feast.infra.offline_stores.duckdb`` (feast is pinned below 0.68; the tests
+in tests/features catch a change). Drop this module once Feast resolves these paths itself.
 
 Used by type name in a RepoConfig: ``offline_store: {type: features.offline_store.RepoPathDuckDBOfflineStore}``.
 """

@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.db"
 ONLINE_STORE_FILE = "online_store.db"
-ENTITY_KEY = "entity_id"
-TIMESTAMP = "event_timestamp"
+ENTITY_KEY = definitions.entity.join_key
+TIMESTAMP = definitions.entity_stream_stats_source.timestamp_field
 
 _ROW_ORDER = "__driftloop_row"
 
@@ -39,10 +39,10 @@ def repo_config(settings: Settings) -> RepoConfig:
     """Build the Feast configuration from the settings, without touching the disk.
 
     The offline store is DuckDB (Feast's, with relative paths under ``repo_path``, see
-    ``features/offline_store.py``). Why not the file (dask) store: in feast 0.67 its point-in-time join drops
-    an entity row whose entity has feature rows but none valid at the row's time (all later, or older than the
-    TTL) instead of returning it with nulls; in a multi-view join one stale view drops the row for every view.
-    Training needs one output row per labelled event, with nulls where nothing was known yet.
+    ``features/offline_store.py``; needs ``feast[duckdb]``). Why not the file (dask) store: in feast 0.67 its
+    point-in-time join drops an entity row whose entity has feature rows but none valid at the row's time (all
+    later, or older than the TTL) instead of returning it with nulls; in a multi-view join one stale view drops
+    the row for every view. Training needs one output row per labelled event, with nulls where nothing was known.
 
     Args:
         settings: ``settings.feast_dir`` holds the registry (``registry.db``), the sqlite online store
@@ -183,7 +183,9 @@ def online_features(store: FeatureStore, entity_ids: list[str]) -> dict[str, lis
         entity_ids: the entities, in the order the lists of the result follow; repeats allowed.
 
     Returns:
-        ``entity_id`` and one list per feature, aligned with ``entity_ids``; ``None`` where unknown or expired.
+        ``entity_id`` and one list per feature, aligned with ``entity_ids``; ``None`` where nothing was pushed.
+        The online store serves the last pushed values however old (Feast applies no TTL online): use
+        ``seconds_since_last_event`` to judge staleness.
     """
     # The service object from the code, not a registry copy: the code's contract is what the model expects,
     # and a fresh registry copy per call costs ~0.5 ms of deserialisation (a lookup is ~0.1 ms).
@@ -235,13 +237,13 @@ def check_health(settings: Settings) -> str:
             registered, or a lookup fails.
         FeatureStoreConfigError: see :func:`online_store_config`.
     """
-    config = repo_config(settings)
+    store = open_store(settings)
+    config = store.config
     registry = Path(config.repo_path) / REGISTRY_FILE
     if not registry.is_file():
         raise FeatureStoreNotReady(f"Feast registry {registry} not found: apply the feature repo first")
     if config.online_store.type == "sqlite" and not Path(config.online_store.path).is_file():
         raise FeatureStoreNotReady(f"sqlite online store {config.online_store.path} not found: apply the feature repo")
-    store = FeatureStore(repo_path=str(config.repo_path), config=config)
     try:
         views = sorted(view.name for view in store.list_all_feature_views())
         store.get_feature_service(definitions.inference_v1.name)
