@@ -8,6 +8,7 @@ import click
 
 from driftloop.commands.context import CommandContext
 from driftloop.commands.stack import stack_group
+from driftloop.commands.streams import produce_command, tail_command, workers_group
 
 
 @click.group()
@@ -22,7 +23,8 @@ def main(ctx: click.Context, config: Path | None, log_json: bool | None, log_lev
     ctx.obj = CommandContext(config, log_json, log_level)
 
 
-main.add_command(stack_group)
+for command in (stack_group, produce_command, tail_command, workers_group):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

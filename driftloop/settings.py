@@ -104,6 +104,24 @@ class FeastSettings(_Section):
     redis_connection_string: SecretStr | None = None
 
 
+class WorkerSettings(_Section):
+    """The stream workers: micro-batching, backpressure, consumer groups, ports."""
+
+    inference_group: str = "driftloop-inference"
+    features_group: str = "driftloop-features"
+    max_batch_size: int = Field(default=64, ge=1, le=1024)
+    max_wait_ms: int = Field(default=20, ge=1)
+    max_in_flight: int = Field(default=2, ge=1, le=16)
+    triton_timeout_s: float = 10.0
+    triton_retries: int = 5
+    feature_push_batch: int = 500
+    feature_push_interval_s: float = 0.5
+    metrics_port: int = 9400  # +replica index; 0 disables
+    faust_replication_factor: int = 1  # of faust's changelog topics; 3 on a production cluster
+    faust_web_port: int = 6066  # +replica index: faust binds one even when its web UI is off
+    faust_data_dir: Path = Path(".stack/faust")
+
+
 class TrainingSettings(_Section):
     """Training and publishing of model versions (the training stage owns these fields)."""
 
@@ -112,12 +130,96 @@ class TrainingSettings(_Section):
     max_seq_len: int = 64
     keep_versions: int = 5
     seed: int = 0
+    # Data (env DRIFTLOOP_TRAINING__<FIELD>): the window a retrain reads, the time split, the floor on samples.
+    window_days: float = Field(7.0, gt=0)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    min_samples: int = Field(50, ge=2)
+    # Fine-tuning. The encoder learns at learning_rate, the new layers (features, head) at head_learning_rate.
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    head_learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:<n>"
+    warm_start: bool = True  # a retrain starts from the champion's weights when it has the same labels
+    # The synthetic bootstrap set of version 1 (`driftloop train --bootstrap`).
+    bootstrap_samples: int = Field(1500, ge=10)
+    bootstrap_entities: int = Field(50, ge=1)
+    bootstrap_days: float = Field(2.0, gt=0)
+    # Export and publish.
+    reference_size: int = Field(500, ge=1)  # rows of the drift monitor's reference sample in metadata.json
+    smoke_atol: float = Field(0.02, gt=0)  # Triton's smoke answers vs in-process probabilities (fp16 on GPU)
+    load_timeout_s: float = Field(180.0, gt=0)
+    retire_grace_s: float = Field(5.0, ge=0)  # after a role change, how long a replaced version keeps serving
+    instance_count: int = Field(1, ge=1)  # Triton instances per GPU (or on the CPU)
+    max_queue_delay_us: int = Field(2000, ge=0)  # dynamic batching delay
 
 
 class MonitoringSettings(_Section):
-    """Drift monitoring and on-call delivery (the monitoring stage owns these fields)."""
+    """Drift monitoring and on-call delivery (the monitoring stage owns these fields).
+
+    Env: ``DRIFTLOOP_MONITORING__<FIELD>``, e.g. ``DRIFTLOOP_MONITORING__SLACK_WEBHOOK_URL``.
+
+    Window and schedule: a sliding window of the last ``window_size`` champion predictions per model (older than
+    ``window_max_age_s`` before the newest dropped, when set) is compared with the serving version's reference every
+    ``check_every_events`` predictions or ``check_interval_s`` seconds, once it holds ``min_window`` predictions.
+
+    Decision policy, per model and drift kind: *data* drift when the share of drifted feature and text-descriptor
+    columns reaches ``data_drift_share``; *prediction* drift when the share of drifted prediction columns (label,
+    max score) reaches ``prediction_drift_share``; *performance* drift when, with at least ``min_labelled`` labels in
+    the window, accuracy falls below ``min_accuracy`` (or ``max_accuracy_drop`` below the reference's), or macro-F1
+    below ``min_macro_f1``. A drift must persist ``hysteresis_checks`` consecutive checks to fire and be absent
+    ``resolve_checks`` consecutive checks to resolve. Severity is critical at ``critical_drift_share`` (or accuracy
+    below ``critical_accuracy``), warning below.
+
+    Statistical tests are Evidently's: ``num_stattest`` unset means Evidently's choice by reference size (KS up to
+    1000 rows, Wasserstein above); ``cat_stattest`` is used for categorical columns and for numeric columns with few
+    distinct values. Thresholds unset mean the test's own default.
+
+    Delivery: Alertmanager (API v2) at ``alertmanager_url``; PagerDuty Events v2 when ``pagerduty_routing_key`` is
+    set; a Slack-compatible incoming webhook at ``slack_webhook_url``. A firing alert is repeated to webhooks at most
+    every ``cooldown_s``; Alertmanager gets it on every check, with ``endsAt`` ``alert_ttl_s`` ahead.
+    """
 
     reports_dir: Path = Path(".stack/reports")
+    reports_keep: int = Field(default=50, ge=1)
+    group_id: str = "driftloop-monitor"
+    metrics_port: int = 9410  # 0 disables the /metrics endpoint
+
+    window_size: int = Field(default=5000, ge=10)
+    window_max_age_s: float | None = Field(default=None, gt=0)
+    min_window: int = Field(default=500, ge=10)
+    check_every_events: int = Field(default=1000, ge=1)
+    check_interval_s: float = Field(default=60.0, gt=0)
+    pending_labels_max: int = Field(default=100_000, ge=0)
+
+    data_drift_share: float = Field(default=0.5, gt=0, le=1)
+    prediction_drift_share: float = Field(default=0.5, gt=0, le=1)
+    critical_drift_share: float = Field(default=0.8, gt=0, le=1)
+    num_stattest: str | None = None
+    num_threshold: float | None = None
+    cat_stattest: str = "jensenshannon"
+    cat_threshold: float | None = None
+    min_labelled: int = Field(default=200, ge=1)
+    min_accuracy: float | None = Field(default=0.7, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(default=0.1, ge=0, le=1)
+    min_macro_f1: float | None = Field(default=None, ge=0, le=1)
+    critical_accuracy: float = Field(default=0.5, ge=0, le=1)
+    hysteresis_checks: int = Field(default=3, ge=1)
+    resolve_checks: int = Field(default=3, ge=1)
+
+    alertmanager_url: str | None = None
+    pagerduty_url: SecretStr = SecretStr("https://events.pagerduty.com/v2/enqueue")
+    pagerduty_routing_key: SecretStr | None = None
+    slack_webhook_url: SecretStr | None = None
+    generator_url: str | None = None  # a link back (dashboard, runbook) put in every alert
+    cooldown_s: float = Field(default=900.0, ge=0)
+    alert_ttl_s: float = Field(default=3600.0, gt=0)
+    delivery_timeout_s: float = Field(default=5.0, gt=0)
+    delivery_retries: int = Field(default=3, ge=0)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    retry_backoff_max_s: float = Field(default=10.0, ge=0)
 
 
 class StackSettings(_Section):
@@ -158,6 +260,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     triton: TritonSettings = TritonSettings()
     feast: FeastSettings = FeastSettings()
+    workers: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     stack: StackSettings = StackSettings()

@@ -66,9 +66,13 @@ class KafkaProducer:
     """An idempotent producer (acks=all) whose batches return only once the broker acknowledged them."""
 
     def __init__(self, settings: Settings, overrides: Mapping[str, Any] | None = None) -> None:
+        # murmur2: Kafka's Java partitioner, which faust (aiokafka) uses too, so a key lands on the same
+        # partition whichever client produced it (the feature worker's table changelog relies on it).
         config = client_config(
-            settings, {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
-        )
+            settings,
+            {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+             "partitioner": "murmur2_random"},
+        )  # fmt: skip
         config.update(overrides or {})
         log.debug("producer config %s", redacted(config))
         self._producer = Producer(config)

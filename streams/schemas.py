@@ -100,6 +100,21 @@ class Prediction(_Contract):
     timings_ms: Timings
     trace_id: str | None = None
     predicted_at: datetime
+    # Text descriptors of the event's text for drift monitoring (``length``, ``word_count``, ``oov_share``),
+    # computed by the inference worker with ``monitoring.text_stats``; the text itself is not carried.
+    text_stats: dict[str, float] | None = None
+
+
+class ModelState(_Contract):
+    """The models topic (compacted, key: model name): the whole current state in every record."""
+
+    model: str
+    champion: int | None = None
+    candidate: int | None = None
+    previous_champion: int | None = None
+    event: Literal["published", "promoted", "rolled_back", "rejected"]
+    at: datetime
+    reason: str = ""
 
 
 class Source(_Contract):

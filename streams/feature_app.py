@@ -1,0 +1,128 @@
+"""The feature worker: a faust app that folds events into per-entity windows and pushes the features to Feast.
+
+State lives in a changelog-backed faust table (it survives a restart: faust restores it from the changelog topic).
+Features go to Feast (online + offline) in batches; the batch's events are acknowledged only after the push, so a
+crash replays them, and the windows count a replayed event once (see ``streams.windows``).
+
+The table is written with the partitioner (``use_partitioner=True``), so its changelog partition is the key's
+murmur2 partition: the same as the events topic's, because driftloop's producers use Kafka's Java partitioner too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+import pandas as pd
+
+from driftloop.settings import Settings
+from features.store import open_store, push_stream_features
+from streams.metrics import WorkerMetrics
+from streams.schemas import InvalidEvent, parse_event
+from streams.windows import FEATURES, add_event
+
+log = logging.getLogger(__name__)
+
+TABLE = "entity-windows"
+
+
+def create_app(settings: Settings, replica: int = 0) -> faust.App:
+    """Build the faust app of the feature worker (one per process)."""
+    workers = settings.workers
+    datadir = workers.faust_data_dir / f"replica-{replica}"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        workers.features_group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        topic_partitions=settings.kafka.topics["events-v1"].partitions,
+        topic_replication_factor=workers.faust_replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        web_enabled=False,
+        web_port=workers.faust_web_port + replica,
+        web_host="127.0.0.1",
+        datadir=str(datadir),
+        table_standby_replicas=0,
+        autodiscover=False,
+    )
+    events = app.topic(settings.kafka.topic("events-v1"), key_serializer="raw", value_serializer="raw")
+    windows = app.Table(
+        TABLE,
+        schema=faust.Schema(key_type=bytes, value_type=dict, key_serializer="raw", value_serializer="json"),
+        partitions=settings.kafka.topics["events-v1"].partitions,
+        use_partitioner=True,
+    )
+    pusher = FeaturePusher(settings)
+
+    @app.agent(events)
+    async def aggregate(stream: faust.StreamT) -> None:
+        """Fold each batch of events into the windows, push the features, then acknowledge the batch."""
+        async for batch in stream.noack().take_events(
+            workers.feature_push_batch, within=workers.feature_push_interval_s
+        ):
+            rows = []
+            for event in batch:
+                row = fold(windows, event.key, event.value)
+                if row is not None:
+                    rows.append(row)
+            await pusher.push(rows)
+            for event in batch:
+                await stream.ack(event)
+            pusher.metrics.batch_done(len(batch), len(rows), 0, 0.0)
+
+    app.windows_table = windows  # for tests and the CLI: read the state a worker holds
+    return app
+
+
+def fold(windows: faust.Table, key: bytes | None, value: bytes | None) -> dict | None:
+    """Fold one raw event into its entity's window; None for an invalid event (the inference worker DLQs it)."""
+    try:
+        event = parse_event(value)
+    except InvalidEvent:
+        return None
+    entity = event.entity_id.encode()
+    if key != entity:
+        return None  # keyed against the contract: the inference worker dead-letters it
+    state, features = add_event(windows.get(entity), event.event_id, event.event_time.timestamp(), len(event.text))
+    windows[entity] = state
+    return {"entity_id": event.entity_id, "event_timestamp": event.event_time, **features}
+
+
+class FeaturePusher:
+    """Pushes feature rows to Feast off the event loop; retries with backoff so a locked store delays, not drops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics("features")
+        self._store = None
+
+    async def push(self, rows: list[dict], retries: int = 5) -> None:
+        if not rows:
+            return
+        if self._store is None:
+            self._store = await asyncio.to_thread(open_store, self.settings)
+        frame = pd.DataFrame(rows, columns=["entity_id", "event_timestamp", *FEATURES])
+        delay = 0.2
+        for attempt in range(retries + 1):
+            try:
+                started = time.monotonic()
+                await asyncio.to_thread(push_stream_features, self._store, frame)
+                log.debug("pushed %d feature rows in %.3fs", len(rows), time.monotonic() - started)
+                return
+            except Exception as exc:
+                if attempt == retries:
+                    raise
+                log.warning("Feast push failed (%s); retry %d in %.1fs", exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def run(settings: Settings, replica: int = 0) -> None:
+    """Run one feature worker until SIGTERM/SIGINT (faust stops the agent and commits acknowledged offsets)."""
+    app = create_app(settings, replica)
+    worker = faust.Worker(app, loglevel=settings.log.level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

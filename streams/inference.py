@@ -1,0 +1,188 @@
+"""The inference worker: events → micro-batches → Feast online features → Triton → predictions (+ dead letters).
+
+At-least-once: a batch's offsets are committed only after its predictions and dead letters are acknowledged by the
+broker, and batches commit in the order they were read even when several are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from confluent_kafka import Message
+
+from driftloop.settings import Settings
+from features.store import online_features, open_store
+from streams.client import KafkaConsumer, KafkaProducer, Record
+from streams.metrics import WorkerMetrics
+from streams.models_topic import ModelTracker
+from streams.schemas import DeadLetter, Event, InvalidEvent, ModelRef, Prediction, Source, Timings, parse_event
+from streams.triton_client import TritonClassifier, TritonRequestError
+
+log = logging.getLogger(__name__)
+
+TRACE_HEADERS = ("trace-id", "traceparent", "x-trace-id")
+
+
+@dataclass
+class Batch:
+    """Messages read together; ``outputs`` are produced before ``messages`` are committed."""
+
+    messages: list[Message]
+    read_at: float = field(default_factory=time.time)
+    outputs: list[Record] = field(default_factory=list)
+    predicted: int = 0
+    dead: int = 0
+
+
+def dead_letter(settings: Settings, msg: Message, stage: str, error: str) -> Record:
+    letter = DeadLetter.of(stage, error, Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()),
+                           msg.key(), msg.value())  # fmt: skip
+    return Record(settings.kafka.topic("dlq-v1"), letter.to_bytes(), key=msg.key())
+
+
+def trace_id(msg: Message) -> str | None:
+    for name, value in msg.headers() or ():
+        if name.lower() in TRACE_HEADERS and value:
+            return value.decode("utf-8", errors="replace")[:128]
+    return None
+
+
+def feature_matrix(features: dict[str, list], names: Sequence[str]) -> np.ndarray:
+    """Rows of the model's FP32 feature input; a feature never pushed for an entity is 0 (recorded as null)."""
+    columns = [[0.0 if v is None else float(v) for v in features[name]] for name in names]
+    return np.asarray(columns, dtype=np.float32).T.reshape(len(features[names[0]]) if names else 0, len(names))
+
+
+class InferenceWorker:
+    """One member of the inference consumer group.
+
+    Args:
+        settings: root settings (``workers``, ``kafka``, ``triton``, ``feast``, ``training.labels``).
+        replica: index of this process among the replicas (offsets its metrics port).
+    """
+
+    def __init__(self, settings: Settings, replica: int = 0) -> None:
+        self.settings = settings
+        self.replica = replica
+        self.labels = list(settings.training.labels)
+        self._stop = asyncio.Event()
+        self.metrics = WorkerMetrics("inference")
+
+    def stop(self) -> None:
+        """Ask the worker to finish its in-flight batches, commit them and leave the group."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        settings, workers = self.settings, self.settings.workers
+        store = open_store(settings)
+        feature_names = _feature_names()
+        consumer = KafkaConsumer(settings, workers.inference_group, [settings.kafka.topic("events-v1")])
+        producer = KafkaProducer(settings)
+        tracker = ModelTracker(settings, settings.triton.model_name)
+        tracker.start()
+        classifier = TritonClassifier(settings)
+        in_flight: deque[tuple[Batch, asyncio.Task]] = deque()
+        log.info("inference worker started", extra={"replica": self.replica, "group": workers.inference_group})
+        try:
+            while not self._stop.is_set():
+                messages = await asyncio.to_thread(
+                    consumer.consume_batch, workers.max_batch_size, workers.max_wait_ms / 1000
+                )
+                if messages:
+                    batch = Batch(messages)
+                    task = asyncio.create_task(self._process(batch, store, feature_names, classifier, tracker))
+                    in_flight.append((batch, task))
+                # Bounded in-flight work: the oldest batch must finish before more is read.
+                while in_flight and (len(in_flight) >= workers.max_in_flight or in_flight[0][1].done() or not messages):
+                    await self._complete(*in_flight.popleft(), producer, consumer)
+            while in_flight:
+                await self._complete(*in_flight.popleft(), producer, consumer)
+        finally:
+            for _, task in in_flight:
+                task.cancel()
+            tracker.stop()
+            await classifier.close()
+            producer.close()
+            consumer.close()
+            log.info("inference worker stopped", extra={"replica": self.replica})
+
+    async def _complete(self, batch: Batch, task: asyncio.Task, producer: KafkaProducer, consumer: KafkaConsumer) -> None:
+        await task
+        await asyncio.to_thread(producer.produce_batch, batch.outputs)
+        await asyncio.to_thread(consumer.commit, batch.messages)
+        self.metrics.batch_done(len(batch.messages), batch.predicted, batch.dead, time.time() - batch.read_at)
+
+    async def _process(self, batch: Batch, store, feature_names, classifier: TritonClassifier, tracker) -> None:
+        settings = self.settings
+        events: list[tuple[Message, Event]] = []
+        for msg in batch.messages:
+            try:
+                event = parse_event(msg.value())
+                if msg.key() != event.entity_id.encode():
+                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got {msg.key()!r}")
+                events.append((msg, event))
+            except InvalidEvent as exc:
+                batch.outputs.append(dead_letter(settings, msg, "validate", exc.reason))
+                batch.dead += 1
+        if not events:
+            return
+
+        started = time.time()
+        entity_ids = [event.entity_id for _, event in events]
+        features = await asyncio.to_thread(online_features, store, entity_ids)
+        features_done = time.time()
+
+        state = tracker.current()
+        version = state.champion if state and state.champion else None
+        texts = [event.text for _, event in events]
+        matrix = feature_matrix(features, feature_names)
+        results = await classifier.classify(texts, matrix, version)
+        inference_done = time.time()
+
+        for i, ((msg, event), result) in enumerate(zip(events, results, strict=True)):
+            if isinstance(result, TritonRequestError):
+                batch.outputs.append(dead_letter(settings, msg, "inference", str(result)))
+                batch.dead += 1
+                continue
+            probs, served_version = result
+            now = time.time()
+            broker_ts = msg.timestamp()[1] / 1000 if msg.timestamp()[1] > 0 else batch.read_at
+            prediction = Prediction(
+                event_id=event.event_id,
+                entity_id=event.entity_id,
+                event_time=event.event_time,
+                label=self.labels[int(np.argmax(probs))],
+                scores={label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
+                model=ModelRef(name=settings.triton.model_name, version=served_version),
+                features={name: _plain(features[name][i]) for name in feature_names},
+                timings_ms=Timings(
+                    queue=round((started - broker_ts) * 1000, 3),
+                    features=round((features_done - started) * 1000, 3),
+                    inference=round((inference_done - features_done) * 1000, 3),
+                    end_to_end=round((now - broker_ts) * 1000, 3),
+                ),
+                trace_id=trace_id(msg),
+                predicted_at=datetime.fromtimestamp(now, UTC),
+            )
+            batch.outputs.append(
+                Record(settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(),
+                       headers=[("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None)
+            )  # fmt: skip
+            batch.predicted += 1
+
+
+def _feature_names() -> list[str]:
+    from features.definitions import inference_v1
+
+    return [feature.name for projection in inference_v1.feature_view_projections for feature in projection.features]
+
+
+def _plain(value: object) -> float | None:
+    return None if value is None else float(value)

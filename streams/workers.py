@@ -1,0 +1,86 @@
+"""Running the stream workers: one role per process, several replicas per role in one consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from prometheus_client import start_http_server
+
+from driftloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROLES = ("features", "inference")
+
+
+def run_worker(settings: Settings, role: str, replica: int) -> None:
+    """Run one worker in this process until SIGTERM or SIGINT; in-flight batches finish first."""
+    if settings.workers.metrics_port:
+        start_http_server(settings.workers.metrics_port + replica * len(ROLES) + ROLES.index(role), addr="0.0.0.0")
+    if role == "features":
+        from streams.feature_app import run
+
+        run(settings, replica)
+    elif role == "inference":
+        asyncio.run(_run_inference(settings, replica))
+    else:
+        raise ValueError(f"unknown role {role!r}; choose from {ROLES}")
+
+
+async def _run_inference(settings: Settings, replica: int) -> None:
+    from streams.inference import InferenceWorker
+
+    worker = InferenceWorker(settings, replica)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def supervise(child_argv: Sequence[str], roles: Sequence[str], replicas: int, restart_delay_s: float = 2.0) -> int:
+    """Start ``replicas`` processes per role (``child_argv + [--role R --replica I]``), restart any that dies,
+    and stop them all on SIGTERM/SIGINT. Returns 0 after a clean stop."""
+    procs: dict[tuple[str, int], subprocess.Popen] = {}
+    stopping = False
+
+    def spawn(role: str, replica: int) -> None:
+        argv = [*child_argv, "--role", role, "--replica", str(replica)]
+        procs[(role, replica)] = subprocess.Popen(argv)  # noqa: S603 - our own command line
+        log.info("started %s worker %d", role, replica, extra={"pid": procs[(role, replica)].pid})
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for role in roles:
+        for replica in range(replicas):
+            spawn(role, replica)
+    while True:
+        time.sleep(0.5)
+        if stopping:
+            if all(proc.poll() is not None for proc in procs.values()):
+                return 0
+            continue
+        for (role, replica), proc in list(procs.items()):
+            if proc.poll() is not None:
+                log.error("%s worker %d exited with %s; restarting", role, replica, proc.returncode)
+                time.sleep(restart_delay_s)
+                spawn(role, replica)
+
+
+def child_argv(config: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "driftloop.cli"]
+    if config:
+        argv += ["--config", config]
+    return [*argv, "workers", "run"]
