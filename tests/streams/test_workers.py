@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ from features.store import apply_repo
 from streams import KafkaConsumer, KafkaProducer, ensure_topics
 from streams.client import client_config
 from streams.generator import produce, synthetic_records
-from streams.schemas import DeadLetter, Prediction
+from streams.client import Record
+from streams.schemas import DeadLetter, ModelState, Prediction
 from streams.windows import features_at
 from tests.helpers import free_port
 
@@ -234,3 +236,28 @@ def test_poisoned_event_is_isolated_into_the_dlq_and_its_batch_is_answered(pipel
     assert len({json.loads(v)["event_id"] for v in predictions}) == 39
     assert len(letters) == 1 and letters[0].stage == "inference" and "poisoned" in letters[0].error
     assert json.loads(letters[0].original())["event_id"] == poisoned["event_id"]
+
+
+def test_workers_follow_the_champion_announced_on_the_models_topic(pipeline, triton_server):
+    settings, start = pipeline.settings, pipeline.start
+    version_2 = triton_server.repository / MODEL / "2"
+    shutil.copytree(MODEL_DIR / "1", version_2, dirs_exist_ok=True)
+    client = httpclient.InferenceServerClient(triton_server.http)
+    client.load_model(MODEL)  # version_policy all: versions 1 and 2 served side by side
+    try:
+        start("run", "--role", "inference")
+        _produce(settings, 20, malformed_share=0.0, seed=41)
+        first = _collect(settings, "predictions-v1", lambda r: len(r) >= 20)
+        assert {json.loads(v)["model"]["version"] for v in first} == {2}  # no announcement: the newest version
+
+        state = ModelState(model=MODEL, champion=1, candidate=2, event="rolled_back", at=datetime.now(UTC))
+        with KafkaProducer(settings) as producer:
+            producer.produce_batch([Record(settings.kafka.topic("models-v1"), state.to_bytes(), key=MODEL.encode())])
+        time.sleep(2)  # the worker follows the topic in the background
+        ids, _ = _produce(settings, 20, malformed_share=0.0, seed=42)
+        later = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 40)]
+        assert {p["model"]["version"] for p in later if p["event_id"] in set(ids)} == {1}
+    finally:
+        shutil.rmtree(version_2)
+        client.load_model(MODEL)
+        client.close()
