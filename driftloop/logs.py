@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 
 from driftloop.settings import LogSettings
@@ -36,3 +37,6 @@ def configure_logging(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
+    # Feast logs every registry refresh at INFO and warns on each import that stream views are "alpha".
+    logging.getLogger("feast").setLevel(max(root.level, logging.WARNING))
+    warnings.filterwarnings("ignore", message="Stream feature views are experimental", category=RuntimeWarning)

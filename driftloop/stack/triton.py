@@ -129,7 +129,8 @@ def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str],
 
 
 def start(settings: Settings) -> int:
-    """Start tritonserver on the model repository; returns its PID. Does not wait."""
+    """Start tritonserver on the model repository (created when missing); returns its PID. Does not wait."""
+    settings.triton.model_repository.mkdir(parents=True, exist_ok=True)
     argv, env = argv_and_env(settings, locate(settings))
     return server(settings).start(argv, env=env)
 

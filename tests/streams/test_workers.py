@@ -261,3 +261,19 @@ def test_workers_follow_the_champion_announced_on_the_models_topic(pipeline, tri
         shutil.rmtree(version_2)
         client.load_model(MODEL)
         client.close()
+
+
+def test_sigterm_finishes_in_flight_batches_and_commits_them(pipeline):
+    settings, start = pipeline.settings, pipeline.start
+    worker = start("run", "--role", "inference")
+    valid, _ = _produce(settings, 400, malformed_share=0.0, seed=51)
+    pipeline.wait(lambda: len(_collect(settings, "predictions-v1", lambda r: len(r) >= 100, 5)) >= 100, 90, "predictions")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+    start("run", "--role", "inference")
+    _collect(settings, "predictions-v1", lambda r: len(r) >= len(valid))
+    time.sleep(3)  # let a late duplicate arrive, if there were one
+    seen = [json.loads(v)["event_id"] for v in _collect(settings, "predictions-v1", lambda r: False, 5)]
+    assert set(seen) == set(valid)
+    assert len(seen) == len(valid), f"{len(seen) - len(valid)} duplicates after a graceful stop"
