@@ -112,6 +112,8 @@ class WorkerSettings(_Section):
     max_batch_size: int = Field(default=64, ge=1, le=1024)
     max_wait_ms: int = Field(default=20, ge=1)
     max_in_flight: int = Field(default=2, ge=1, le=16)
+    canary_share: float = Field(default=0.2, ge=0.0, le=1.0)  # of events answered by a candidate version
+    shadow: bool = False  # also ask the candidate for every event; its answers carry role "shadow"
     triton_timeout_s: float = 10.0
     triton_retries: int = 5
     feature_push_batch: int = 500

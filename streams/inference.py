@@ -23,7 +23,8 @@ from streams.client import KafkaConsumer, KafkaProducer, Record
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
 from streams.schemas import DeadLetter, Event, InvalidEvent, ModelRef, Prediction, Source, Timings, parse_event
-from streams.triton_client import TritonClassifier, TritonRequestError
+from streams.canary import route
+from streams.triton_client import Result, TritonClassifier, TritonRequestError, TritonUnavailable, VersionNotServed
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +141,27 @@ class InferenceWorker:
         features_done = time.time()
 
         state = tracker.current()
-        version = state.champion if state and state.champion else None
         texts = [event.text for _, event in events]
         matrix = feature_matrix(features, feature_names)
-        results = await classifier.classify(texts, matrix, version)
+        versions = route([event.event_id for _, event in events], state, settings.workers.canary_share)
+        champion = state.champion if state else None
+        results = await self._classify_by_version(classifier, texts, matrix, versions, champion)
+        shadow: list[Result] = []
+        if settings.workers.shadow and state and state.candidate and state.candidate != champion:
+            shadow = await classifier.classify(texts, matrix, state.candidate)
         inference_done = time.time()
 
-        for i, ((msg, event), result) in enumerate(zip(events, results, strict=True)):
+        answers = [(i, result, "champion") for i, result in enumerate(results)]
+        answers += [(i, result, "shadow") for i, result in enumerate(shadow) if not isinstance(result, TritonRequestError)]
+        for i, result, role in answers:
+            msg, event = events[i]
             if isinstance(result, TritonRequestError):
                 batch.outputs.append(dead_letter(settings, msg, "inference", str(result)))
                 batch.dead += 1
                 continue
             probs, served_version = result
+            if role == "champion" and versions[i] is not None and versions[i] != champion:
+                role = "candidate"
             now = time.time()
             broker_ts = msg.timestamp()[1] / 1000 if msg.timestamp()[1] > 0 else batch.read_at
             prediction = Prediction(
@@ -161,6 +171,7 @@ class InferenceWorker:
                 label=self.labels[int(np.argmax(probs))],
                 scores={label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
                 model=ModelRef(name=settings.triton.model_name, version=served_version),
+                role=role,
                 features={name: _plain(features[name][i]) for name in feature_names},
                 timings_ms=Timings(
                     queue=round((started - broker_ts) * 1000, 3),
@@ -175,7 +186,42 @@ class InferenceWorker:
                 Record(settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(),
                        headers=[("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None)
             )  # fmt: skip
-            batch.predicted += 1
+            batch.predicted += role != "shadow"
+
+    async def _classify_by_version(
+        self, classifier: TritonClassifier, texts: list[str], matrix: np.ndarray, versions: list[int | None],
+        champion: int | None,
+    ) -> list[Result]:  # fmt: skip
+        """Classify each group of events with its version, concurrently; a candidate that fails falls back to the
+        champion, so a bad candidate costs latency, never a prediction."""
+        results: list[Result | None] = [None] * len(texts)
+        groups: dict[int | None, list[int]] = {}
+        for i, version in enumerate(versions):
+            groups.setdefault(version, []).append(i)
+
+        async def run(version: int | None, rows: list[int]) -> None:
+            try:
+                answers = await classifier.classify([texts[i] for i in rows], matrix[rows], version)
+            except VersionNotServed:
+                if version == champion:  # announced before this server loaded it: Triton's default version answers
+                    log.warning("champion version %s not served; using the server's default version", version)
+                    answers = await classifier.classify([texts[i] for i in rows], matrix[rows], None)
+                else:
+                    answers = [TritonRequestError(f"candidate {version} not served")] * len(rows)
+            except TritonUnavailable:
+                if version == champion:
+                    raise
+                log.warning("candidate version %s unavailable; answering with the champion", version)
+                answers = [TritonRequestError("candidate unavailable")] * len(rows)
+            retry = [i for i, answer in zip(rows, answers, strict=True) if isinstance(answer, TritonRequestError)]
+            for i, answer in zip(rows, answers, strict=True):
+                results[i] = answer
+            if version != champion and retry:
+                for i, answer in zip(retry, await classifier.classify([texts[i] for i in retry], matrix[retry], champion), strict=True):
+                    results[i] = answer
+
+        await asyncio.gather(*(run(version, rows) for version, rows in groups.items()))
+        return results  # type: ignore[return-value]
 
 
 def _feature_names() -> list[str]:

@@ -28,6 +28,10 @@ class TritonUnavailable(StreamsError):
     """Triton did not answer after the configured retries; the batch stays uncommitted and will be redelivered."""
 
 
+class VersionNotServed(StreamsError):
+    """The requested model version is not loaded on the server."""
+
+
 class TritonRequestError(StreamsError):
     """Triton rejected one event's request (e.g. a text the model cannot take)."""
 
@@ -68,10 +72,8 @@ class TritonClassifier:
                 return await self._infer(texts, features, version)
             except InferenceServerException as exc:
                 message = str(exc)
-                if version is not None and "version" in message.lower() and "unknown" in message.lower():
-                    log.warning("model %s version %s not served here; using the default version", self.model, version)
-                    version = None
-                    continue
+                if version is not None and "unknown model" in message.lower():
+                    raise VersionNotServed(f"{self.model} version {version} is not served: {message}") from exc
                 if not any(marker in message for marker in _UNAVAILABLE):
                     raise TritonRequestError(message) from exc
                 if attempt == self.retries:

@@ -250,7 +250,7 @@ def test_workers_follow_the_champion_announced_on_the_models_topic(pipeline, tri
         first = _collect(settings, "predictions-v1", lambda r: len(r) >= 20)
         assert {json.loads(v)["model"]["version"] for v in first} == {2}  # no announcement: the newest version
 
-        state = ModelState(model=MODEL, champion=1, candidate=2, event="rolled_back", at=datetime.now(UTC))
+        state = ModelState(model=MODEL, champion=1, candidate=None, event="rolled_back", at=datetime.now(UTC))
         with KafkaProducer(settings) as producer:
             producer.produce_batch([Record(settings.kafka.topic("models-v1"), state.to_bytes(), key=MODEL.encode())])
         time.sleep(2)  # the worker follows the topic in the background
@@ -277,3 +277,53 @@ def test_sigterm_finishes_in_flight_batches_and_commits_them(pipeline):
     seen = [json.loads(v)["event_id"] for v in _collect(settings, "predictions-v1", lambda r: False, 5)]
     assert set(seen) == set(valid)
     assert len(seen) == len(valid), f"{len(seen) - len(valid)} duplicates after a graceful stop"
+
+
+@pytest.fixture
+def two_versions(triton_server):
+    version_2 = triton_server.repository / MODEL / "2"
+    shutil.copytree(MODEL_DIR / "1", version_2, dirs_exist_ok=True)
+    client = httpclient.InferenceServerClient(triton_server.http)
+    client.load_model(MODEL)
+    yield
+    shutil.rmtree(version_2)
+    client.load_model(MODEL)
+    client.close()
+
+
+def _announce(settings: Settings, champion: int, candidate: int | None) -> None:
+    state = ModelState(model=MODEL, champion=champion, candidate=candidate, event="published", at=datetime.now(UTC))
+    with KafkaProducer(settings) as producer:
+        producer.produce_batch([Record(settings.kafka.topic("models-v1"), state.to_bytes(), key=MODEL.encode())])
+
+
+def test_canary_share_goes_to_the_candidate_and_a_missing_candidate_falls_back(pipeline, two_versions, monkeypatch):
+    settings, start = pipeline.settings, pipeline.start
+    monkeypatch.setenv("DRIFTLOOP_WORKERS__CANARY_SHARE", "0.5")
+    _announce(settings, champion=1, candidate=2)
+    start("run", "--role", "inference")
+    ids, _ = _produce(settings, 200, malformed_share=0.0, seed=61)
+    predictions = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 200)]
+    by_role = Counter((p["role"], p["model"]["version"]) for p in predictions)
+    assert set(by_role) == {("champion", 1), ("candidate", 2)}, by_role
+    assert 60 < by_role[("candidate", 2)] < 140
+
+    _announce(settings, champion=1, candidate=7)  # announced but not served: its share falls back to the champion
+    time.sleep(2)
+    more, _ = _produce(settings, 100, malformed_share=0.0, seed=62)
+    later = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 300)]
+    answered = [p for p in later if p["event_id"] in set(more)]
+    assert len({p["event_id"] for p in answered}) == 100
+    assert {p["model"]["version"] for p in answered} == {1}
+
+
+def test_shadow_mode_records_both_answers(pipeline, two_versions, monkeypatch):
+    settings, start = pipeline.settings, pipeline.start
+    monkeypatch.setenv("DRIFTLOOP_WORKERS__CANARY_SHARE", "0")
+    monkeypatch.setenv("DRIFTLOOP_WORKERS__SHADOW", "true")
+    _announce(settings, champion=1, candidate=2)
+    start("run", "--role", "inference")
+    ids, _ = _produce(settings, 50, malformed_share=0.0, seed=71)
+    predictions = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 100)]
+    roles = Counter((p["role"], p["model"]["version"]) for p in predictions)
+    assert roles == {("champion", 1): 50, ("shadow", 2): 50}

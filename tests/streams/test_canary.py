@@ -1,0 +1,38 @@
+"""Canary routing: stable per event, the configured share, champion only when there is no candidate."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from streams.canary import in_canary, route
+from streams.schemas import ModelState
+
+pytestmark = pytest.mark.unit
+
+IDS = [f"event-{i}" for i in range(20_000)]
+
+
+def _state(champion, candidate):
+    return ModelState(model="m", champion=champion, candidate=candidate, event="published", at=datetime.now(UTC))
+
+
+def test_share_is_respected_and_stable():
+    routed = route(IDS, _state(1, 2), 0.2)
+    share = routed.count(2) / len(IDS)
+    assert 0.18 < share < 0.22
+    assert routed == route(IDS, _state(1, 2), 0.2)
+    assert set(routed) == {1, 2}
+
+
+def test_no_candidate_or_zero_share_means_champion_only():
+    assert set(route(IDS[:100], _state(3, None), 0.5)) == {3}
+    assert set(route(IDS[:100], _state(3, 3), 0.5)) == {3}
+    assert set(route(IDS[:100], _state(3, 4), 0.0)) == {3}
+    assert set(route(IDS[:100], None, 0.5)) == {None}
+
+
+def test_in_canary_edges():
+    assert not any(in_canary(i, 0.0) for i in IDS[:100])
+    assert all(in_canary(i, 1.0) for i in IDS[:100])
