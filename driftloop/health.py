@@ -127,7 +127,9 @@ class HealthServer:
         try:
             httpd = server_class((self.host, self._requested_port), _Handler)
         except OSError as exc:
-            raise OSError(exc.errno, f"health server cannot bind {self.host}:{self._requested_port}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"health server cannot bind {self.host}:{self._requested_port}: {exc.strerror}"
+            ) from exc
         httpd.health = self
         self._httpd = httpd
         self._thread = threading.Thread(

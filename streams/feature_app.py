@@ -17,6 +17,7 @@ import time
 import faust
 import pandas as pd
 
+from driftloop.health import HealthServer
 from driftloop.settings import Settings
 from features.store import open_store, push_stream_features
 from streams.metrics import WorkerMetrics
@@ -121,8 +122,14 @@ class FeaturePusher:
                 delay = min(delay * 2, 5.0)
 
 
-def run(settings: Settings, replica: int = 0) -> None:
+def run(settings: Settings, replica: int = 0, health: HealthServer | None = None) -> None:
     """Run one feature worker until SIGTERM/SIGINT (faust stops the agent and commits acknowledged offsets)."""
     app = create_app(settings, replica)
+    if health is not None:
+
+        @app.timer(interval=5.0)
+        async def heartbeat() -> None:
+            health.beat()
+
     worker = faust.Worker(app, loglevel=settings.log.level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

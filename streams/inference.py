@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 from confluent_kafka import Message
 
+from driftloop.health import HealthServer
 from driftloop.settings import Settings
 from features.store import online_features, open_store
 from streams.client import KafkaConsumer, KafkaProducer, Record
@@ -69,9 +70,10 @@ class InferenceWorker:
         replica: index of this process among the replicas (offsets its metrics port).
     """
 
-    def __init__(self, settings: Settings, replica: int = 0) -> None:
+    def __init__(self, settings: Settings, replica: int = 0, health: HealthServer | None = None) -> None:
         self.settings = settings
         self.replica = replica
+        self.health = health
         self.labels = list(settings.training.labels)
         self._stop = asyncio.Event()
         self.metrics = WorkerMetrics("inference")
@@ -93,6 +95,8 @@ class InferenceWorker:
         log.info("inference worker started", extra={"replica": self.replica, "group": workers.inference_group})
         try:
             while not self._stop.is_set():
+                if self.health:
+                    self.health.beat()
                 messages = await asyncio.to_thread(
                     consumer.consume_batch, workers.max_batch_size, workers.max_wait_ms / 1000
                 )

@@ -10,33 +10,44 @@ import sys
 import time
 from collections.abc import Sequence
 
-from prometheus_client import start_http_server
-
+from driftloop.health import HealthServer
 from driftloop.settings import Settings
+from driftloop.stack.triton import is_ready as triton_ready
 
 log = logging.getLogger(__name__)
 
 ROLES = ("features", "inference")
 
 
+def health_port(settings: Settings, role: str, replica: int) -> int:
+    """The port of a worker's /healthz, /readyz and /metrics: ``metrics_port`` + 2 x replica + role index."""
+    return settings.workers.metrics_port + replica * len(ROLES) + ROLES.index(role)
+
+
 def run_worker(settings: Settings, role: str, replica: int) -> None:
     """Run one worker in this process until SIGTERM or SIGINT; in-flight batches finish first."""
-    if settings.workers.metrics_port:
-        start_http_server(settings.workers.metrics_port + replica * len(ROLES) + ROLES.index(role), addr="0.0.0.0")
-    if role == "features":
-        from streams.feature_app import run
-
-        run(settings, replica)
-    elif role == "inference":
-        asyncio.run(_run_inference(settings, replica))
-    else:
+    if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose from {ROLES}")
+    # Port 0 in the settings disables the endpoint; the worker still beats a (never served) heartbeat.
+    health = HealthServer(health_port(settings, role, replica) if settings.workers.metrics_port else 0)
+    if settings.workers.metrics_port:
+        health.start()
+    try:
+        if role == "features":
+            from streams.feature_app import run
+
+            run(settings, replica, health)
+        else:
+            health.add_check("triton", lambda: triton_ready(settings))
+            asyncio.run(_run_inference(settings, replica, health))
+    finally:
+        health.stop()
 
 
-async def _run_inference(settings: Settings, replica: int) -> None:
+async def _run_inference(settings: Settings, replica: int, health: HealthServer) -> None:
     from streams.inference import InferenceWorker
 
-    worker = InferenceWorker(settings, replica)
+    worker = InferenceWorker(settings, replica, health)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

@@ -1,13 +1,21 @@
-"""Fixtures of the features tests: one real local Feast store per session, applied in a temporary folder.
+"""Fixtures of the features tests: one real Feast store per online store kind and session, applied in a temporary
+folder (DuckDB offline store in both cases).
 
-Tests share the store, so each test uses entity ids of its own.
+Every store test runs twice, once per online store: ``sqlite`` (a file in the store folder) and ``redis`` (a real
+``redis-server`` that this module starts on a free port for the session and stops at the end). Tests share a
+store, so each test uses entity ids of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,19 +23,90 @@ from feast import FeatureStore
 
 from driftloop.settings import Settings, load_settings
 from features import apply_repo
+from tests.helpers import free_port
+
+ONLINE_STORES = ("sqlite", "redis")
+REDIS_PACKAGE = "redis-server"  # Debian's package; .ci/run installs it
+
+
+@dataclass(frozen=True)
+class OnlineStore:
+    """Which online store a test runs against; ``connection_string`` is set for redis."""
+
+    kind: str
+    connection_string: str | None = None
+
+    def settings(self, data_dir: Path, **feast: object) -> Settings:
+        """Settings of a Feast store under ``data_dir`` using this online store; kwargs override ``feast``."""
+        section: dict[str, object] = {"data_dir": data_dir, "online_store": self.kind}
+        if self.connection_string:
+            section["redis_connection_string"] = self.connection_string
+        section.update(feast)
+        return load_settings(feast=section)
 
 
 @dataclass(frozen=True)
 class FeastTestStore:
     settings: Settings
     store: FeatureStore
+    online: OnlineStore
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
-def feast_store(tmp_path_factory: pytest.TempPathFactory) -> FeastTestStore:
-    """The definitions applied to a sqlite + DuckDB store under a temporary folder."""
-    settings = load_settings(feast={"data_dir": tmp_path_factory.mktemp("feast")})
-    return FeastTestStore(settings=settings, store=apply_repo(settings))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private ``redis-server`` on a free loopback port for the session: ``host:port``. Persistence is off."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            f"redis-server is not on PATH: install Debian's package {REDIS_PACKAGE!r} "
+            f"(apt-get install -y {REDIS_PACKAGE}); .ci/run installs it",
+            pytrace=False,
+        )
+    workdir = tmp_path_factory.mktemp("redis")
+    log_file = workdir / "redis.log"
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", str(workdir), "--logfile", str(log_file)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while not _redis_answers(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else "(no log)"
+                pytest.fail(f"redis-server on port {port} did not come up (exit {proc.poll()}):\n{tail}", pytrace=False)
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session", params=ONLINE_STORES)
+def online_store(request: pytest.FixtureRequest) -> OnlineStore:
+    """Each online store kind in turn; redis starts the session's ``redis_server`` on first use."""
+    if request.param == "redis":
+        return OnlineStore("redis", request.getfixturevalue("redis_server"))
+    return OnlineStore(request.param)
+
+
+@pytest.fixture(scope="session")
+def feast_store(online_store: OnlineStore, tmp_path_factory: pytest.TempPathFactory) -> FeastTestStore:
+    """The definitions applied to a store (sqlite or redis online, DuckDB offline) under a temporary folder."""
+    settings = online_store.settings(tmp_path_factory.mktemp(f"feast-{online_store.kind}"))
+    return FeastTestStore(settings=settings, store=apply_repo(settings), online=online_store)
 
 
 @pytest.fixture
