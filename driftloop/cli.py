@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from driftloop.commands.context import CommandContext
+from driftloop.commands.monitor import drift_group, monitor_command
 from driftloop.commands.stack import stack_group
 from driftloop.commands.streams import produce_command, tail_command, workers_group
 
@@ -23,7 +24,7 @@ def main(ctx: click.Context, config: Path | None, log_json: bool | None, log_lev
     ctx.obj = CommandContext(config, log_json, log_level)
 
 
-for command in (stack_group, produce_command, tail_command, workers_group):
+for command in (stack_group, produce_command, tail_command, workers_group, monitor_command, drift_group):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ class KafkaSettings(_Section):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # A file holding the password (a mounted secret); read by the clients when ``sasl_password`` is unset.
+    sasl_password_file: Path | None = None
     ssl_ca_location: Path | None = None
     session_timeout_ms: int = 10_000
     topics: dict[str, TopicSpec] = {
@@ -235,6 +237,14 @@ class StackSettings(_Section):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "768m"
+    # Opt-in second listener, SASL_SSL with SCRAM-SHA-256/512 (0 = off): a CA and a broker certificate are generated
+    # once into <run_dir>/kafka/tls (clients trust tls/ca.crt); the user is created when the storage is formatted.
+    # The password is a secret: env DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD, or a file named by
+    # DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD_FILE. The PLAINTEXT listener stays the default for everything else.
+    kafka_sasl_port: int = Field(default=0, ge=0, le=65535)
+    kafka_sasl_username: str = "driftloop"
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
     tritonserver: Path | None = None
     serving_venv: Path = Path(".venv-serving")
     triton_http_port: int = 8000

@@ -19,17 +19,31 @@ from streams.exceptions import DeliveryError, KafkaClientError
 
 log = logging.getLogger(__name__)
 
-_SECRET_KEYS = ("password", "secret", "key.password", "sasl.oauthbearer.config")
+# Parts of configuration keys whose values are secrets (librdkafka's names, and Java's for good measure).
+_SECRET_KEYS = ("password", "secret", "key.password", "key.pem", "sasl.oauthbearer.config", "jaas", "token")
 
 Headers = list[tuple[str, bytes]]
 
 
 def client_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """librdkafka configuration shared by every client: bootstrap servers and security.
+    """librdkafka configuration shared by every client: bootstrap servers, security, and an error callback.
+
+    Security comes from ``settings.kafka``: ``security_protocol`` (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``,
+    ``SASL_SSL``), ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``), ``sasl_username``, the
+    password from ``sasl_password`` (env ``DRIFTLOOP_KAFKA__SASL_PASSWORD``) or else the file ``sasl_password_file``
+    (``DRIFTLOOP_KAFKA__SASL_PASSWORD_FILE``), and ``ssl_ca_location`` (a PEM CA bundle; unset: the system's CAs).
+    The broker's host name is verified against its certificate (librdkafka's default).
+
+    A failure that retrying cannot fix - the broker refused the credentials, or its certificate is not trusted -
+    raises ``KafkaClientError`` from the client call that served it (``poll``, ``flush``, ``consume``) instead of
+    being retried forever; other client errors are logged (not with ``log_level`` 0) and retried by librdkafka.
 
     Args:
         settings: the root settings; ``kafka.*`` is read.
         overrides: librdkafka properties by their own names (``{"group.id": "x", "log_level": 0}``).
+
+    Raises:
+        KafkaClientError: ``sasl_password_file`` cannot be read.
     """
     kafka = settings.kafka
     config: dict[str, Any] = {
@@ -39,16 +53,49 @@ def client_config(settings: Settings, overrides: Mapping[str, Any] | None = None
     if kafka.sasl_mechanism:
         config["sasl.mechanism"] = kafka.sasl_mechanism
         config["sasl.username"] = kafka.sasl_username or ""
-        config["sasl.password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        config["sasl.password"] = _sasl_password(settings)
     if kafka.ssl_ca_location:
         config["ssl.ca.location"] = str(kafka.ssl_ca_location)
     config.update(overrides or {})
+    config.setdefault("error_cb", _on_client_error if config.get("log_level") != 0 else _on_client_error_quiet)
     return config
 
 
-def redacted(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a client configuration that is safe to log."""
-    return {k: ("***" if any(s in k for s in _SECRET_KEYS) else v) for k, v in config.items()}
+def _sasl_password(settings: Settings) -> str:
+    kafka = settings.kafka
+    if kafka.sasl_password is not None:
+        return kafka.sasl_password.get_secret_value()
+    if kafka.sasl_password_file is not None:
+        try:
+            return kafka.sasl_password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise KafkaClientError(f"cannot read kafka.sasl_password_file: {exc.strerror}") from None
+    return ""
+
+
+def _fatal_error(err: KafkaError) -> KafkaClientError | None:
+    """The error to raise when retrying cannot fix what the client reported, else None."""
+    if err.code() == KafkaError._AUTHENTICATION:
+        return KafkaClientError(f"Kafka authentication failed (check the SASL user and password): {err.str()}")
+    if err.code() == KafkaError._SSL and "certificate verify failed" in err.str():
+        return KafkaClientError(f"Kafka TLS verification failed (check kafka.ssl_ca_location): {err.str()}")
+    return None
+
+
+def _on_client_error(err: KafkaError) -> None:
+    if fatal := _fatal_error(err):
+        raise fatal
+    log.warning("kafka client: %s", err.str())
+
+
+def _on_client_error_quiet(err: KafkaError) -> None:
+    if fatal := _fatal_error(err):
+        raise fatal
+
+
+def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a client configuration that is safe to log: secret values become ``***``."""
+    return {k: ("***" if any(s in k.lower() for s in _SECRET_KEYS) else v) for k, v in config.items()}
 
 
 @dataclass(frozen=True)

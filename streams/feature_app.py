@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 import faust
@@ -20,6 +21,7 @@ import pandas as pd
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
 from features.store import open_store, push_stream_features
+from streams.client import client_config
 from streams.metrics import WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
 from streams.windows import FEATURES, add_event
@@ -37,6 +39,7 @@ def create_app(settings: Settings, replica: int = 0) -> faust.App:
     app = faust.App(
         workers.features_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.kafka.topics["events-v1"].partitions,
         topic_replication_factor=workers.faust_replication_factor,
@@ -77,6 +80,26 @@ def create_app(settings: Settings, replica: int = 0) -> faust.App:
 
     app.windows_table = windows  # for tests and the CLI: read the state a worker holds
     return app
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """faust's (aiokafka's) credentials for the security the confluent-kafka clients get from ``client_config``:
+    TLS trusting ``kafka.ssl_ca_location`` (else the system's CAs, host name checked), SASL user and password."""
+    config = client_config(settings)
+    protocol = str(config["security.protocol"]).upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=config.get("ssl.ca.location"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=config.get("sasl.username"),
+        password=config.get("sasl.password"),
+        ssl_context=context,
+        mechanism=str(config.get("sasl.mechanism", "PLAIN")).upper(),
+    )
 
 
 def fold(windows: faust.Table, key: bytes | None, value: bytes | None) -> dict | None:

@@ -25,6 +25,8 @@ from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
 from streams.schemas import DeadLetter, Event, InvalidEvent, ModelRef, Prediction, Source, Timings, parse_event
 from streams.canary import route
+from streams.exceptions import StreamsError
+from streams.text_stats import load_vocab, text_stats
 from streams.triton_client import Result, TritonClassifier, TritonRequestError, TritonUnavailable, VersionNotServed
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class InferenceWorker:
         self.health = health
         self.labels = list(settings.training.labels)
         self._stop = asyncio.Event()
+        self._vocabs: dict[int, frozenset[str] | None] = {}
         self.metrics = WorkerMetrics("inference")
 
     def stop(self) -> None:
@@ -184,6 +187,7 @@ class InferenceWorker:
                     end_to_end=round((now - broker_ts) * 1000, 3),
                 ),
                 trace_id=trace_id(msg),
+                text_stats=text_stats(event.text, self._vocab(served_version)),
                 predicted_at=datetime.fromtimestamp(now, UTC),
             )
             batch.outputs.append(
@@ -191,6 +195,16 @@ class InferenceWorker:
                        headers=[("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None)
             )  # fmt: skip
             batch.predicted += role != "shadow"
+
+    def _vocab(self, version: int) -> frozenset[str] | None:
+        """The serving version's tokenizer vocabulary, for ``oov_share``; None where the repository is not mounted."""
+        if version not in self._vocabs:
+            folder = self.settings.triton.model_repository / self.settings.triton.model_name / str(version) / "tokenizer"
+            try:
+                self._vocabs[version] = load_vocab(folder)
+            except StreamsError:
+                self._vocabs[version] = None
+        return self._vocabs[version]
 
     async def _classify_by_version(
         self, classifier: TritonClassifier, texts: list[str], matrix: np.ndarray, versions: list[int | None],

@@ -46,7 +46,7 @@ def list_versions(ctx: CommandContext, as_json: bool) -> None:
     click.echo(
         f"{repo.name} in {repo.model_dir}: champion {state.champion}, candidate {state.candidate}, "
         f"previous champion {state.previous_champion}"
-        + (f" (last event: {state.event} v{state.version} at {state.at:%Y-%m-%d %H:%M:%S})" if state.event else "")
+        + (f" (last: {state.event} at {state.at:%Y-%m-%d %H:%M:%S}: {state.reason[:80]})" if state.event else "")
     )
     if triton_states is None:
         click.echo(f"  (Triton at {settings.triton_http} is not reachable)")

@@ -1,4 +1,7 @@
-"""``driftloop monitor`` (the drift-monitoring worker) and ``driftloop drift report`` (one check now)."""
+"""``driftloop monitor`` (the drift-monitoring worker) and ``driftloop drift report`` (one check now).
+
+The monitoring library (Evidently, pandas: seconds to import) is imported when a command runs, not when the CLI loads.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from pathlib import Path
 import click
 
 from driftloop.commands.context import CommandContext, pass_ctx
-from monitoring import MonitoringError, check_now, result_summary, run_monitor
-from streams import StreamsError
+from monitoring.exceptions import MonitoringError
+from streams.exceptions import StreamsError
 
 
 @click.command(name="monitor")
@@ -18,6 +21,8 @@ from streams import StreamsError
 @pass_ctx
 def monitor_command(ctx: CommandContext, metrics_port: int | None) -> None:
     """Watch predictions and labels for drift; publish drift events and alert on-call (Ctrl-C stops)."""
+    from monitoring.worker import run_monitor
+
     settings = ctx.settings
     if metrics_port is not None:
         settings = settings.model_copy(
@@ -54,6 +59,9 @@ def report_command(
     as_json: bool,
 ) -> None:
     """Run one drift check of the latest predictions now; print it and save the Evidently HTML report."""
+    from monitoring.monitor import result_summary
+    from monitoring.ondemand import check_now
+
     try:
         outcome = check_now(ctx.settings, model, version, window, out, save_html=not no_html)
     except (MonitoringError, StreamsError) as exc:

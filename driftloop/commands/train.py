@@ -68,7 +68,8 @@ def train_command(
             raise click.BadParameter(str(exc)) from exc
     try:
         run = train_version(
-            settings, bootstrap=bootstrap, window=window, trigger_id=trigger_id, promote_policy=promote_policy,
+            settings, bootstrap=bootstrap, window=window, trigger_id=trigger_id,
+            promote_policy=promote_policy,  # type: ignore[arg-type] - click.Choice checked it
             samples=samples, progress=not no_progress,
         )  # fmt: skip
     except VersionRejected as exc:
@@ -97,8 +98,9 @@ def train_command(
     for label, c in m.per_class.items():
         click.echo(f"    {label:<12} precision {c.precision:.3f} recall {c.recall:.3f} f1 {c.f1:.3f} (n={c.support})")
     if run.champion_metrics:
+        champion = run.champion_metrics
         click.echo(f"  champion v{run.metadata.parent_version} on the same holdout: "
-                   f"accuracy {run.champion_metrics.accuracy:.3f}, macro-F1 {run.champion_metrics.macro_f1:.3f}")  # fmt: skip
+                   f"accuracy {champion.accuracy:.3f}, macro-F1 {champion.macro_f1:.3f}")  # fmt: skip
     state = run.state
     click.echo(f"  {'promoted to champion' if run.promoted else 'candidate'}; champion {state.champion}, "
                f"candidate {state.candidate}, previous champion {state.previous_champion}")  # fmt: skip

@@ -176,6 +176,11 @@ def _table_state(settings: Settings) -> dict[str, dict]:
 def test_every_event_gets_a_prediction_or_a_dead_letter(pipeline):
     settings, start = pipeline.settings, pipeline.start
     valid, malformed = _produce(settings, 2000, malformed_share=0.05, seed=11)
+    prediction_texts = {
+        json.loads(r[0].value)["event_id"]: json.loads(r[0].value)["text"]
+        for r in synthetic_records(settings, 2000, seed=11, malformed_share=0.05, labels=False)
+        if not r[0].key.startswith(b"malformed-")
+    }
     assert 60 < malformed < 140
 
     # Features first, so that the inference workers read what the faust table holds at the end.
@@ -205,6 +210,7 @@ def test_every_event_gets_a_prediction_or_a_dead_letter(pipeline):
         assert used == pytest.approx(expected, rel=1e-5), prediction.entity_id
         assert prediction.model.name == MODEL and prediction.model.version == 1
         assert prediction.timings_ms.end_to_end >= prediction.timings_ms.inference >= 0
+        assert prediction.text_stats["word_count"] == len(prediction_texts[prediction.event_id].split())
 
 
 def test_killing_an_inference_worker_mid_stream_loses_no_event(pipeline):

@@ -1,0 +1,126 @@
+"""Drift monitoring: sliding windows of predictions, Evidently drift checks against the serving version's reference,
+a decision policy with hysteresis, drift events on the drift topic, on-call alerts, metrics and HTML reports.
+
+The names below load on first use (PEP 562), so that importing one module (the CLI's) does not import Evidently and
+pandas (several seconds). The text descriptors both sides of a check use live in ``streams.text_stats``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monitoring.alerts import (
+        AlertDispatcher,
+        AlertmanagerReceiver,
+        PagerDutyReceiver,
+        Receiver,
+        RetryPolicy,
+        SlackReceiver,
+        build_dispatcher,
+        build_receivers,
+    )
+    from monitoring.drift import ColumnDrift, DriftPolicy, DriftResult, KindResult, check_drift
+    from monitoring.events import DriftEvent, dedup_key
+    from monitoring.exceptions import (
+        DeliveryFailed,
+        DriftCheckError,
+        MonitoringError,
+        ReferenceSampleError,
+        ReportError,
+    )
+    from monitoring.metrics import MonitorMetrics
+    from monitoring.monitor import CheckOutcome, Monitor, result_summary
+    from monitoring.ondemand import check_now
+    from monitoring.policy import DriftState
+    from monitoring.reference import ReferenceSample, load_reference, reference_path, reference_row
+    from monitoring.report import prune_reports, save_report
+    from monitoring.worker import MonitorWorker, run_monitor
+
+_EXPORTS = {
+    "AlertDispatcher": "monitoring.alerts",
+    "AlertmanagerReceiver": "monitoring.alerts",
+    "CheckOutcome": "monitoring.monitor",
+    "ColumnDrift": "monitoring.drift",
+    "DeliveryFailed": "monitoring.exceptions",
+    "DriftCheckError": "monitoring.exceptions",
+    "DriftEvent": "monitoring.events",
+    "DriftPolicy": "monitoring.drift",
+    "DriftResult": "monitoring.drift",
+    "DriftState": "monitoring.policy",
+    "KindResult": "monitoring.drift",
+    "Monitor": "monitoring.monitor",
+    "MonitorMetrics": "monitoring.metrics",
+    "MonitorWorker": "monitoring.worker",
+    "MonitoringError": "monitoring.exceptions",
+    "PagerDutyReceiver": "monitoring.alerts",
+    "Receiver": "monitoring.alerts",
+    "ReferenceSample": "monitoring.reference",
+    "ReferenceSampleError": "monitoring.exceptions",
+    "ReportError": "monitoring.exceptions",
+    "RetryPolicy": "monitoring.alerts",
+    "SlackReceiver": "monitoring.alerts",
+    "build_dispatcher": "monitoring.alerts",
+    "build_receivers": "monitoring.alerts",
+    "check_drift": "monitoring.drift",
+    "check_now": "monitoring.ondemand",
+    "dedup_key": "monitoring.events",
+    "load_reference": "monitoring.reference",
+    "prune_reports": "monitoring.report",
+    "reference_path": "monitoring.reference",
+    "reference_row": "monitoring.reference",
+    "result_summary": "monitoring.monitor",
+    "run_monitor": "monitoring.worker",
+    "save_report": "monitoring.report",
+}
+
+__all__ = [
+    "AlertDispatcher",
+    "AlertmanagerReceiver",
+    "CheckOutcome",
+    "ColumnDrift",
+    "DeliveryFailed",
+    "DriftCheckError",
+    "DriftEvent",
+    "DriftPolicy",
+    "DriftResult",
+    "DriftState",
+    "KindResult",
+    "Monitor",
+    "MonitorMetrics",
+    "MonitorWorker",
+    "MonitoringError",
+    "PagerDutyReceiver",
+    "Receiver",
+    "ReferenceSample",
+    "ReferenceSampleError",
+    "ReportError",
+    "RetryPolicy",
+    "SlackReceiver",
+    "build_dispatcher",
+    "build_receivers",
+    "check_drift",
+    "check_now",
+    "dedup_key",
+    "load_reference",
+    "prune_reports",
+    "reference_path",
+    "reference_row",
+    "result_summary",
+    "run_monitor",
+    "save_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'monitoring' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

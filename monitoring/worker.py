@@ -1,0 +1,210 @@
+"""The ``driftloop monitor`` worker: Kafka in, checks, drift events out, alerts to on-call.
+
+One loop, top-down:
+
+1. follow the models topic (the champion per model) from its beginning, without a consumer group;
+2. read a batch of predictions and labels (consumer group ``monitoring.group_id``);
+3. fold each record into the ``Monitor``, running the checks that fall due on the way (by count) and after the batch
+   (by time); a record that breaks its contract goes to the DLQ topic;
+4. produce the drift events (key: model) and the dead letters, wait for the acknowledgements;
+5. deliver the events and the repeats of open alerts to the receivers;
+6. commit the batch.
+
+Only the Kafka calls, and the blocking checks and deliveries, leave the event loop (``asyncio.to_thread``). A restart
+resumes from the committed offsets with empty windows: the first check comes once ``min_window`` predictions arrived.
+
+``/healthz``, ``/readyz`` and ``/metrics`` are served on ``monitoring.metrics_port`` (``driftloop.health``): the loop
+beats on every iteration; it is ready once it read the models topic and runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+from pydantic import ValidationError
+
+from driftloop.health import HealthServer
+from driftloop.settings import Settings
+from monitoring.alerts import AlertDispatcher, build_dispatcher
+from monitoring.metrics import MonitorMetrics
+from monitoring.monitor import CheckOutcome, Monitor
+from monitoring.sources import ModelStatesReader
+from streams.client import KafkaConsumer, KafkaProducer, Record
+from streams.schemas import DeadLetter, Label, Prediction, Source
+
+log = logging.getLogger(__name__)
+
+STAGE = "monitoring"
+BATCH_SIZE = 1000
+POLL_TIMEOUT_S = 0.5
+
+
+@dataclass
+class _Folded:
+    outcomes: list[CheckOutcome] = field(default_factory=list)
+    dead: list[Record] = field(default_factory=list)
+
+
+class MonitorWorker:
+    """Runs the monitoring loop until ``stop()``.
+
+    Args:
+        settings: root settings.
+        metrics: the metrics (served on ``monitoring.metrics_port``); new when omitted.
+        dispatcher: alert delivery; built from ``monitoring.*`` when omitted.
+        monitor: the state; new when omitted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: MonitorMetrics | None = None,
+        dispatcher: AlertDispatcher | None = None,
+        monitor: Monitor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or MonitorMetrics()
+        self.monitor = monitor or Monitor(settings, self.metrics)
+        self.dispatcher = dispatcher or build_dispatcher(settings.monitoring, self.metrics)
+        self.ready = threading.Event()  # set once the models topic was read and the loop runs
+        self._stop = threading.Event()
+        self._topics = {
+            "predictions": settings.kafka.topic("predictions-v1"),
+            "labels": settings.kafka.topic("labels-v1"),
+            "drift": settings.kafka.topic("drift-v1"),
+            "dlq": settings.kafka.topic("dlq-v1"),
+        }
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch and return (safe from any thread or a signal handler)."""
+        self._stop.set()
+
+    def health_server(self) -> HealthServer | None:
+        """The health and metrics endpoint of ``monitoring.metrics_port`` (None when it is 0).
+
+        Liveness allows one full round of failing deliveries between two beats of the loop.
+        """
+        config = self.settings.monitoring
+        if not config.metrics_port:
+            return None
+        attempt_s = config.delivery_timeout_s + config.retry_backoff_max_s
+        stale_after_s = 60.0 + len(self.dispatcher.receivers) * (config.delivery_retries + 1) * attempt_s
+        health = HealthServer(config.metrics_port, stale_after_s=stale_after_s, registry=self.metrics.registry)
+        health.add_check("running", lambda: self.ready.is_set() and not self._stop.is_set())
+        health.add_check("references", self._references_detail)
+        return health
+
+    def _references_detail(self) -> str:
+        waiting = [
+            f"{t.model} v{t.serving_version}"
+            for t in self.monitor.tracks.values()
+            if t.missing_reference is not None and t.missing_reference == t.serving_version
+        ]
+        return f"waiting for the reference of {', '.join(waiting)}" if waiting else "ok"
+
+    async def run(self) -> None:
+        """The loop (see the module docstring); returns after ``stop()``."""
+        config = self.settings.monitoring
+        topics = [self._topics["predictions"], self._topics["labels"]]
+        health = self.health_server()
+        consumer: KafkaConsumer | None = None
+        models: ModelStatesReader | None = None
+        producer: KafkaProducer | None = None
+        try:
+            if health is not None:
+                health.start()
+            consumer = await asyncio.to_thread(KafkaConsumer, self.settings, config.group_id, topics)
+            models = await asyncio.to_thread(ModelStatesReader, self.settings)
+            producer = KafkaProducer(self.settings)
+            for model, champion in (await asyncio.to_thread(models.read_all)).items():
+                self.monitor.observe_champion(model, champion)
+            log.info(
+                "monitor running",
+                extra={"group": config.group_id, "receivers": [r.name for r in self.dispatcher.receivers],
+                       "models": sorted(self.monitor.tracks)},
+            )  # fmt: skip
+            self.ready.set()
+            while not self._stop.is_set():
+                if health is not None:
+                    health.beat()
+                for model, champion in (await asyncio.to_thread(models.poll, 0.0)).items():
+                    self.monitor.observe_champion(model, champion)
+                messages = await asyncio.to_thread(consumer.consume_batch, BATCH_SIZE, POLL_TIMEOUT_S)
+                folded = await asyncio.to_thread(self._fold, messages)
+                await self._publish(producer, folded)
+                if messages:
+                    await asyncio.to_thread(consumer.commit, messages)
+        finally:
+            for closing in (consumer, models, producer):
+                if closing is not None:
+                    await asyncio.to_thread(closing.close)
+            if health is not None:
+                health.stop()
+            log.info("monitor stopped", extra=dict(self.monitor.observed))
+
+    def _fold(self, messages: list[Message]) -> _Folded:
+        folded = _Folded()
+        for msg in messages:
+            topic = msg.topic()
+            try:
+                if topic == self._topics["predictions"]:
+                    self.monitor.observe_prediction(Prediction.model_validate_json(msg.value() or b""))
+                    self.metrics.records.labels("predictions", "ok").inc()
+                elif topic == self._topics["labels"]:
+                    self.monitor.observe_label(Label.model_validate_json(msg.value() or b""))
+                    self.metrics.records.labels("labels", "ok").inc()
+            except ValidationError as exc:
+                folded.dead.append(self._dead_letter(msg, exc))
+                continue
+            self._run_due(folded)
+        self._run_due(folded)  # time-based checks, also when no record came
+        return folded
+
+    def _run_due(self, folded: _Folded) -> None:
+        for model in self.monitor.due():
+            outcome = self.monitor.check(model)
+            if outcome is not None:
+                folded.outcomes.append(outcome)
+
+    def _dead_letter(self, msg: Message, exc: ValidationError) -> Record:
+        kind = "predictions" if msg.topic() == self._topics["predictions"] else "labels"
+        self.metrics.records.labels(kind, "invalid").inc()
+        error = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5])
+        log.warning(
+            "invalid record sent to the DLQ",
+            extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error},
+        )
+        letter = DeadLetter.of(STAGE, error, Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()),
+                               msg.key(), msg.value())  # fmt: skip
+        return Record(self._topics["dlq"], letter.to_bytes(), key=msg.key())
+
+    async def _publish(self, producer: KafkaProducer, folded: _Folded) -> None:
+        records = [
+            Record(self._topics["drift"], event.to_bytes(), key=event.model.encode())
+            for outcome in folded.outcomes
+            for event in outcome.events
+        ] + folded.dead
+        if records:
+            await asyncio.to_thread(producer.produce_batch, records)
+        for outcome in folded.outcomes:
+            for event in [*outcome.events, *outcome.repeats]:
+                if self.dispatcher.receivers:
+                    await asyncio.to_thread(self.dispatcher.dispatch, event)
+
+
+def run_monitor(settings: Settings) -> None:
+    """Run the worker in the foreground until SIGINT or SIGTERM."""
+    worker = MonitorWorker(settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())

@@ -1,0 +1,148 @@
+"""One drift check: Evidently's tests per column, the three kinds, the thresholds of the policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from evidently.legacy.calculations.stattests.registry import get_stattest
+from evidently.legacy.core import ColumnType
+
+from monitoring import DriftCheckError, DriftPolicy, check_drift
+from monitoring.drift import classification_scores, column_drift
+from monitoring.window import SlidingWindow
+
+pytestmark = pytest.mark.unit
+
+
+def _window(setup, n, seed, drift_at=None, labelled=True):
+    window = SlidingWindow(max_size=n)
+    for prediction, label in setup.predictions(n, seed, drift_at):
+        window.add(prediction, true_label=label if labelled else None)
+    return window
+
+
+def _check(setup, window, policy=None):
+    reference = setup.reference()
+    return check_drift(window.frame(reference.feature_names), reference, policy or DriftPolicy(), window.bounds())
+
+
+def test_stable_window_has_no_drift_of_any_kind(synthetic_factory):
+    setup = synthetic_factory()
+    result = _check(setup, _window(setup, 1000, seed=3))
+    assert {k: v.detected for k, v in result.kinds.items()} == {
+        "data": False,
+        "prediction": False,
+        "performance": False,
+    }
+    assert result.kinds["data"].metrics == {"drift_share": 0.0, "drifted_count": 0.0, "column_count": 5.0}
+    assert result.kinds["performance"].metrics["accuracy"] > 0.95
+    assert set(result.columns) == {"amount", "items", "text_length", "word_count", "oov_share", "label", "max_score"}
+    assert result.window.size == 1000 and result.window.labelled == 1000 and result.reference_size == 600
+
+
+def test_shifted_features_and_text_are_data_prediction_and_performance_drift(synthetic_factory):
+    setup = synthetic_factory()
+    result = _check(setup, _window(setup, 1000, seed=3, drift_at=0))
+    data = result.kinds["data"]
+    assert data.detected and data.severity == "critical"
+    assert {"amount", "items", "oov_share"} <= set(data.drifted_columns)
+    assert result.kinds["prediction"].detected and "max_score" in result.kinds["prediction"].drifted_columns
+    performance = result.kinds["performance"]
+    assert performance.detected and performance.severity == "critical"
+    assert performance.metrics["accuracy"] < 0.5 and "accuracy" in performance.drifted_columns
+    assert performance.metrics["accuracy_drop"] == pytest.approx(0.98 - performance.metrics["accuracy"])
+    # Evidently's choice by size: KS for a reference of up to 1000 rows.
+    assert result.columns["amount"].method == "ks" and result.columns["amount"].threshold == 0.05
+
+
+def test_share_thresholds_decide_each_kind(synthetic_factory):
+    setup = synthetic_factory()
+    window = _window(setup, 600, seed=3, drift_at=0)
+    strict = _check(
+        setup, window, DriftPolicy(data_drift_share=1.0, prediction_drift_share=1.0, critical_drift_share=1.0)
+    )
+    assert strict.kinds["data"].detected is (strict.kinds["data"].metrics["drift_share"] == 1.0)
+    assert strict.kinds["prediction"].detected is False  # label did not drift, max_score did: 1 of 2
+    assert strict.kinds["prediction"].severity == "warning"
+
+
+def test_performance_is_undecided_below_min_labelled_and_uses_every_rule(synthetic_factory):
+    setup = synthetic_factory()
+    unlabelled = _check(setup, _window(setup, 300, seed=3, labelled=False))
+    assert unlabelled.kinds["performance"].detected is None
+    assert unlabelled.kinds["performance"].metrics == {"labelled": 0.0}
+    few = _check(setup, _window(setup, 300, seed=3, drift_at=0), DriftPolicy(min_labelled=301))
+    assert few.kinds["performance"].detected is None and few.kinds["performance"].metrics["accuracy"] < 0.5
+
+    stable = _window(setup, 300, seed=3)
+    assert (
+        _check(setup, stable, DriftPolicy(min_accuracy=None, max_accuracy_drop=None)).kinds["performance"].detected
+        is False
+    )
+    by_f1 = _check(setup, stable, DriftPolicy(min_accuracy=None, max_accuracy_drop=None, min_macro_f1=1.01))
+    assert by_f1.kinds["performance"].drifted_columns == ("macro_f1",)
+    by_drop = _check(setup, stable, DriftPolicy(min_accuracy=None, max_accuracy_drop=-0.1))
+    assert by_drop.kinds["performance"].drifted_columns == ("accuracy_drop",)
+
+
+def test_categorical_and_few_valued_columns_avoid_evidentlys_chi_square(synthetic_factory):
+    # Evidently's chi-square takes the reference proportions as exact: with a window 10x the reference it flags
+    # identical distributions. The policy's categorical test (Jensen-Shannon) does not.
+    rng = np.random.default_rng(0)
+    reference = pd.Series(rng.choice(["a", "b", "c"], 1000))
+    current = pd.Series(rng.choice(["a", "b", "c"], 10_000))
+    chi = get_stattest(reference, current, ColumnType.Categorical, None)
+    assert chi.name == "chisquare"
+    flagged = sum(
+        chi(pd.Series(rng.choice(["a", "b", "c"], 1000)), pd.Series(rng.choice(["a", "b", "c"], 10_000)),
+            ColumnType.Categorical, None).drifted
+        for _ in range(20)
+    )  # fmt: skip
+    assert flagged >= 5
+    assert not column_drift("label", reference, current, DriftPolicy()).drifted
+    assert column_drift("label", reference, current, DriftPolicy()).method == "jensenshannon"
+    few_values = pd.Series(rng.integers(1, 6, 1000) * 1.0), pd.Series(rng.integers(1, 6, 10_000) * 1.0)
+    items = column_drift("items", *few_values, DriftPolicy())
+    assert items.method == "jensenshannon" and not items.drifted
+    binary = column_drift("oov_share", pd.Series([0.0, 1.0] * 50), pd.Series([0.0, 1.0] * 500), DriftPolicy())
+    assert binary.method == "jensenshannon"
+
+
+def test_configured_tests_and_thresholds_are_used(synthetic_factory):
+    setup = synthetic_factory()
+    policy = DriftPolicy(num_stattest="wasserstein", num_threshold=0.5, cat_stattest="psi", cat_threshold=0.2)
+    result = _check(setup, _window(setup, 400, seed=3), policy)
+    assert result.columns["amount"].method == "wasserstein" and result.columns["amount"].threshold == 0.5
+    assert result.columns["label"].method == "psi" and result.columns["label"].threshold == 0.2
+
+
+def test_columns_without_values_are_skipped_not_fatal(synthetic_factory):
+    setup = synthetic_factory()
+    reference = setup.reference()
+    frame = _window(setup, 300, seed=3).frame(reference.feature_names)
+    frame["amount"] = np.nan
+    result = check_drift(frame.drop(columns=["max_score"]), reference, DriftPolicy())
+    assert result.skipped_columns == {"amount": "no values in the window", "max_score": "not in the window"}
+    assert result.kinds["prediction"].metrics["column_count"] == 1.0
+
+
+def test_an_empty_window_or_no_comparable_column_is_an_error(synthetic_factory):
+    setup = synthetic_factory()
+    reference = setup.reference()
+    frame = _window(setup, 300, seed=3).frame(reference.feature_names)
+    with pytest.raises(DriftCheckError, match="empty"):
+        check_drift(frame.iloc[:0], reference, DriftPolicy())
+    with pytest.raises(DriftCheckError, match="no data column"):
+        check_drift(frame[["label", "max_score"]], reference, DriftPolicy())
+
+
+def test_classification_scores_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(1)
+    truth = rng.choice(["a", "b", "c", "d"], 500)
+    predicted = np.where(rng.random(500) < 0.6, truth, rng.choice(["a", "b", "c"], 500))
+    accuracy, macro_f1 = classification_scores(truth, predicted)
+    assert accuracy == pytest.approx(accuracy_score(truth, predicted))
+    assert macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"))

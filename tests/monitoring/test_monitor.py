@@ -1,0 +1,195 @@
+"""The monitor's state machine without Kafka: windows, schedule, hysteresis, events, reference switches."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from driftloop.settings import load_settings
+from monitoring import DriftEvent, Monitor
+from streams.schemas import Label
+
+pytestmark = pytest.mark.unit
+
+SMALL = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 3600,
+         "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100, "reports_keep": 3}  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_monitor(tmp_path, synthetic_factory):
+    def make(clock=None, **monitoring):
+        settings = load_settings(
+            triton={"model_repository": tmp_path / "repo"},
+            monitoring={**SMALL, "reports_dir": tmp_path / "reports", **monitoring},
+        )
+        return Monitor(settings, clock=clock or Clock()), settings
+
+    return make
+
+
+def _feed(monitor, setup, n, seed, drift_at=None, labels=True):
+    outcomes = []
+    for prediction, label in setup.predictions(n, seed, drift_at):
+        monitor.observe_prediction(prediction)
+        if labels:
+            monitor.observe_label(Label(event_id=prediction.event_id, label=label, labelled_at=datetime.now(UTC)))
+        for model in monitor.due():
+            outcomes.append(monitor.check(model))
+    return outcomes
+
+
+def test_a_stable_stream_checks_every_n_events_and_never_fires(make_monitor, synthetic_factory):
+    monitor, settings = make_monitor()
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    outcomes = _feed(monitor, setup, 1800, seed=3)
+    assert len(outcomes) == 17  # at 200 (min window), then every 100
+    assert all(not o.events and not o.repeats for o in outcomes)
+    assert all(o.result.window.size == min(300, 200 + 100 * i) for i, o in enumerate(outcomes))
+    assert not (settings.monitoring.reports_dir).exists()
+
+
+def test_drift_fires_after_k_checks_repeats_while_open_and_resolves_when_it_clears(make_monitor, synthetic_factory):
+    monitor, settings = make_monitor()
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    assert not any(o.events for o in _feed(monitor, setup, 400, seed=4))
+
+    drifted = _feed(monitor, setup, 600, seed=5, drift_at=0)
+    fired_at = next(i for i, o in enumerate(drifted) if o.events)
+    assert fired_at == 1  # detected at the first check after the shift, fired at the second (k = 2)
+    events = {e.kind: e for e in drifted[fired_at].events}
+    assert set(events) == {"data", "prediction", "performance"}
+    data = events["data"]
+    assert data.status == "firing" and data.severity == "critical"
+    assert (data.model, data.version, data.dedup_key) == ("classifier", 1, "driftloop/classifier/data")
+    assert data.window.size == 300 and data.window.labelled == 300 and data.window.start < data.window.end
+    assert {"amount", "items", "oov_share"} <= set(data.drifted_columns)
+    assert data.metrics["drift_share"] >= 0.5 and set(data.scores) == {"amount", "items", "text_length",
+                                                                         "word_count", "oov_share"}  # fmt: skip
+    assert data.report_path and Path(data.report_path).is_file()
+    assert events["performance"].metrics["accuracy"] < 0.7
+    assert DriftEvent.from_bytes(data.to_bytes()) == data
+    assert all(len(o.repeats) == 3 and not o.events for o in drifted[fired_at + 1 :])
+    assert {r.id for o in drifted[fired_at + 1 :] for r in o.repeats if r.kind == "data"} == {data.id}
+    assert {r.severity for r in drifted[-1].repeats if r.kind == "data"} == {"critical"}
+
+    cleared = _feed(monitor, setup, 800, seed=6)
+    resolved_at = next(i for i, o in enumerate(cleared) if o.events)
+    resolved = {e.kind: e for e in cleared[resolved_at].events}
+    assert set(resolved) == {"data", "prediction", "performance"}
+    assert resolved["data"].status == "resolved" and resolved["data"].firing_event_id == data.id
+    assert resolved["data"].started_at == data.started_at and resolved["data"].severity == "critical"
+    assert resolved["data"].drifted_columns == [] and Path(resolved["data"].report_path).is_file()
+    assert not any(o.events or o.repeats for o in cleared[resolved_at + 1 :])
+    assert all(not s.firing for s in monitor.tracks["classifier"].states.values())
+
+
+def test_reports_are_kept_up_to_the_retention_limit(make_monitor, synthetic_factory):
+    monitor, settings = make_monitor(reports_keep=2, hysteresis_checks=1, resolve_checks=1)
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    for seed in range(3):
+        _feed(monitor, setup, 300, seed=10 + seed, drift_at=0)
+        _feed(monitor, setup, 300, seed=20 + seed)
+    assert len(list(settings.monitoring.reports_dir.glob("drift-*.html"))) == 2
+
+
+def test_checks_are_due_by_count_or_time_once_the_window_is_large_enough(make_monitor, synthetic_factory):
+    clock = Clock()
+    monitor, settings = make_monitor(clock=clock, check_every_events=1000, check_interval_s=30)
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    predictions = setup.predictions(260, seed=3)
+    for prediction, _ in predictions[:150]:
+        monitor.observe_prediction(prediction)
+    clock.now += 60
+    assert monitor.due() == []  # below min_window
+    assert monitor.check("classifier") is None
+    assert monitor.check("classifier", force=True).result.window.size == 150
+    for prediction, _ in predictions[150:250]:
+        monitor.observe_prediction(prediction)
+    assert monitor.due() == []  # 100 new events, 0 s since the forced check
+    clock.now += 31
+    assert monitor.due() == ["classifier"]
+    monitor.check("classifier")
+    clock.now += 31
+    assert monitor.due() == []  # time passed but nothing new arrived
+    monitor.observe_label(Label(event_id=predictions[0][0].event_id, label="neutral", labelled_at=datetime.now(UTC)))
+    assert monitor.due() == ["classifier"]  # a late label can change the performance figures
+
+
+def test_only_champion_predictions_of_the_serving_version_enter_the_window(make_monitor, synthetic_factory):
+    monitor, _ = make_monitor()
+    setup = synthetic_factory()
+    (p1, _), (p2, _), (p3, _), (p4, _) = setup.predictions(4, seed=3)
+    assert monitor.observe_prediction(p1)
+    assert not monitor.observe_prediction(p1)  # redelivered
+    assert not monitor.observe_prediction(p2.model_copy(update={"role": "shadow"}))
+    newer = p2.model_copy(update={"model": p2.model.model_copy(update={"version": 2})})
+    assert monitor.observe_prediction(newer)  # no models-topic record: the newest version seen is served
+    track = monitor.tracks["classifier"]
+    assert track.serving_version == 2 and len(track.window) == 1
+    assert not monitor.observe_prediction(p3)  # an older version now
+    monitor.observe_champion("classifier", 1)  # the models topic says: rolled back to v1
+    assert track.serving_version == 1 and len(track.window) == 0
+    assert monitor.observe_prediction(p3)
+    assert not monitor.observe_prediction(newer.model_copy(update={"event_id": "other"}))  # the topic rules now
+    monitor.observe_champion("classifier", None)
+    assert track.serving_version == 1
+    assert monitor.observe_prediction(p4)
+    assert monitor.observed == {"predictions": 8, "labels": 0, "skipped": 4}
+
+
+def test_labels_join_whichever_arrives_first(make_monitor, synthetic_factory):
+    monitor, _ = make_monitor()
+    (p1, l1), (p2, l2) = synthetic_factory().predictions(2, seed=3)
+    monitor.observe_prediction(p1)
+    assert monitor.observe_label(Label(event_id=p1.event_id, label=l1, labelled_at=datetime.now(UTC)))
+    assert not monitor.observe_label(Label(event_id=p2.event_id, label=l2, labelled_at=datetime.now(UTC)))
+    monitor.observe_prediction(p2)
+    assert monitor.tracks["classifier"].window.labelled == 2
+
+
+def test_a_new_champion_switches_the_reference_and_an_open_alert_waits_for_clean_checks(
+    make_monitor, synthetic_factory
+):
+    monitor, settings = make_monitor(hysteresis_checks=1, resolve_checks=1)
+    v1, v2 = synthetic_factory(version=1), synthetic_factory(version=2)
+    v1.write(settings.triton.model_repository)
+    v2.write(settings.triton.model_repository)
+    monitor.observe_champion("classifier", 1)
+    fired = [e for o in _feed(monitor, v1, 200, seed=5, drift_at=0) for e in o.events]
+    assert {e.kind for e in fired} == {"data", "prediction", "performance"}
+
+    monitor.observe_champion("classifier", 2)
+    track = monitor.tracks["classifier"]
+    assert len(track.window) == 0 and track.states["data"].firing and track.states["data"].drift_streak == 0
+    assert not [o for o in _feed(monitor, v1, 50, seed=6)]  # v1 predictions no longer count
+    outcomes = _feed(monitor, v2, 200, seed=6)
+    assert track.reference.version == 2
+    resolved = outcomes[0].events
+    assert {(e.kind, e.status, e.version) for e in resolved} == {
+        ("data", "resolved", 2), ("prediction", "resolved", 2), ("performance", "resolved", 2)}  # fmt: skip
+
+
+def test_a_missing_reference_is_logged_once_and_checks_resume_when_it_appears(make_monitor, synthetic_factory, caplog):
+    monitor, settings = make_monitor()
+    setup = synthetic_factory()
+    with caplog.at_level(logging.WARNING, logger="monitoring.monitor"):
+        assert _feed(monitor, setup, 400, seed=3) == [None, None, None]
+    assert [r.getMessage() for r in caplog.records].count("no reference: checks wait for it") == 1
+    setup.write(settings.triton.model_repository)
+    outcomes = _feed(monitor, setup, 100, seed=4)
+    assert len(outcomes) == 1 and outcomes[0].result.version == 1
