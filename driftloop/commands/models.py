@@ -1,4 +1,4 @@
-"""``driftloop models list | promote | rollback``: the versions in the Triton repository and their roles."""
+"""``driftloop models list | promote | rollback | withdraw``: the versions in the repository and their roles."""
 
 from __future__ import annotations
 
@@ -93,6 +93,22 @@ def promote(ctx: CommandContext, version: int | None, reason: str) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{state.model}: champion {state.champion} (previous {state.previous_champion}), "
                f"candidate {state.candidate}")  # fmt: skip
+
+
+@models_group.command()
+@click.argument("version", type=int, required=False)
+@click.option("--reason", default="", help="Why (kept in the models topic record).")
+@pass_ctx
+def withdraw(ctx: CommandContext, version: int | None, reason: str) -> None:
+    """Drop the candidate (default: the current one) without touching the champion."""
+    from training.exceptions import TrainingError
+    from training.publish import withdraw as withdraw_candidate
+
+    try:
+        state = withdraw_candidate(ctx.settings, version, reason or "withdrawn by hand")
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{state.model}: candidate withdrawn ({state.reason}); champion {state.champion}")
 
 
 @models_group.command()

@@ -125,6 +125,8 @@ def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str],
         env["VIRTUAL_ENV"] = str(settings.stack.serving_venv.resolve())
     env.pop("PYTHONPATH", None)
     env.setdefault("HF_HUB_OFFLINE", "1")
+    # A __pycache__ written into a loaded version folder makes Triton reload that version on the next load request.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return argv, env
 
 

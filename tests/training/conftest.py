@@ -1,0 +1,80 @@
+"""Fixtures of the training tests: fast settings (the tiny BERT), one trained tiny version per session, a Feast store.
+
+The tiny encoder is a random 2-layer, 64-wide BERT with MiniLM's tokenizer (offline); on the synthetic data it
+reaches ~100% validation accuracy in three short epochs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from driftloop.settings import Settings, load_settings
+from training.dataset import bootstrap_dataset, split_by_time
+from training.pipeline import BuiltVersion, build_version
+
+TINY_TRAINING = {
+    "encoder": "tiny",
+    "epochs": 3,
+    "learning_rate": 3e-3,
+    "batch_size": 32,
+    "bootstrap_samples": 300,
+    "min_samples": 20,
+    "reference_size": 40,
+    "retire_grace_s": 0,
+    "load_timeout_s": 90,
+}
+
+
+@dataclass(frozen=True)
+class TinyVersion:
+    """A built (unpublished) tiny version and the holdout it was scored on."""
+
+    built: BuiltVersion
+    holdout: pd.DataFrame
+    settings: Settings
+
+    @property
+    def path(self) -> Path:
+        return self.built.path
+
+    def copy_to(self, dest: Path) -> Path:
+        shutil.copytree(self.path, dest)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tmp_path_factory: pytest.TempPathFactory) -> TinyVersion:
+    """One tiny version trained on the synthetic bootstrap set, exported to a temporary folder."""
+    settings = load_settings(training=TINY_TRAINING)
+    dataset = bootstrap_dataset(settings)
+    _, holdout = split_by_time(dataset.frame, settings.training.validation_fraction)
+    dest = tmp_path_factory.mktemp("tiny-version") / "built"
+    built = build_version(settings, dataset, dest, trigger_id="test", progress=False)
+    return TinyVersion(built, holdout, settings)
+
+
+@pytest.fixture
+def publish_settings(settings_factory, triton_server) -> Callable[..., Settings]:
+    """Settings for publishing to the test Triton server under a model name of this test's own.
+
+    Tests that need to write into the server's repository are skipped against an external server.
+    """
+    if triton_server.repository is None:
+        pytest.skip("publishing needs the test server's model repository on this machine")
+    name = f"classifier_{uuid.uuid4().hex[:8]}"
+
+    def make(**training: object) -> Settings:
+        return settings_factory(
+            triton={"url": triton_server.http, "grpc_url": triton_server.grpc,
+                    "model_repository": triton_server.repository, "model_name": name},
+            training={**TINY_TRAINING, **training},
+        )  # fmt: skip
+
+    return make
