@@ -7,9 +7,13 @@ from pathlib import Path
 import click
 
 from driftloop.commands.context import CommandContext
+from driftloop.commands.demo import demo_command
+from driftloop.commands.models import models_group
 from driftloop.commands.monitor import drift_group, monitor_command
+from driftloop.commands.retrain import retrain_command
 from driftloop.commands.stack import stack_group
 from driftloop.commands.streams import produce_command, tail_command, workers_group
+from driftloop.commands.train import train_command
 
 
 @click.group()
@@ -24,7 +28,9 @@ def main(ctx: click.Context, config: Path | None, log_json: bool | None, log_lev
     ctx.obj = CommandContext(config, log_json, log_level)
 
 
-for command in (stack_group, produce_command, tail_command, workers_group, monitor_command, drift_group):
+COMMANDS = (stack_group, produce_command, tail_command, workers_group, train_command, models_group, monitor_command,
+            drift_group, retrain_command, demo_command)  # fmt: skip
+for command in COMMANDS:
     main.add_command(command)
 
 if __name__ == "__main__":

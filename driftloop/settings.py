@@ -160,6 +160,19 @@ class TrainingSettings(_Section):
     max_queue_delay_us: int = Field(2000, ge=0)  # dynamic batching delay
 
 
+class RetrainSettings(_Section):
+    """The retraining consumer (``driftloop retrain``): which drift events trigger a run, and the canary."""
+
+    group_id: str = "driftloop-retrain"
+    trigger_kinds: tuple[str, ...] = ("data", "prediction", "performance")
+    lookback_s: float = Field(300.0, ge=0)  # the dataset starts this long before the drift was first seen
+    settle_s: float = Field(0.0, ge=0)  # wait after the alert, so that post-drift labels accumulate
+    canary_min_labelled: int = Field(100, ge=1)  # labelled answers per role before the canary is judged
+    canary_timeout_s: float = Field(300.0, gt=0)
+    promote_margin: float = Field(0.0, ge=0, le=1)  # promote when candidate accuracy >= champion's - margin
+    metrics_port: int = 9420  # /healthz, /readyz, /metrics; 0 disables
+
+
 class MonitoringSettings(_Section):
     """Drift monitoring and on-call delivery (the monitoring stage owns these fields).
 
@@ -242,7 +255,7 @@ class StackSettings(_Section):
     # The password is a secret: env DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD, or a file named by
     # DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD_FILE. The PLAINTEXT listener stays the default for everything else.
     kafka_sasl_port: int = Field(default=0, ge=0, le=65535)
-    kafka_sasl_username: str = "driftloop"
+    kafka_sasl_username: str = Field(default="driftloop", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     kafka_sasl_password: SecretStr | None = None
     kafka_sasl_password_file: Path | None = None
     tritonserver: Path | None = None
@@ -274,6 +287,7 @@ class Settings(BaseSettings):
     feast: FeastSettings = FeastSettings()
     workers: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
+    retrain: RetrainSettings = RetrainSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()

@@ -31,14 +31,16 @@ def add_event(state: dict | None, event_id: str, event_time: float, text_length:
     """
     state = state or empty_state()
     ids, times, lengths = list(state["ids"]), list(state["times"]), list(state["lengths"])
-    if event_id not in ids:
-        index = bisect_right(times, event_time)
-        ids.insert(index, event_id)
-        times.insert(index, event_time)
-        lengths.insert(index, text_length)
-        keep = max(bisect_left(times, times[-1] - DAY), len(times) - MAX_EVENTS)
-        ids, times, lengths = ids[keep:], times[keep:], lengths[keep:]
-    return {"ids": ids, "times": times, "lengths": lengths}, features_at(times, lengths, event_time)
+    if event_id in ids:
+        return state, features_at(times, lengths, event_time)
+    index = bisect_right(times, event_time)
+    ids.insert(index, event_id)
+    times.insert(index, event_time)
+    lengths.insert(index, text_length)
+    features = features_at(times, lengths, event_time)  # before pruning: the previous event may be days old
+    # Keep the last day, and always the newest event (the next event's "previous").
+    keep = min(max(bisect_left(times, times[-1] - DAY), len(times) - MAX_EVENTS), len(times) - 1)
+    return {"ids": ids[keep:], "times": times[keep:], "lengths": lengths[keep:]}, features
 
 
 def features_at(times: list[float], lengths: list[int], at: float) -> Features:

@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import logging
-import random
-import zlib
-from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +26,7 @@ from pydantic import ValidationError
 from driftloop.settings import Settings
 from streams.schemas import Event, InvalidEvent, Label, parse_event
 from streams.synthetic import SyntheticStream
+from streams.windows import add_event
 from training.exceptions import DatasetError
 from training.servable.runtime import FEATURE_NAMES
 from training.snapshot import SnapshotError, read_topic
@@ -171,7 +169,10 @@ def read_labelled_events(
 
 
 def attach_features(store: Any, frame: pd.DataFrame) -> pd.DataFrame:
-    """Add the ``inference_v1`` features as of each row's ``event_timestamp`` (Feast point-in-time join).
+    """Add the ``inference_v1`` features as of just before each row's ``event_timestamp`` (Feast point-in-time).
+
+    Just before: the feature worker pushes each event's own row at the event's time, while the inference worker
+    reads the store as that event arrives and so sees the entity's previous row. Training joins what serving sees.
 
     Args:
         store: an applied ``feast.FeatureStore``.
@@ -184,7 +185,10 @@ def attach_features(store: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
     if frame.empty:
         return frame.assign(**{name: pd.Series(dtype="float64") for name in FEATURE_NAMES})
-    joined = historical_features(store, frame[["entity_id", "event_timestamp"]])
+    as_of = frame[["entity_id", "event_timestamp"]].assign(
+        event_timestamp=pd.to_datetime(frame["event_timestamp"], utc=True) - pd.Timedelta(microseconds=1)
+    )
+    joined = historical_features(store, as_of)
     result = frame.reset_index(drop=True).copy()
     for name in FEATURE_NAMES:
         result[name] = pd.to_numeric(joined[name], errors="coerce").astype("float64").to_numpy()
@@ -289,50 +293,27 @@ def bootstrap_dataset(settings: Settings, samples: int | None = None, end: datet
 
 
 def synthetic_features(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Features of synthetic events, each computed only from the entity's *earlier* events.
+    """Features of synthetic events, as the live pipeline serves them.
 
-    - ``msg_count_1h`` / ``msg_count_24h``: earlier events of the entity in the hour / day before;
-    - ``mean_text_length``: mean characters of those of the last day (0 if none);
-    - ``seconds_since_last_event``: since the entity's previous event (0 for its first);
-    - ``account_age_days`` and ``lifetime_events``: a seeded per-entity profile, aged and counted along.
+    The feature worker folds each event into its entity's windows (``streams.windows.add_event``) and pushes that
+    row; the inference worker, reading the store as an event arrives, sees the row of the entity's *previous* event
+    (nothing for its first). So each event here gets the features folded at its entity's previous event. Profile
+    features are left empty, as they are for live traffic until a batch job writes ``entity_profile``.
 
     Args:
         frame: ``event_id``, ``entity_id``, ``event_timestamp``, ``text``.
-        seed: seeds the per-entity profiles.
+        seed: unused; kept so that callers need not change when profiles are synthesised again.
 
     Returns:
-        ``event_id`` and the six features.
+        ``event_id`` and the six features (null where the pipeline would have none).
     """
-    hour, day = timedelta(hours=1), timedelta(days=1)
-    history: dict[str, deque[tuple[datetime, int]]] = defaultdict(deque)
-    counts: dict[str, int] = defaultdict(int)
-    last_seen: dict[str, datetime] = {}
+    states: dict[str, dict] = {}
+    served: dict[str, dict] = {}
     rows = []
     ordered = frame.sort_values(["event_timestamp", "event_id"], kind="stable")
-    first = ordered["event_timestamp"].iloc[0] if len(ordered) else None
     for event_id, entity_id, when, text in ordered[["event_id", "entity_id", "event_timestamp", "text"]].itertuples(
         index=False
     ):
-        rng = random.Random(zlib.crc32(f"{seed}:{entity_id}".encode()))
-        age_at_start, prior_events = rng.uniform(1.0, 1500.0), rng.randint(0, 300)
-        past = history[entity_id]
-        while past and past[0][0] <= when - day:
-            past.popleft()
-        last_hour = [length for t, length in past if t > when - hour]
-        rows.append(
-            {
-                "event_id": event_id,
-                "msg_count_1h": float(len(last_hour)),
-                "msg_count_24h": float(len(past)),
-                "mean_text_length": float(np.mean([length for _, length in past])) if past else 0.0,
-                "seconds_since_last_event": (
-                    (when - last_seen[entity_id]).total_seconds() if entity_id in last_seen else 0.0
-                ),
-                "account_age_days": age_at_start + (when - first) / day,
-                "lifetime_events": float(prior_events + counts[entity_id]),
-            }
-        )
-        past.append((when, len(text)))
-        last_seen[entity_id] = when
-        counts[entity_id] += 1
+        rows.append({"event_id": event_id, **served.get(entity_id, {}), "account_age_days": None, "lifetime_events": None})
+        states[entity_id], served[entity_id] = add_event(states.get(entity_id), event_id, when.timestamp(), len(text))
     return pd.DataFrame(rows, columns=["event_id", *FEATURE_NAMES])

@@ -28,6 +28,13 @@ def test_counts_mean_and_gap_over_sliding_windows():
     assert f[3]["msg_count_24h"] == 2 and f[3]["mean_text_length"] == 35.0
 
 
+def test_gap_longer_than_a_day_is_still_measured():
+    state, f = _fold([("a", T0, 10), ("b", T0 + 3 * DAY, 20)])
+    assert f[1] == {"msg_count_1h": 1, "msg_count_24h": 1, "mean_text_length": 20.0,
+                    "seconds_since_last_event": 3 * DAY}  # fmt: skip
+    assert state["ids"] == ["b"]
+
+
 def test_late_event_is_placed_by_its_time():
     state, f = _fold([("a", T0, 10), ("b", T0 + 100, 10), ("late", T0 + 50, 40)])
     assert state["times"] == [T0, T0 + 50, T0 + 100]

@@ -100,7 +100,7 @@ def test_bootstrap_is_seeded_and_balanced_enough() -> None:
 
 
 @pytest.mark.unit
-def test_synthetic_features_only_look_at_earlier_events() -> None:
+def test_synthetic_features_are_what_serving_sees_the_entitys_previous_row() -> None:
     frame = pd.DataFrame(
         {
             "event_id": ["x1", "y1", "x2", "x3", "x4"],
@@ -110,14 +110,16 @@ def test_synthetic_features_only_look_at_earlier_events() -> None:
         }
     )
     features = synthetic_features(frame).set_index("event_id")
+    counts = ["msg_count_1h", "msg_count_24h", "mean_text_length"]
 
-    assert features.loc["x1", list(FEATURE_NAMES[:4])].tolist() == [0, 0, 0, 0]
-    assert features.loc["x2", ["msg_count_1h", "msg_count_24h", "mean_text_length"]].tolist() == [1, 1, 2]
-    assert features.loc["x2", "seconds_since_last_event"] == 30 * 60
-    assert features.loc["x3", ["msg_count_1h", "msg_count_24h", "mean_text_length"]].tolist() == [0, 2, 3]
-    assert features.loc["x4", ["msg_count_1h", "msg_count_24h"]].tolist() == [0, 0]  # older than a day
-    assert features.loc["x4", "seconds_since_last_event"] == (60 * 30 - 100) * 60
-    assert features.loc["x4", "lifetime_events"] - features.loc["x1", "lifetime_events"] == 3
+    assert features.loc[["x1", "y1"]].isna().all().all()  # an entity's first event: nothing pushed yet
+    assert features.loc["x2", counts].tolist() == [1, 1, 2]  # the row pushed for x1
+    assert pd.isna(features.loc["x2", "seconds_since_last_event"])
+    assert features.loc["x3", counts].tolist() == [2, 2, 3]  # the row pushed for x2
+    assert features.loc["x3", "seconds_since_last_event"] == 30 * 60
+    assert features.loc["x4", counts].tolist() == [1, 3, 4]  # the row pushed for x3
+    assert features.loc["x4", "seconds_since_last_event"] == 70 * 60
+    assert features[["account_age_days", "lifetime_events"]].isna().all().all()  # no profile job ran
     # Adding later events changes nothing for earlier ones.
     prefix = synthetic_features(frame.iloc[:3]).set_index("event_id")
     pd.testing.assert_frame_equal(prefix, features.loc[prefix.index])

@@ -1,0 +1,46 @@
+"""``driftloop demo``: the closed loop on the local stack, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from driftloop import stack
+from driftloop.commands.context import CommandContext, pass_ctx
+
+
+@click.command(name="demo")
+@click.option("--rate", default=10.0, show_default=True, help="Events per second.")
+@click.option("--drift-after", default=60.0, show_default=True, help="Seconds of clean traffic before the drift.")
+@click.option("--timeout", default=600.0, show_default=True, help="Give up when no promotion came by then.")
+@click.option("--after-promotion", default=30.0, show_default=True, help="Seconds of traffic after the promotion.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path(".stack/demo"),
+              show_default=True, help="Where the summary, the plot and the workers' logs go.")  # fmt: skip
+@pass_ctx
+def demo_command(ctx: CommandContext, rate, drift_after, timeout, after_promotion, seed, out: Path) -> None:
+    """Start the stack, bootstrap version 1, stream events, inject a concept drift and let the loop recover."""
+    from driftloop.demo import DemoPlan, run_loop, timeline_lines
+    from training.pipeline import train_version
+    from training.registry import read_state
+
+    settings = ctx.settings
+    stack.up(settings, report=click.echo)
+    state = read_state(settings)
+    if state.champion is None:
+        click.echo(f"bootstrapping version 1 of {settings.triton.model_name} ({settings.training.encoder}) ...")
+        run = train_version(settings, bootstrap=True)
+        click.echo(f"version {run.version} serving: holdout accuracy {run.metrics.accuracy:.1%}, "
+                   f"macro-F1 {run.metrics.macro_f1:.3f}, trained in {run.seconds:.0f}s")  # fmt: skip
+    else:
+        click.echo(f"champion: version {state.champion}")
+    plan = DemoPlan(rate=rate, drift_after_s=drift_after, timeout_s=timeout, after_promotion_s=after_promotion, seed=seed)
+    summary = run_loop(settings, plan, ctx.config, out, click.echo)
+    click.echo("\ntimeline (seconds since the drift onset):")
+    for line in timeline_lines(summary):
+        click.echo(line)
+    click.echo("\n" + json.dumps({k: v for k, v in summary.items() if k != "timeline"}, indent=2))
+    click.echo(f"\nsummary: {out / 'summary.json'}  plot: {out / 'accuracy.png'}  logs: {out / 'logs'}")
+    click.echo("the stack keeps running: `driftloop stack down` stops it")
