@@ -5,7 +5,7 @@ SERVING := .venv-serving
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: setup demo test test-fast stack-up stack-down stack-status clean
+.PHONY: setup demo test test-fast bench stack-up stack-down stack-status clean
 
 setup: $(VENV)/.installed $(SERVING)/.installed
 
@@ -21,10 +21,11 @@ $(SERVING)/.installed: deploy/serving/requirements.txt deploy/serving/tritonserv
 	$(UV) pip install --python $(SERVING)/bin/python --no-deps -r deploy/serving/tritonserver.txt
 	touch $@
 
-## The main job: the local stack (Kafka, Triton, Feast) and its health report.
+## The main job: the local stack (Kafka, Triton, Feast), then the closed-loop demo with the real MiniLM model.
 demo: setup
 	$(BIN)/driftloop stack up
 	$(BIN)/driftloop stack status
+	$(BIN)/driftloop --config deploy/local/demo.toml demo
 
 ## Every test: unit, integration (real servers, started by the test fixtures) and end-to-end.
 test: setup
