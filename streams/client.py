@@ -37,6 +37,7 @@ def client_config(settings: Settings, overrides: Mapping[str, Any] | None = None
     A failure that retrying cannot fix - the broker refused the credentials, or its certificate is not trusted -
     raises ``KafkaClientError`` from the client call that served it (``poll``, ``flush``, ``consume``) instead of
     being retried forever; other client errors are logged (not with ``log_level`` 0) and retried by librdkafka.
+    An ``error_cb`` in ``overrides`` replaces this behaviour.
 
     Args:
         settings: the root settings; ``kafka.*`` is read.

@@ -23,7 +23,17 @@ from features.store import online_features, open_store
 from streams.client import KafkaConsumer, KafkaProducer, Record
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
-from streams.schemas import DeadLetter, Event, InvalidEvent, ModelRef, Prediction, Source, Timings, parse_event
+from streams.schemas import (
+    MAX_DEAD_LETTER_BYTES,
+    DeadLetter,
+    Event,
+    InvalidEvent,
+    ModelRef,
+    Prediction,
+    Source,
+    Timings,
+    parse_event,
+)
 from streams.canary import route
 from streams.exceptions import StreamsError
 from streams.text_stats import load_vocab, text_stats
@@ -48,7 +58,8 @@ class Batch:
 def dead_letter(settings: Settings, msg: Message, stage: str, error: str) -> Record:
     letter = DeadLetter.of(stage, error, Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()),
                            msg.key(), msg.value())  # fmt: skip
-    return Record(settings.kafka.topic("dlq-v1"), letter.to_bytes(), key=msg.key())
+    key = msg.key()
+    return Record(settings.kafka.topic("dlq-v1"), letter.to_bytes(), key=key[:MAX_DEAD_LETTER_BYTES] if key else key)
 
 
 def trace_id(msg: Message) -> str | None:
@@ -134,7 +145,7 @@ class InferenceWorker:
             try:
                 event = parse_event(msg.value())
                 if msg.key() != event.entity_id.encode():
-                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got {msg.key()!r}")
+                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got {msg.key()[:64]!r}")
                 events.append((msg, event))
             except InvalidEvent as exc:
                 batch.outputs.append(dead_letter(settings, msg, "validate", exc.reason))

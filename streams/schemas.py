@@ -6,6 +6,7 @@ Any Kafka client can speak them; the README documents each with an example.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 10_000
 MAX_JSON_DEPTH = 8
+MAX_DEAD_LETTER_BYTES = 256 * 1024
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -124,7 +126,11 @@ class Source(_Contract):
 
 
 class DeadLetter(_Contract):
-    """A record that could not be processed: the original bytes (base64), where it came from, and why."""
+    """A record that could not be processed: the original bytes (base64), where it came from, and why.
+
+    Values and keys over ``MAX_DEAD_LETTER_BYTES`` are cut (base64 grows them by a third, and the dead letter must
+    fit the broker's record limit); ``value_size`` and ``value_sha256`` then identify the whole original.
+    """
 
     stage: str
     error: str
@@ -132,15 +138,25 @@ class DeadLetter(_Contract):
     key_b64: str | None = None
     value_b64: str
     failed_at: datetime
+    key_truncated: bool = False
+    value_truncated: bool = False
+    value_size: int | None = None
+    value_sha256: str | None = None
 
     @classmethod
     def of(cls, stage: str, error: str, source: Source, key: bytes | None, value: bytes | None) -> DeadLetter:
+        raw = value or b""
+        cut = len(raw) > MAX_DEAD_LETTER_BYTES
         return cls(
             stage=stage,
-            error=error,
+            error=error if len(error) <= 1000 else error[:1000] + "...",
             source=source,
-            key_b64=base64.b64encode(key).decode() if key is not None else None,
-            value_b64=base64.b64encode(value or b"").decode(),
+            key_b64=base64.b64encode(key[:MAX_DEAD_LETTER_BYTES]).decode() if key is not None else None,
+            key_truncated=key is not None and len(key) > MAX_DEAD_LETTER_BYTES,
+            value_b64=base64.b64encode(raw[:MAX_DEAD_LETTER_BYTES]).decode(),
+            value_truncated=cut,
+            value_size=len(raw) if cut else None,
+            value_sha256=hashlib.sha256(raw).hexdigest() if cut else None,
             failed_at=datetime.now(UTC),
         )
 
@@ -164,7 +180,7 @@ def parse_event(raw: bytes | None) -> Event:
         raise InvalidEvent(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also numbers Python refuses to convert
         raise InvalidEvent(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEvent(f"an event is a JSON object, got {type(data).__name__}")

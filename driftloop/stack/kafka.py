@@ -171,9 +171,9 @@ def ensure_certificates(settings: Settings) -> Path:
         .serial_number(x509.random_serial_number()).not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
@@ -195,7 +195,7 @@ def ensure_certificates(settings: Settings) -> Path:
     _write_private(keystore, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
                    + cert.public_bytes(pem) + ca.public_bytes(pem))  # fmt: skip
     ca_path.write_bytes(ca.public_bytes(pem))
-    log.info("generated a CA and a broker certificate", extra={"ca": str(ca_path), "hosts": [str(n.value) for n in names]})
+    log.info("generated a CA and a broker certificate for %s into %s", ", ".join(str(n.value) for n in names), folder)
     return keystore
 
 
@@ -299,7 +299,8 @@ def format_storage(settings: Settings, properties: Path) -> bool:
     if settings.stack.kafka_sasl_port:
         # The launcher reads the main class and its arguments from a private file: the salted credentials stay
         # off the process list.
-        _write_private(argfile, "\n".join(f"'{arg}'" for arg in [*tool, *_scram_arguments(settings)]).encode())
+        lines = [_argfile_quote(arg) for arg in [*tool, *_scram_arguments(settings)]]
+        _write_private(argfile, "\n".join(lines).encode())
         tool = [f"@{argfile.resolve()}"]
     try:
         done = subprocess.run(_java_argv(settings, *tool), capture_output=True, text=True, check=False)  # noqa: S603
@@ -309,6 +310,11 @@ def format_storage(settings: Settings, properties: Path) -> bool:
         output = re.sub(r'(salt|saltedpassword)="[^"]*"', r'\1="***"', done.stdout[-2000:] + done.stderr[-2000:])
         raise StackError(f"formatting Kafka storage failed:\n{output}")
     return True
+
+
+def _argfile_quote(arg: str) -> str:
+    """One argument of a java launcher argument file (``java @file``), quoted."""
+    return "'" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def start(settings: Settings) -> int:
@@ -349,7 +355,8 @@ def up(settings: Settings) -> dict[str, str]:
         upsert_scram_user(settings)  # idempotent; covers a storage formatted before the listener was turned on
         client = sasl_client_settings(settings)
         proc.wait_ready(lambda: is_ready(client), settings.stack.ready_timeout_s, f"SASL_SSL {client.kafka_bootstrap}")
-        log.info("SASL_SSL listener ready", extra={"bootstrap": client.kafka_bootstrap, "ca": str(ca_file(settings))})
+        log.info("SASL_SSL listener ready at %s (user %s, CA %s)", client.kafka_bootstrap,
+                 settings.stack.kafka_sasl_username, ca_file(settings))  # fmt: skip
     return ensure_topics(settings)
 
 

@@ -1,0 +1,91 @@
+"""Run the chaos scenarios (``pytest -m chaos``) and summarise their accounting in one JSON line.
+
+Each scenario reports, through the ``chaos_ledger`` fixture (tests/chaos/conftest.py), the records it produced
+and how many became predictions, dead letters, nothing (lost) or more than one output (duplicates). This script
+runs pytest in a child process with ``DRIFTLOOP_CHAOS_LEDGER`` pointing at a temporary file, reads the entries the
+scenarios wrote, adds pytest's outcome per test (from a JUnit XML report), and prints one JSON line::
+
+    {"ok": true, "pytest_exit": 0, "tests": {"passed": 3, ...}, "totals": {"produced": ..., "lost": 0, ...},
+     "scenarios": [{"scenario": "hostile-input", "produced": ..., "outcome": "passed", "details": {...}}, ...]}
+
+``ok`` is true when pytest passed and no scenario lost or duplicated a record.
+
+    python bench/chaos_summary.py [--out chaos.json] [-- extra pytest arguments, e.g. tests/chaos -k hostile]
+
+Exit status: 0 when ``ok``, else 1. The servers are the tests' own (private broker, tritonserver, Feast store), so
+the command needs what ``make test`` needs and nothing running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LEDGER_ENV = "DRIFTLOOP_CHAOS_LEDGER"  # read by tests/chaos/conftest.py
+COUNTS = ("produced", "predicted", "dead_lettered", "lost", "duplicates")
+
+
+def run(pytest_args: list[str], workdir: Path) -> dict:
+    """Run ``pytest -m chaos`` and return the summary."""
+    ledger, junit = workdir / "ledger.jsonl", workdir / "junit.xml"
+    ledger.touch()
+    argv = [sys.executable, "-m", "pytest", "-m", "chaos", "-p", "no:cacheprovider", "-q", f"--junitxml={junit}",
+            *pytest_args]  # fmt: skip
+    started = time.monotonic()
+    env = {**os.environ, LEDGER_ENV: str(ledger)}
+    # pytest reports on stderr: stdout carries the one summary line.
+    done = subprocess.run(argv, cwd=REPO, env=env, stdout=sys.stderr, check=False)  # noqa: S603
+    duration = time.monotonic() - started
+    scenarios = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    tests = _outcomes(junit)
+    totals = {name: sum(int(entry.get(name, 0)) for entry in scenarios) for name in COUNTS}
+    ok = done.returncode == 0 and bool(scenarios) and totals["lost"] == 0 and totals["duplicates"] == 0
+    return {
+        "ok": ok,
+        "pytest_exit": done.returncode,
+        "duration_s": round(duration, 1),
+        "tests": tests,
+        "totals": totals,
+        "scenarios": scenarios,
+    }
+
+
+_TAGS = (("failure", "failed"), ("error", "errors"), ("skipped", "skipped"))
+
+
+def _outcomes(junit: Path) -> dict[str, int]:
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    if not junit.exists():
+        return counts
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        tags = {child.tag for child in case}
+        outcome = next((name for tag, name in _TAGS if tag in tags), "passed")
+        counts[outcome] += 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="Also write the summary line to this file.")
+    parser.add_argument("pytest_args", nargs="*", help="Extra pytest arguments (after --).")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
+        summary = run(args.pytest_args, Path(workdir))
+    line = json.dumps(summary, default=str)
+    print(line)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
