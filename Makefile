@@ -35,6 +35,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
+## Pipeline throughput vs the raw model, tiny and MiniLM (one JSON line each), on the local stack.
+bench: setup
+	$(BIN)/driftloop stack up
+	$(BIN)/python bench/pipeline.py --encoder tiny --plot .stack/bench-pipeline-tiny.png
+	$(BIN)/python bench/pipeline.py --encoder minilm --plot .stack/bench-pipeline-minilm.png
+
 stack-up: setup
 	$(BIN)/driftloop stack up
 stack-down:
