@@ -6,9 +6,7 @@ real processes), with the tiny BERT instead of MiniLM so it fits in CI.
 
 from __future__ import annotations
 
-import os
 import tomllib
-from pathlib import Path
 
 import pytest
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.schemas import MAX_EVENT_BYTES, DeadLetter, Event, InvalidEvent, Source, parse_event
+from streams.schemas import MAX_EVENT_BYTES, DeadLetter, InvalidEvent, Source, parse_event
 from streams.synthetic import SyntheticStream
 
 pytestmark = pytest.mark.unit
