@@ -145,7 +145,7 @@ class InferenceWorker:
             try:
                 event = parse_event(msg.value())
                 if msg.key() != event.entity_id.encode():
-                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got {msg.key()[:64]!r}")
+                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got {msg.key() if msg.key() is None else msg.key()[:64]!r}")
                 events.append((msg, event))
             except InvalidEvent as exc:
                 batch.outputs.append(dead_letter(settings, msg, "validate", exc.reason))

@@ -22,7 +22,7 @@ from driftloop.commands.train import train_command
 from features import apply_repo, push_stream_features
 from streams import KafkaProducer, Record, ensure_topics
 from streams.synthetic import SyntheticStream
-from training.dataset import synthetic_features
+from streams.windows import add_event
 
 pytestmark = [
     pytest.mark.integration,
@@ -76,17 +76,16 @@ def _produce_drifted_events(settings, start: datetime, count: int) -> None:
     ]
     with KafkaProducer(settings) as producer:
         producer.produce_batch(records)
-    # The stream aggregates the streams workers would have pushed, one row per event.
-    frame = pd.DataFrame(
-        {"event_id": [i.event.event_id for i in generated], "entity_id": [i.event.entity_id for i in generated],
-         "event_timestamp": [i.event.event_time for i in generated], "text": [i.event.text for i in generated]}
-    )  # fmt: skip
-    stats = frame.merge(synthetic_features(frame), on="event_id")
-    push_stream_features(
-        apply_repo(settings),
-        stats[["entity_id", "event_timestamp", "msg_count_1h", "msg_count_24h", "mean_text_length",
-               "seconds_since_last_event"]].astype({"msg_count_1h": "int64", "msg_count_24h": "int64"}),
-    )  # fmt: skip
+    # The rows the feature worker would have pushed: one per event, folded with its own window code.
+    states: dict[str, dict] = {}
+    rows = []
+    for item in sorted(generated, key=lambda i: i.event.event_time):
+        event = item.event
+        states[event.entity_id], features = add_event(
+            states.get(event.entity_id), event.event_id, event.event_time.timestamp(), len(event.text)
+        )
+        rows.append({"entity_id": event.entity_id, "event_timestamp": event.event_time, **features})
+    push_stream_features(apply_repo(settings), pd.DataFrame(rows))
 
 
 def test_bootstrap_retrain_promote_and_rollback(publish_settings, tmp_path, restore_logging) -> None:
@@ -121,7 +120,8 @@ def test_bootstrap_retrain_promote_and_rollback(publish_settings, tmp_path, rest
                           .read_bytes())  # fmt: skip
     assert metadata["trigger_id"] == "drift-42" and metadata["data_window"]["source"] == "kafka+feast"
     assert metadata["encoder"]["initialised_from_version"] == 1
-    assert metadata["samples"]["dataset"]["missing_features"]["msg_count_1h"] == 0
+    # Each of the 8 entities' first event has no earlier row: serving saw nothing for it either.
+    assert metadata["samples"]["dataset"]["missing_features"]["msg_count_1h"] == 8
 
     rows = [json.loads(line) for line in run("models", "list", "--json").splitlines()]
     assert [(r["version"], r["role"], r["triton"]) for r in rows] == [
