@@ -21,6 +21,7 @@ from feast.data_source import PushMode
 from feast.type_map import feast_value_type_to_pa
 
 from driftloop.settings import Settings
+
 from features import definitions
 from features.exceptions import FeatureRowsInvalid, FeatureStoreConfigError, FeatureStoreNotReady
 from features.offline_store import STORE_TYPE as OFFLINE_STORE_TYPE

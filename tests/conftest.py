@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import features  # noqa: F401 - before any feast import: keeps prometheus_client in-process (see features/__init__)
 from driftloop.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import triton as local_triton

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +20,7 @@ import pytest
 from feast import FeatureStore
 
 from driftloop.settings import Settings, load_settings
+from driftloop.stack.process import ServerProcess
 from features import apply_repo
 from tests.helpers import free_port
 
@@ -72,26 +71,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytrace=False,
         )
     workdir = tmp_path_factory.mktemp("redis")
-    log_file = workdir / "redis.log"
     port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--dir", str(workdir), "--logfile", str(log_file)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = ServerProcess("redis", workdir)
+    server.start([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--daemonize", "no", "--dir", str(workdir)])  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while not _redis_answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else "(no log)"
-                pytest.fail(f"redis-server on port {port} did not come up (exit {proc.poll()}):\n{tail}", pytrace=False)
-            time.sleep(0.05)
+        server.wait_ready(lambda: _redis_answers(port), 15, f"PING on port {port}")
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        server.stop(timeout_s=10)
 
 
 @pytest.fixture(scope="session", params=ONLINE_STORES)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from driftloop.stack.process import ServerProcess
 from monitoring.reference import ReferenceSample, reference_from_metadata
 from monitoring.synthetic import WordModel, version_metadata, write_version_metadata
 from streams.schemas import Prediction
@@ -173,40 +173,22 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
         "        send_resolved: true\n"
     )
     port = free_port()
-    log_file = (folder / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    server = ServerProcess("alertmanager", folder)
+    server.start([binary, f"--config.file={config}", f"--storage.path={folder / 'data'}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"])  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"alertmanager exited with {proc.returncode}: {(folder / 'alertmanager.log').read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("alertmanager not ready in 30s")
-            time.sleep(0.2)
+        server.wait_ready(lambda: _answers(f"{url}/-/ready"), 30, f"{url}/-/ready")
         yield AlertmanagerServer(url, recorder)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
+        server.stop(timeout_s=10)
         recorder_server.shutdown()
         recorder_server.server_close()
+
+
+def _answers(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return response.status == 200
 
 
 # -- a model, its reference, its predictions ------------------------------------------------------------------------
