@@ -13,9 +13,12 @@ Used by type name in a RepoConfig: ``offline_store: {type: features.offline_stor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast.data_source import DataSource
 from feast.infra.offline_stores import duckdb as feast_duckdb
 from feast.infra.offline_stores.file_source import FileSource
@@ -108,4 +111,21 @@ def _read_data_source(data_source: DataSource, repo_path: str):
 
 
 def _write_data_source(table, data_source: DataSource, repo_path: str, *args: Any, **kwargs: Any) -> None:
-    feast_duckdb._write_data_source(table, resolve_source(data_source, repo_path), repo_path, *args, **kwargs)
+    resolved = resolve_source(data_source, repo_path)
+    mode = kwargs.get("mode", args[0] if args else "append")
+    path = Path(resolved.file_options.uri) if isinstance(resolved, FileSource) else None
+    if mode != "append" or path is None or path.suffix != ".parquet" or not path.exists():
+        feast_duckdb._write_data_source(table, resolved, repo_path, *args, **kwargs)
+        return
+    _append_atomically(table.to_pyarrow(), path)
+
+
+def _append_atomically(rows: pa.Table, path: Path) -> None:
+    """Append to a parquet file the way Feast's DuckDB store does (the whole file is rewritten), but into a temporary
+    file moved over the old one, so that a reader (training's point-in-time join) never sees a half-written file."""
+    previous = pq.read_table(path)
+    if rows.schema != previous.schema:
+        rows = rows.cast(previous.schema)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(pa.concat_tables([rows, previous]), staging)
+    os.replace(staging, path)

@@ -214,3 +214,18 @@ def test_push_with_wrong_columns_writes_nothing(feast_store, stream_rows_factory
 def test_historical_read_needs_entity_and_timestamp(feast_store) -> None:
     with pytest.raises(FeatureRowsInvalid, match="event_timestamp"):
         historical_features(feast_store.store, pd.DataFrame({"entity_id": ["x"]}))
+
+
+
+def test_offline_append_replaces_the_file_whole(feast_store, stream_rows_factory: RowsFactory) -> None:
+    """A reader never sees a half-written offline file: an append writes a new file and renames it over the old one,
+    so a reader that opened the old file keeps reading it whole (an in-place rewrite would change it under it)."""
+    path = feast_store.settings.feast_dir / "data" / "entity_stream_stats.parquet"
+    push_stream_features(feast_store.store, stream_rows_factory([("atomic-0", T1, 1)]))
+    before = pq.read_table(path).num_rows
+    with path.open("rb") as held:
+        push_stream_features(feast_store.store, stream_rows_factory([("atomic-1", T1, 1)]))
+        assert pq.read_table(held).num_rows == before
+    after = pq.read_table(path)
+    assert after.num_rows == before + 1 and "atomic-1" in after.column("entity_id").to_pylist()
+    assert not list(path.parent.glob(".*.tmp"))
