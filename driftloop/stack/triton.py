@@ -156,7 +156,7 @@ def up(settings: Settings) -> list[str]:
     if proc.pid() is None:
         start(settings)
     proc.wait_ready(lambda: is_ready(settings), settings.stack.ready_timeout_s, f"http://{settings.triton_http}")
-    return [m["name"] for m in repository_index(settings) if m.get("state") == "READY"]
+    return [f"{m['name']}:{m.get('version', '?')}" for m in repository_index(settings) if m.get("state") == "READY"]
 
 
 def repository_index(settings: Settings) -> list[dict]:
