@@ -31,7 +31,7 @@ from driftloop.stack import kafka as local_kafka
 from driftloop.stack.exceptions import StackError
 from streams import KafkaClientError, KafkaConsumer, KafkaProducer, Record, client_config, ensure_topics, redacted
 from streams.schemas import Event
-from tests.helpers import free_port
+from tests.helpers import free_port, worker_env
 
 PASSWORD = f"pw-{secrets.token_urlsafe(18)}"  # random per run: searchable in every output
 
@@ -189,12 +189,8 @@ def test_feature_worker_consumes_and_commits_over_sasl_ssl(sasl_client, sasl_sta
         "DRIFTLOOP_KAFKA__SASL_USERNAME": sasl_stack.stack.kafka_sasl_username,
         "DRIFTLOOP_KAFKA__SASL_PASSWORD": PASSWORD,
         "DRIFTLOOP_KAFKA__SSL_CA_LOCATION": str(local_kafka.ca_file(sasl_stack)),
-        "DRIFTLOOP_FEAST__DATA_DIR": str(tmp_path / "feast"),
         "DRIFTLOOP_WORKERS__FEATURES_GROUP": group,
-        "DRIFTLOOP_WORKERS__METRICS_PORT": "0",
-        "DRIFTLOOP_WORKERS__FAUST_WEB_PORT": str(free_port()),
-        "DRIFTLOOP_WORKERS__FAUST_DATA_DIR": str(tmp_path / "faust"),
-        "DRIFTLOOP_WORKERS__FEATURE_PUSH_INTERVAL_S": "0.2",
+        **worker_env(tmp_path),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

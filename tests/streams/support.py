@@ -26,7 +26,7 @@ from features.store import apply_repo
 from streams import KafkaConsumer, KafkaProducer, ensure_topics
 from streams.client import client_config
 from streams.generator import produce, synthetic_records
-from tests.helpers import free_port
+from tests.helpers import worker_env
 
 __all__ = [
     "MODEL",
@@ -68,13 +68,9 @@ def pipeline(settings_factory, triton_server, keyword_model, tmp_path, monkeypat
         "DRIFTLOOP_TRITON__URL": triton_server.http,
         "DRIFTLOOP_TRITON__GRPC_URL": triton_server.grpc,
         "DRIFTLOOP_TRITON__MODEL_NAME": keyword_model,
-        "DRIFTLOOP_FEAST__DATA_DIR": str(tmp_path / "feast"),
         "DRIFTLOOP_WORKERS__INFERENCE_GROUP": f"inference-{run}",
         "DRIFTLOOP_WORKERS__FEATURES_GROUP": f"features-{run}",
-        "DRIFTLOOP_WORKERS__METRICS_PORT": "0",
-        "DRIFTLOOP_WORKERS__FAUST_WEB_PORT": str(free_port()),
-        "DRIFTLOOP_WORKERS__FAUST_DATA_DIR": str(tmp_path / "faust"),
-        "DRIFTLOOP_WORKERS__FEATURE_PUSH_INTERVAL_S": "0.2",
+        **worker_env(tmp_path),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
