@@ -170,6 +170,9 @@ class RetrainSettings(_Section):
     canary_min_labelled: int = Field(100, ge=1)  # labelled answers per role before the canary is judged
     canary_timeout_s: float = Field(300.0, gt=0)
     promote_margin: float = Field(0.0, ge=0, le=1)  # promote when candidate accuracy >= champion's - margin
+    # A run that promoted nothing while its alerts stay open is retried this much later, on the longer window.
+    retry_after_s: float = Field(600.0, ge=0)  # 0: never retry
+    max_retries: int = Field(2, ge=0)
     metrics_port: int = 9420  # /healthz, /readyz, /metrics; 0 disables
 
 

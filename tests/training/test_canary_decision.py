@@ -1,4 +1,4 @@
-"""The canary's decision rule and the retraining consumer's choice of triggers (pure logic)."""
+"""The canary's decision rule and the retraining consumer's choice of triggers and retries (pure logic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from monitoring.events import DriftEvent
 from training.canary import Tally, decide
-from training.retrain import triggers
+from training.retrain import RunPlanner, triggers
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +57,60 @@ def test_triggers_are_firing_events_of_the_model_and_kinds_oldest_first():
     ]
     chosen = triggers(events, "classifier", ("data", "performance"))
     assert [e.id for e in chosen] == ["performance-firing-1", "data-firing-5"]
+
+
+KINDS = ("data", "performance", "prediction")
+
+
+def _planner(retry_after_s: float = 30.0, max_retries: int = 2) -> RunPlanner:
+    return RunPlanner("classifier", KINDS, retry_after_s, max_retries)
+
+
+def test_fresh_alerts_make_one_run_and_alerts_the_run_covered_are_folded():
+    planner = _planner()
+    assert planner.observe([_event("performance", "firing", minutes=1), _event("data", "firing", minutes=2)]) == []
+    run = planner.next_run(0.0)
+    assert [e.id for e in run.alerts] == ["performance-firing-1", "data-firing-2"]
+    assert run.trigger_id == run.alerts[0].id and run.attempt == 0
+    assert planner.next_run(0.0) is None
+    planner.ended(promoted=True, data_end=datetime(2026, 11, 27, 10, 3, tzinfo=UTC), now=10.0)
+    folded = planner.observe([_event("prediction", "firing", minutes=3)])  # started before the data's end
+    assert [e.id for e in folded] == ["prediction-firing-3"] and planner.next_run(100.0) is None
+    planner.observe([_event("prediction", "firing", minutes=9)])  # later than anything the run saw: a new run
+    assert [e.id for e in planner.next_run(100.0).alerts] == ["prediction-firing-9"]
+
+
+def test_a_run_that_promoted_nothing_is_retried_while_its_alert_stays_open():
+    planner = _planner(retry_after_s=30.0, max_retries=2)
+    planner.observe([_event("performance", "firing", minutes=1)])
+    first = planner.next_run(0.0)
+    planner.ended(promoted=False, data_end=datetime(2026, 11, 27, 10, 5, tzinfo=UTC), now=10.0)
+    assert planner.next_run(39.0) is None  # not due yet
+    retry = planner.next_run(40.0)
+    assert retry.attempt == 1 and retry.trigger_id == f"{first.trigger_id}#retry1"
+    planner.ended(promoted=False, data_end=datetime(2026, 11, 27, 10, 6, tzinfo=UTC), now=50.0)
+    assert planner.next_run(80.0).trigger_id == f"{first.trigger_id}#retry2"
+    planner.ended(promoted=False, data_end=datetime(2026, 11, 27, 10, 7, tzinfo=UTC), now=90.0)
+    assert planner.next_run(10_000.0) is None  # max_retries reached
+
+
+def test_a_resolve_or_a_promotion_ends_the_retries():
+    planner = _planner()
+    planner.observe([_event("performance", "firing", minutes=1)])
+    planner.next_run(0.0)
+    planner.ended(promoted=False, data_end=datetime(2026, 11, 27, 10, 5, tzinfo=UTC), now=0.0)
+    planner.observe([_event("performance", "resolved", minutes=4)])
+    assert planner.next_run(1_000.0) is None
+
+    planner.observe([_event("data", "firing", minutes=8)])
+    planner.next_run(1_000.0)
+    planner.ended(promoted=True, data_end=datetime(2026, 11, 27, 10, 9, tzinfo=UTC), now=1_000.0)
+    assert planner.next_run(5_000.0) is None  # promoted: the alert resolves on its own or fires again
+
+
+def test_retries_can_be_switched_off():
+    planner = _planner(retry_after_s=0.0)
+    planner.observe([_event("performance", "firing", minutes=1)])
+    planner.next_run(0.0)
+    planner.ended(promoted=False, data_end=datetime(2026, 11, 27, 10, 5, tzinfo=UTC), now=0.0)
+    assert planner.next_run(10_000.0) is None
