@@ -96,6 +96,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def warm_up() -> None:
+    """Take one AdamW step on a scalar: the first step of a process imports torch's compiler stack (~3 s here)."""
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.AdamW([weight])
+    weight.sum().backward()
+    optimizer.step()
+
+
 def fit(
     model: runtime.Classifier,
     text_encoder: runtime.TextEncoder,

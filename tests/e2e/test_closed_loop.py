@@ -46,6 +46,10 @@ def loop_settings(settings_factory, triton_server, tmp_path, monkeypatch):
         "DRIFTLOOP_FEAST__DATA_DIR": str(tmp_path / "feast"),
         "DRIFTLOOP_TRAINING__ENCODER": "tiny",
         "DRIFTLOOP_TRAINING__BOOTSTRAP_SAMPLES": "1500",
+        # The tiny encoder starts from random weights: one epoch at MiniLM's rate leaves it near chance (holdout
+        # accuracy 0.53, measured); three at 5e-4 reach 1.0 in a few seconds.
+        "DRIFTLOOP_TRAINING__EPOCHS": "3",
+        "DRIFTLOOP_TRAINING__LEARNING_RATE": "5e-4",
         "DRIFTLOOP_WORKERS__FAUST_WEB_PORT": str(free_port()),
         "DRIFTLOOP_WORKERS__FAUST_DATA_DIR": str(tmp_path / "faust"),
         "DRIFTLOOP_WORKERS__INFERENCE_GROUP": f"{base.kafka.topic_prefix}inference",
@@ -79,6 +83,8 @@ def test_drift_is_detected_retrained_canaried_and_promoted(loop_settings, tmp_pa
     assert summary["new_version"] and summary["new_version"] > 1, summary
     assert summary["time_to_promote_s"] is not None, summary
     assert summary["accuracy_after_promotion"] > summary["accuracy_after_drift"], summary
+    # Healed, not merely better: measured 0.95-0.98 of the pre-drift accuracy in the 15 s after the promotion.
+    assert summary["accuracy_after_promotion"] >= 0.8 * summary["accuracy_before_drift"], summary
     assert summary["failed_predictions"] == 0
     assert summary["events_lost"] == 0
     assert (tmp_path / "demo" / "summary.json").exists() and (tmp_path / "demo" / "accuracy.png").exists()
