@@ -109,26 +109,54 @@ class Observer(threading.Thread):
                     seen.states.append(state)
 
 
-def start_processes(config_file: Path | None, logs: Path, env: dict[str, str]) -> list[subprocess.Popen]:
-    """The product's workers, as a user starts them: stream workers, monitor, retraining consumer."""
-    logs.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "driftloop.cli"] + (["--config", str(config_file)] if config_file else [])
-    procs = []
-    for name, args in (("workers", ["workers"]), ("monitor", ["monitor"]), ("retrain", ["retrain"])):
-        out = (logs / f"{name}.log").open("ab")
-        procs.append(subprocess.Popen([*base, *args], stdout=out, stderr=subprocess.STDOUT, env=env))
-    return procs
+WORKERS = {"workers": ("workers",), "monitor": ("monitor",), "retrain": ("retrain",)}  # name: driftloop command
 
 
-def stop_processes(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+class Supervisor:
+    """The product's workers as a user starts them (stream workers, monitor, retraining consumer), restarted when one
+    dies, as Kubernetes or compose would; after ``max_restarts`` of one worker the demo gives up."""
+
+    def __init__(self, config_file: Path | None, logs: Path, env: dict[str, str], max_restarts: int = 3) -> None:
+        self.base = [sys.executable, "-m", "driftloop.cli"] + (["--config", str(config_file)] if config_file else [])
+        self.logs, self.env, self.max_restarts = logs, env, max_restarts
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for name in WORKERS:
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        with (self.logs / f"{name}.log").open("ab") as out:
+            command = [*self.base, *WORKERS[name]]
+            self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+
+    def check(self, echo: Callable[[str], None]) -> None:
+        """Restart a worker that exited.
+
+        Raises:
+            RuntimeError: a worker exited more than ``max_restarts`` times.
+        """
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                continue
+            restarts = self.restarts.get(name, 0)
+            if restarts >= self.max_restarts:
+                raise RuntimeError(f"{name} exited with {proc.returncode} after {restarts} restarts; see {self.logs}")
+            echo(f">>> {name} exited with {proc.returncode}: restarting it")
+            self.restarts[name] = restarts + 1
+            self._spawn(name)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def run_loop(
@@ -138,7 +166,8 @@ def run_loop(
     model = settings.triton.model_name
     observer = Observer(settings, model, datetime.now(UTC) - timedelta(seconds=1))
     observer.start()
-    procs = start_processes(config_file, out_dir / "logs", dict(os.environ))
+    workers = Supervisor(config_file, out_dir / "logs", dict(os.environ))
+    workers.start()
     stream = SyntheticStream(seed=plan.seed, entities=settings.training.bootstrap_entities,
                              labels=settings.training.labels)  # fmt: skip
     produced: dict[str, datetime] = {}
@@ -162,16 +191,11 @@ def run_loop(
                            key=event.event_id.encode()),
                 ])  # fmt: skip
 
-            def check_processes() -> None:
-                for proc in procs:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{proc.args[3:]} exited with {proc.returncode}; see {out_dir / 'logs'}")
-
             # The clock starts once the workers answer (their start-up takes a while on a small machine).
             echo("waiting for the workers to answer ...")
             warm_up = time.monotonic()
             while not observer.seen.predictions:
-                check_processes()
+                workers.check(echo)
                 if time.monotonic() - warm_up > 180:
                     raise RuntimeError(f"no prediction within 180 s; see {out_dir / 'logs'}")
                 send(drifted=False)
@@ -203,13 +227,14 @@ def run_loop(
                 if elapsed >= plan.timeout_s:
                     echo(f"[{elapsed:6.1f}s] timeout: no promotion within {plan.timeout_s:.0f}s")
                     break
-                check_processes()
+                workers.check(echo)
                 time.sleep(max(0.0, started.timestamp() + i / plan.rate - time.time()))
         _wait_for(lambda: set(produced) <= set(observer.seen.predictions), 60)  # let the tail drain
     finally:
-        stop_processes(procs)
+        workers.stop()
         observer.stop()
     summary = summarise(observer.seen, produced, marks, initial_champion, healed_by, out_dir / "logs" / "retrain.log")
+    summary["restarts"] = dict(workers.restarts)
     write_outputs(summary, observer.seen, produced, out_dir)
     return summary
 
