@@ -8,7 +8,8 @@ check: Evidently's tests, the hysteresis of each drift kind, an HTML report when
 Which version is served: the models topic's champion when the monitor has seen one; else the highest version seen in
 champion predictions. Predictions of other versions, and of candidate or shadow roles, are not in the window. When the
 champion changes the window is emptied, the new version's reference is read, and the streaks start again; an open
-alert stays open until checks against the new reference clear it.
+alert stays open until checks against the new reference clear it. Open alerts survive a restart: the worker reopens
+them from the drift topic (``restore_alerts``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,6 +145,26 @@ class Monitor:
         if champion != track.serving_version:
             self._switch(track, champion, from_models_topic=True)
         track.from_models_topic = True
+
+    def restore_alerts(self, events: Iterable[DriftEvent]) -> list[DriftEvent]:
+        """Reopen the alerts a previous run left open: the last drift event per alert, when it is a firing one.
+
+        The worker calls this at start with its own output (the drift topic), so that a restart neither opens an open
+        alert again (a second page, a second retraining) nor forgets to resolve it. Returns the reopened events.
+        """
+        last: dict[str, DriftEvent] = {}
+        for event in sorted(events, key=lambda e: e.detected_at):
+            last[event.dedup_key] = event
+        reopened = [e for e in last.values() if e.status == "firing"]
+        for event in reopened:
+            track = self._track(event.model)
+            state = track.states[event.kind]
+            state.firing, state.started_at, state.severity, state.event_id = (
+                True, event.started_at, event.severity, event.id,
+            )  # fmt: skip
+            track.report_paths[event.kind] = event.report_path
+            self.metrics.firing.labels(event.model, event.kind).set(1.0)
+        return reopened
 
     # -- schedule and check -----------------------------------------------------------------------------------
 

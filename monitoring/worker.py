@@ -11,7 +11,9 @@ One loop, top-down:
 6. commit the batch.
 
 Only the Kafka calls, and the blocking checks and deliveries, leave the event loop (``asyncio.to_thread``). A restart
-resumes from the committed offsets with empty windows: the first check comes once ``min_window`` predictions arrived.
+resumes from the committed offsets with empty windows: the first check comes once ``min_window`` predictions arrived;
+the alerts it left open are reopened from the tail of the drift topic (its own output), so they are neither opened
+twice nor left unresolved.
 
 ``/healthz``, ``/readyz`` and ``/metrics`` are served on ``monitoring.metrics_port`` (``driftloop.health``): the loop
 beats on every iteration; it is ready once it read the models topic and runs.
@@ -31,9 +33,10 @@ from pydantic import ValidationError
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
 from monitoring.alerts import AlertDispatcher, build_dispatcher
+from monitoring.events import DriftEvent
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor
-from monitoring.sources import ModelStatesReader
+from monitoring.sources import ModelStatesReader, read_tail
 from streams.client import KafkaConsumer, KafkaProducer, Record
 from streams.schemas import DeadLetter, Label, Prediction, Source
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 STAGE = "monitoring"
 BATCH_SIZE = 1000
 POLL_TIMEOUT_S = 0.5
+RESTORE_TAIL = 10_000  # drift events read back per partition at start (transitions only: a few per model and day)
 
 
 @dataclass
@@ -123,6 +127,9 @@ class MonitorWorker:
             producer = KafkaProducer(self.settings)
             for model, champion in (await asyncio.to_thread(models.read_all)).items():
                 self.monitor.observe_champion(model, champion)
+            reopened = self.monitor.restore_alerts(await asyncio.to_thread(self._own_events))
+            if reopened:
+                log.info("open alerts restored", extra={"alerts": [f"{e.model}/{e.kind}" for e in reopened]})
             log.info(
                 "monitor running",
                 extra={"group": config.group_id, "receivers": [r.name for r in self.dispatcher.receivers],
@@ -146,6 +153,16 @@ class MonitorWorker:
             if health is not None:
                 health.stop()
             log.info("monitor stopped", extra=dict(self.monitor.observed))
+
+    def _own_events(self) -> list[DriftEvent]:
+        """The drift events of earlier runs (the tail of the drift topic); unreadable records are skipped."""
+        events = []
+        for value in read_tail(self.settings, "drift-v1", RESTORE_TAIL):
+            try:
+                events.append(DriftEvent.from_bytes(value))
+            except ValidationError:
+                continue
+        return events
 
     def _fold(self, messages: list[Message]) -> _Folded:
         folded = _Folded()

@@ -96,6 +96,27 @@ def test_drift_fires_after_k_checks_repeats_while_open_and_resolves_when_it_clea
     assert all(not s.firing for s in monitor.tracks["classifier"].states.values())
 
 
+def test_a_restarted_monitor_reopens_its_open_alerts_from_its_own_events(make_monitor, synthetic_factory):
+    monitor, settings = make_monitor()
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    drifted = _feed(monitor, setup, 600, seed=5, drift_at=0)
+    opened = [e for o in drifted for e in o.events]
+    assert {e.kind for e in opened} == {"data", "prediction", "performance"}
+    # An older alert of the same kind, opened and resolved before: only the last event of an alert counts.
+    older = opened[0].model_copy(update={"id": "old", "detected_at": opened[0].detected_at.replace(year=2025)})
+    closed = older.model_copy(update={"id": "old-resolved", "status": "resolved", "firing_event_id": "old"})
+
+    restarted, _ = make_monitor()  # a new process: empty windows, no alert state
+    reopened = restarted.restore_alerts([*opened, closed, older])
+    assert {e.id for e in reopened} == {e.id for e in opened}
+    still = _feed(restarted, setup, 400, seed=7, drift_at=0)
+    assert not any(o.events for o in still)  # the drift goes on: repeats of the same alerts, no second opening
+    assert {r.id for o in still for r in o.repeats} == {e.id for e in opened}
+    cleared = [e for o in _feed(restarted, setup, 800, seed=6) for e in o.events]
+    assert {(e.status, e.firing_event_id) for e in cleared} == {("resolved", e.id) for e in opened}
+
+
 def test_reports_are_kept_up_to_the_retention_limit(make_monitor, synthetic_factory):
     monitor, settings = make_monitor(reports_keep=2, hysteresis_checks=1, resolve_checks=1)
     setup = synthetic_factory()
