@@ -145,6 +145,7 @@ class TrainingSettings(_Section):
     head_learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    min_steps: int = Field(0, ge=0)  # more epochs on a small window until this many optimiser steps (0: epochs only)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:<n>"
     warm_start: bool = True  # a retrain starts from the champion's weights when it has the same labels
     # The synthetic bootstrap set of version 1 (`driftloop train --bootstrap`).

@@ -248,7 +248,6 @@ def _initial(settings: Settings, champion_dir: Path | None, champion: int | None
 
 
 def _options(config: Any) -> dict[str, Any]:
-    keys = ("epochs", "batch_size", "learning_rate", "head_learning_rate", "weight_decay", "warmup_fraction", "seed",
-            "max_seq_len", "validation_fraction")  # fmt: skip
+    keys = ("epochs", "min_steps", "batch_size", "learning_rate", "head_learning_rate", "weight_decay",
+            "warmup_fraction", "seed", "max_seq_len", "validation_fraction")  # fmt: skip
     return {key: getattr(config, key) for key in keys}
-

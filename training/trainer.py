@@ -34,6 +34,7 @@ class FitOptions:
     """How to fine-tune; :meth:`from_settings` reads ``settings.training`` (``DRIFTLOOP_TRAINING__*``)."""
 
     epochs: int = 2
+    min_steps: int = 0
     batch_size: int = 32
     learning_rate: float = 5e-5
     head_learning_rate: float = 1e-3
@@ -48,6 +49,7 @@ class FitOptions:
     def from_settings(cls, training: TrainingSettings, progress: bool = True) -> FitOptions:
         return cls(
             epochs=training.epochs,
+            min_steps=training.min_steps,
             batch_size=training.batch_size,
             learning_rate=training.learning_rate,
             head_learning_rate=training.head_learning_rate,
@@ -147,18 +149,20 @@ def fit(
         ]
     )
     steps_per_epoch = math.ceil(len(texts) / options.batch_size)
-    total_steps = steps_per_epoch * options.epochs
+    # A drift window is small: a few batches per epoch. min_steps adds epochs until the optimiser has taken that many.
+    epochs = max(options.epochs, math.ceil(options.min_steps / steps_per_epoch))
+    total_steps = steps_per_epoch * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * options.warmup_fraction), total_steps)
     generator = torch.Generator().manual_seed(options.seed)
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     report = FitReport(device=str(device), train_samples=len(train), validation_samples=len(validation))
     best_score, best_state = -1.0, None
 
-    for epoch in range(1, options.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(texts), generator=generator)
         running, seen = 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{options.epochs}", unit="batch",
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch",
                    disable=not options.progress, leave=False)  # fmt: skip
         for start in range(0, len(texts), options.batch_size):
             index = order[start : start + options.batch_size]
@@ -187,7 +191,7 @@ def fit(
         )  # fmt: skip
         log.info(
             "epoch %d/%d: train loss %.4f, validation accuracy %.3f, macro-F1 %.3f",
-            epoch, options.epochs, running / max(1, seen), scores.accuracy, scores.macro_f1,
+            epoch, epochs, running / max(1, seen), scores.accuracy, scores.macro_f1,
         )  # fmt: skip
         if scores.macro_f1 > best_score:
             best_score, report.best_epoch = scores.macro_f1, epoch

@@ -105,6 +105,22 @@ def test_training_is_seeded(tmp_path) -> None:
         torch.testing.assert_close(value, second[name], rtol=0, atol=0, msg=name)
 
 
+def test_a_small_window_trains_for_min_steps(tmp_path) -> None:
+    settings = load_settings(training={"encoder": "tiny"})
+    train, validation = split_by_time(bootstrap_dataset(settings, samples=80).frame, 0.25)  # 60 rows: 4 batches
+
+    def steps(epochs: int, min_steps: int) -> tuple[int, int]:
+        init = initial_model("tiny", 3, seed=5)
+        encoder = runtime.TextEncoder(init.tokenizer_dir / "tokenizer.json", 32)
+        report = fit(init.model, encoder, train, validation, settings.training.labels,
+                     FitOptions(epochs=epochs, min_steps=min_steps, batch_size=16, progress=False))  # fmt: skip
+        return report.steps, len(report.epochs)
+
+    assert steps(1, 0) == (4, 1)
+    assert steps(1, 10) == (12, 3)  # whole epochs until at least 10 steps
+    assert steps(4, 10) == (16, 4)  # epochs already give more
+
+
 def test_a_retrain_warm_starts_from_the_champion_and_compares_on_the_same_holdout(tiny_version, tmp_path) -> None:
     settings = load_settings(training={**tiny_version.settings.training.model_dump(), "epochs": 1, "seed": 9})
     dataset = bootstrap_dataset(settings, samples=120)
