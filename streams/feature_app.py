@@ -54,9 +54,14 @@ def create_app(settings: Settings, replica: int = 0) -> faust.App:
         autodiscover=False,
     )
     events = app.topic(settings.kafka.topic("events-v1"), key_serializer="raw", value_serializer="raw")
+    # key_type on the table too: faust derives the changelog topic's key serializer from it (json when unset), and a
+    # json key serializer cannot read the raw keys back on recovery. No value_type: faust takes any type it is given
+    # for a model (``dict.from_data``); unset, the json values come back as dicts. Either mistake leaves a restarted
+    # worker waiting for its changelog forever ("Error in recovery ...").
     windows = app.Table(
         TABLE,
-        schema=faust.Schema(key_type=bytes, value_type=dict, key_serializer="raw", value_serializer="json"),
+        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+        key_type=bytes,
         partitions=settings.kafka.topics["events-v1"].partitions,
         use_partitioner=True,
     )
