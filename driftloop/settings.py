@@ -118,6 +118,11 @@ class WorkerSettings(_Section):
     shadow: bool = False  # also ask the candidate for every event; its answers carry role "shadow"
     triton_timeout_s: float = 10.0
     triton_retries: int = 5
+    # Triton or the Feast online store unavailable: the batch is held (uncommitted, no more reads) and retried with
+    # exponential backoff up to this many seconds between attempts, for as long as the outage lasts.
+    outage_backoff_max_s: float = Field(default=5.0, gt=0)
+    # A crashed python backend stub leaves the model "ready" but failing: unload + load it (explicit model control).
+    triton_reload_unhealthy: bool = True
     feature_push_batch: int = 500
     feature_push_interval_s: float = 0.5
     metrics_port: int = 9400  # +replica index; 0 disables
@@ -140,12 +145,12 @@ class TrainingSettings(_Section):
     min_samples: int = Field(50, ge=2)
     # Fine-tuning. The encoder learns at learning_rate, the new layers (features, head) at head_learning_rate.
     epochs: int = Field(2, ge=1)
+    min_steps: int = Field(0, ge=0)  # more epochs on a small window until this many optimiser steps (0: epochs only)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     head_learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
-    min_steps: int = Field(0, ge=0)  # more epochs on a small window until this many optimiser steps (0: epochs only)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:<n>"
     warm_start: bool = True  # a retrain starts from the champion's weights when it has the same labels
     # The synthetic bootstrap set of version 1 (`driftloop train --bootstrap`).

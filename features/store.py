@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from feast.data_source import PushMode
 from feast.type_map import feast_value_type_to_pa
 
 from driftloop.settings import Settings
-
 from features import definitions
 from features.exceptions import FeatureRowsInvalid, FeatureStoreConfigError, FeatureStoreNotReady
 from features.offline_store import STORE_TYPE as OFFLINE_STORE_TYPE
@@ -34,6 +34,19 @@ ENTITY_KEY = definitions.entity.join_key
 TIMESTAMP = definitions.entity_stream_stats_source.timestamp_field
 
 _ROW_ORDER = "__driftloop_row"
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What an online store raises when it cannot answer now (as opposed to a bug or a bad request)."""
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, ConnectionError, TimeoutError]
+    try:
+        from redis import exceptions as redis_errors
+    except ImportError:  # feast[redis] not installed: only sqlite
+        return tuple(errors)
+    return (*errors, redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError)
+
+
+_UNAVAILABLE = _unavailable_errors()
 
 
 def repo_config(settings: Settings) -> RepoConfig:
@@ -187,6 +200,10 @@ def online_features(store: FeatureStore, entity_ids: list[str]) -> dict[str, lis
         ``entity_id`` and one list per feature, aligned with ``entity_ids``; ``None`` where nothing was pushed.
         The online store serves the last pushed values however old (Feast applies no TTL online): use
         ``seconds_since_last_event`` to judge staleness.
+
+    Raises:
+        FeatureStoreNotReady: the online store cannot answer now (sqlite file locked or missing its tables, Redis
+            down or timing out); the lookup may succeed later. No partial or default answer is made up.
     """
     # The service object from the code, not a registry copy: the code's contract is what the model expects,
     # and a fresh registry copy per call costs ~0.5 ms of deserialisation (a lookup is ~0.1 ms).
@@ -195,9 +212,12 @@ def online_features(store: FeatureStore, entity_ids: list[str]) -> dict[str, lis
         # Feast indexes the first entity row to build the response, so an empty batch is answered here.
         names = [feature.name for projection in service.feature_view_projections for feature in projection.features]
         return {ENTITY_KEY: [], **{name: [] for name in names}}
-    response = store.get_online_features(
-        features=service, entity_rows=[{ENTITY_KEY: entity_id} for entity_id in entity_ids]
-    )
+    try:
+        response = store.get_online_features(
+            features=service, entity_rows=[{ENTITY_KEY: entity_id} for entity_id in entity_ids]
+        )
+    except _UNAVAILABLE as exc:
+        raise FeatureStoreNotReady(f"online store {store.config.online_store.type} unavailable: {exc}") from exc
     return response.to_dict()
 
 

@@ -2,6 +2,12 @@
 
 At-least-once: a batch's offsets are committed only after its predictions and dead letters are acknowledged by the
 broker, and batches commit in the order they were read even when several are in flight.
+
+Outages are waited out, not turned into dead letters: when the Feast online store or Triton cannot answer, the batch
+is held (uncommitted; no more batches are read beyond ``workers.max_in_flight``) and retried with exponential backoff
+up to ``workers.outage_backoff_max_s``, for as long as the outage lasts. A model whose python backend stub crashed
+(Triton keeps it "ready" but fails every request) is unloaded and loaded again (``workers.triton_reload_unhealthy``).
+A SIGTERM during an outage leaves the held batches uncommitted: they are redelivered.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
+from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store
+from streams.canary import route
 from streams.client import KafkaConsumer, KafkaProducer, Record
+from streams.exceptions import KafkaClientError, StreamsError
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
 from streams.schemas import (
@@ -34,14 +43,20 @@ from streams.schemas import (
     Timings,
     parse_event,
 )
-from streams.canary import route
-from streams.exceptions import StreamsError
 from streams.text_stats import load_vocab, text_stats
-from streams.triton_client import Result, TritonClassifier, TritonRequestError, TritonUnavailable, VersionNotServed
+from streams.triton_client import (
+    Result,
+    TritonClassifier,
+    TritonModelUnhealthy,
+    TritonRequestError,
+    TritonUnavailable,
+    VersionNotServed,
+)
 
 log = logging.getLogger(__name__)
 
 TRACE_HEADERS = ("trace-id", "traceparent", "x-trace-id")
+OUTAGES = (FeatureStoreNotReady, TritonUnavailable)  # waited out: the batch is held and retried
 
 
 @dataclass
@@ -91,6 +106,8 @@ class InferenceWorker:
         self._stop = asyncio.Event()
         self._vocabs: dict[int, frozenset[str] | None] = {}
         self.metrics = WorkerMetrics("inference")
+        self._reloads = 0  # model reloads done; a batch reloads only if none happened since its call failed
+        self._reload_lock = asyncio.Lock()
 
     def stop(self) -> None:
         """Ask the worker to finish its in-flight batches, commit them and leave the group."""
@@ -118,11 +135,19 @@ class InferenceWorker:
                     batch = Batch(messages)
                     task = asyncio.create_task(self._process(batch, store, feature_names, classifier, tracker))
                     in_flight.append((batch, task))
+                    self._count_in_flight(in_flight)
                 # Bounded in-flight work: the oldest batch must finish before more is read.
                 while in_flight and (len(in_flight) >= workers.max_in_flight or in_flight[0][1].done() or not messages):
                     await self._complete(*in_flight.popleft(), producer, consumer)
+                    self._count_in_flight(in_flight)
             while in_flight:
                 await self._complete(*in_flight.popleft(), producer, consumer)
+                self._count_in_flight(in_flight)
+        except OUTAGES as exc:
+            if not self._stop.is_set():
+                raise
+            held = len(in_flight) + 1
+            log.warning("stopping during an outage (%s): %d batch(es) left uncommitted, redelivered later", exc, held)
         finally:
             for _, task in in_flight:
                 task.cancel()
@@ -132,10 +157,64 @@ class InferenceWorker:
             consumer.close()
             log.info("inference worker stopped", extra={"replica": self.replica})
 
-    async def _complete(self, batch: Batch, task: asyncio.Task, producer: KafkaProducer, consumer: KafkaConsumer) -> None:
+    def _count_in_flight(self, in_flight: deque[tuple[Batch, asyncio.Task]]) -> None:
+        self.metrics.in_flight(len(in_flight), sum(len(batch.messages) for batch, _ in in_flight))
+
+    async def _until_available(self, dependency: str, call, classifier: TritonClassifier):
+        """Await ``call()`` until it raises no outage error, waiting with exponential backoff in between.
+
+        Raises:
+            FeatureStoreNotReady | TritonUnavailable: only once the worker is stopping (the batch stays uncommitted).
+        """
+        delay, attempts = 0.2, 0
+        while True:
+            reloads = self._reloads
+            try:
+                return await call()
+            except OUTAGES as exc:
+                if self._stop.is_set():
+                    raise
+                attempts += 1
+                self.metrics.outage(dependency)
+                log.warning("%s unavailable (attempt %d, next in %.1fs): %s", dependency, attempts, delay, exc)
+                if isinstance(exc, TritonModelUnhealthy) and self.settings.workers.triton_reload_unhealthy:
+                    await self._reload_model(classifier, reloads)
+            if self.health:
+                self.health.beat()  # waiting on purpose, not stuck (readiness reports the dependency)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, self.settings.workers.outage_backoff_max_s)
+
+    async def _reload_model(self, classifier: TritonClassifier, reloads_seen: int) -> None:
+        """Unload + load the model, unless another batch reloaded it since ``reloads_seen``."""
+        async with self._reload_lock:
+            if self._reloads != reloads_seen:
+                return
+            log.error("Triton model %s crashed (python backend stub); unloading and loading it", classifier.model)
+            try:
+                await classifier.reload()
+            except Exception as exc:  # noqa: BLE001 - Triton down too: the next attempt tries again
+                log.warning("reloading %s failed: %s", classifier.model, exc)
+                return
+            self._reloads += 1
+            self.metrics.model_reloaded()
+
+    async def _complete(
+        self, batch: Batch, task: asyncio.Task, producer: KafkaProducer, consumer: KafkaConsumer
+    ) -> None:
         await task
         await asyncio.to_thread(producer.produce_batch, batch.outputs)
-        await asyncio.to_thread(consumer.commit, batch.messages)
+        try:
+            await asyncio.to_thread(consumer.commit, batch.messages)
+        except KafkaClientError as exc:
+            error = exc.__cause__.args[0] if isinstance(exc.__cause__, KafkaException) else None
+            if not isinstance(error, KafkaError) or error.fatal():
+                raise
+            # The group moved on (a broker restart, a rebalance: "Unknown member"): the outputs are out, and the
+            # uncommitted records are redelivered to the partitions' owner - duplicates to dedupe, never losses.
+            log.warning("commit failed (%s); %d records will be redelivered", error, len(batch.messages))
         self.metrics.batch_done(len(batch.messages), batch.predicted, batch.dead, time.time() - batch.read_at)
 
     async def _process(self, batch: Batch, store, feature_names, classifier: TritonClassifier, tracker) -> None:
@@ -145,7 +224,9 @@ class InferenceWorker:
             try:
                 event = parse_event(msg.value())
                 if msg.key() != event.entity_id.encode():
-                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got {msg.key() if msg.key() is None else msg.key()[:64]!r}")
+                    raise InvalidEvent(
+                        f"the record key must be the entity_id {event.entity_id!r}, got {msg.key() if msg.key() is None else msg.key()[:64]!r}"
+                    )
                 events.append((msg, event))
             except InvalidEvent as exc:
                 batch.outputs.append(dead_letter(settings, msg, "validate", exc.reason))
@@ -155,7 +236,9 @@ class InferenceWorker:
 
         started = time.time()
         entity_ids = [event.entity_id for _, event in events]
-        features = await asyncio.to_thread(online_features, store, entity_ids)
+        features = await self._until_available(
+            "feast", lambda: asyncio.to_thread(online_features, store, entity_ids), classifier
+        )
         features_done = time.time()
 
         state = tracker.current()
@@ -163,14 +246,21 @@ class InferenceWorker:
         matrix = feature_matrix(features, feature_names)
         versions = route([event.event_id for _, event in events], state, settings.workers.canary_share)
         champion = state.champion if state else None
-        results = await self._classify_by_version(classifier, texts, matrix, versions, champion)
+        results = await self._until_available(
+            "triton", lambda: self._classify_by_version(classifier, texts, matrix, versions, champion), classifier
+        )
         shadow: list[Result] = []
         if settings.workers.shadow and state and state.candidate and state.candidate != champion:
-            shadow = await classifier.classify(texts, matrix, state.candidate)
+            try:
+                shadow = await classifier.classify(texts, matrix, state.candidate)
+            except TritonUnavailable as exc:  # shadow answers are a record, not a prediction: never hold for them
+                log.warning("shadow version %s unavailable: %s", state.candidate, exc)
         inference_done = time.time()
 
         answers = [(i, result, "champion") for i, result in enumerate(results)]
-        answers += [(i, result, "shadow") for i, result in enumerate(shadow) if not isinstance(result, TritonRequestError)]
+        answers += [
+            (i, result, "shadow") for i, result in enumerate(shadow) if not isinstance(result, TritonRequestError)
+        ]
         for i, result, role in answers:
             msg, event = events[i]
             if isinstance(result, TritonRequestError):
@@ -210,7 +300,9 @@ class InferenceWorker:
     def _vocab(self, version: int) -> frozenset[str] | None:
         """The serving version's tokenizer vocabulary, for ``oov_share``; None where the repository is not mounted."""
         if version not in self._vocabs:
-            folder = self.settings.triton.model_repository / self.settings.triton.model_name / str(version) / "tokenizer"
+            folder = (
+                self.settings.triton.model_repository / self.settings.triton.model_name / str(version) / "tokenizer"
+            )
             try:
                 self._vocabs[version] = load_vocab(folder)
             except StreamsError:
@@ -246,7 +338,9 @@ class InferenceWorker:
             for i, answer in zip(rows, answers, strict=True):
                 results[i] = answer
             if version != champion and retry:
-                for i, answer in zip(retry, await classifier.classify([texts[i] for i in retry], matrix[retry], champion), strict=True):
+                for i, answer in zip(
+                    retry, await classifier.classify([texts[i] for i in retry], matrix[retry], champion), strict=True
+                ):
                     results[i] = answer
 
         await asyncio.gather(*(run(version, rows) for version, rows in groups.items()))

@@ -2,7 +2,16 @@
 
 A batch goes to Triton as one request. When Triton rejects a request, the batch is bisected so that only the events
 that fail on their own are reported as failed (they go to the dead-letter topic); the rest are answered. When the
-server is unreachable, the call is retried with exponential backoff and then raises ``TritonUnavailable``.
+server is unreachable, the call is retried with exponential backoff and then raises ``TritonUnavailable``. When the
+model's python backend stub has crashed (Triton keeps the model "ready", but every request fails with "Stub process
+... is not healthy" until the model is unloaded and loaded again), retrying the same call cannot help: it raises
+``TritonModelUnhealthy`` at once, and :meth:`TritonClassifier.reload` is the cure.
+
+    StreamsError
+    ├── TritonUnavailable       (no answer after the retries; the batch is redelivered)
+    │   └── TritonModelUnhealthy  (the model's backend process crashed: reload the model)
+    ├── VersionNotServed
+    └── TritonRequestError      (one event's request was rejected)
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ class TritonUnavailable(StreamsError):
     """Triton did not answer after the configured retries; the batch stays uncommitted and will be redelivered."""
 
 
+class TritonModelUnhealthy(TritonUnavailable):
+    """The model's backend process (python backend stub) crashed; requests fail until the model is reloaded."""
+
+
 class VersionNotServed(StreamsError):
     """The requested model version is not loaded on the server."""
 
@@ -48,6 +61,17 @@ class TritonClassifier:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def reload(self, timeout_s: float = 60.0) -> None:
+        """Unload and load the model (all its versions), e.g. to restart a crashed python backend stub.
+
+        Triton (explicit model-control mode) waits for the unload to finish before it loads again.
+
+        Raises:
+            InferenceServerException: Triton refused or did not answer either request within ``timeout_s``.
+        """
+        await self._client.unload_model(self.model, client_timeout=timeout_s)
+        await self._client.load_model(self.model, client_timeout=timeout_s)
 
     async def classify(self, texts: Sequence[str], features: np.ndarray, version: int | None) -> list[Result]:
         """Probabilities and the serving version per text, or a TritonRequestError for texts Triton rejected."""
@@ -74,7 +98,11 @@ class TritonClassifier:
                 message = str(exc)
                 if version is not None and "unknown model" in message.lower():
                     raise VersionNotServed(f"{self.model} version {version} is not served: {message}") from exc
-                if not any(marker in message for marker in _UNAVAILABLE):
+                if "Stub process" in message and "not healthy" in message:
+                    raise TritonModelUnhealthy(f"{self.model}: {message}") from exc
+                # "unknown model" with no version asked: no version is loaded - a server stopping, starting or
+                # reloading the model (or one never loaded). An outage to wait out, never a reason to dead-letter.
+                if "unknown model" not in message.lower() and not any(marker in message for marker in _UNAVAILABLE):
                     raise TritonRequestError(message) from exc
                 if attempt == self.retries:
                     raise TritonUnavailable(f"Triton unavailable after {self.retries} retries: {message}") from exc
