@@ -34,6 +34,7 @@ ENTITY_KEY = definitions.entity.join_key
 TIMESTAMP = definitions.entity_stream_stats_source.timestamp_field
 
 _ROW_ORDER = "__driftloop_row"
+HISTORICAL_READ_ATTEMPTS = 5  # 0.2 + 0.4 + 0.8 + 1.6 s apart
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -238,9 +239,22 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Data
     Raises:
         FeatureRowsInvalid: ``entity_id`` or ``event_timestamp`` is missing.
     """
+    import duckdb
+
     _check_columns("entity_df", entity_df, required=[ENTITY_KEY, TIMESTAMP], allow_extra=True)
     ordered = entity_df.reset_index(drop=True).assign(**{_ROW_ORDER: range(len(entity_df))})
-    joined = store.get_historical_features(entity_df=ordered, features=definitions.inference_v1).to_df()
+    for attempt in range(1, HISTORICAL_READ_ATTEMPTS + 1):
+        try:
+            joined = store.get_historical_features(entity_df=ordered, features=definitions.inference_v1).to_df()
+            break
+        except duckdb.Error as exc:
+            # The feature worker replaces a parquet file (atomic rename) while DuckDB reads it, and DuckDB opens the
+            # path again between footer and row groups: "TProtocolException: Invalid data" or "Could not read enough
+            # bytes" (seen in the retrain-crash scenario). A new read sees one whole file.
+            if attempt == HISTORICAL_READ_ATTEMPTS:
+                raise
+            logger.warning("offline store read failed (attempt %d), reading again: %s", attempt, exc)
+            time.sleep(0.2 * 2 ** (attempt - 1))
     return joined.sort_values(_ROW_ORDER).drop(columns=_ROW_ORDER).reset_index(drop=True)
 
 

@@ -7,6 +7,10 @@ test asserts each store's own behaviour.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -216,7 +220,6 @@ def test_historical_read_needs_entity_and_timestamp(feast_store) -> None:
         historical_features(feast_store.store, pd.DataFrame({"entity_id": ["x"]}))
 
 
-
 def test_offline_append_replaces_the_file_whole(feast_store, stream_rows_factory: RowsFactory) -> None:
     """A reader never sees a half-written offline file: an append writes a new file and renames it over the old one,
     so a reader that opened the old file keeps reading it whole (an in-place rewrite would change it under it)."""
@@ -229,3 +232,44 @@ def test_offline_append_replaces_the_file_whole(feast_store, stream_rows_factory
     after = pq.read_table(path)
     assert after.num_rows == before + 1 and "atomic-1" in after.column("entity_id").to_pylist()
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_historical_reads_during_offline_appends_always_answer(feast_store, stream_rows_factory: RowsFactory) -> None:
+    """DuckDB opens a parquet path again between its footer and its row groups, so a read racing an append's rename
+    fails now and then ("Invalid data", "Could not read enough bytes"): the read is retried and answers from one whole
+    file. The appends come from another process every 0.05 s, ten times the feature worker's pace, so that the race
+    shows (without the retry this test fails)."""
+    if feast_store.settings.feast.online_store != "sqlite":
+        pytest.skip("the offline store (DuckDB on parquet) is the same whatever the online store: tested once")
+    push_stream_features(feast_store.store, stream_rows_factory([(f"race-{i}", T1, i) for i in range(200)]))
+    writer = subprocess.Popen([sys.executable, "-c", APPEND_FOREVER], env={**os.environ,
+                              "SETTINGS_JSON": feast_store.settings.model_dump_json()})  # fmt: skip
+    try:
+        entities = pd.DataFrame({"entity_id": [f"race-{i}" for i in range(200)], "event_timestamp": [T2] * 200})
+        deadline = time.monotonic() + 60
+        while writer.poll() is None and not (feast_store.settings.feast_dir / "appending").exists():
+            assert time.monotonic() < deadline, "the writer did not start"
+            time.sleep(0.2)
+        for _ in range(100):
+            joined = historical_features(feast_store.store, entities)
+            assert joined["msg_count_1h"].tolist() == list(range(200))
+        assert writer.poll() is None, "the writer died"
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+
+
+APPEND_FOREVER = """
+import itertools, os, time
+from datetime import UTC, datetime
+import pandas as pd
+from driftloop.settings import Settings
+from features import open_store, push_stream_features
+settings = Settings.model_validate_json(os.environ["SETTINGS_JSON"])
+store = open_store(settings)
+(settings.feast_dir / "appending").touch()
+for i in itertools.count():
+    time.sleep(0.05)
+    push_stream_features(store, pd.DataFrame({"entity_id": [f"race-new-{i}"], "event_timestamp": [datetime.now(UTC)],
+        "msg_count_1h": [i], "msg_count_24h": [i], "mean_text_length": [1.0], "seconds_since_last_event": [1.0]}))
+"""
