@@ -360,7 +360,9 @@ def write_outputs(summary: dict, seen: Observed, produced: dict[str, datetime], 
             bins.setdefault(int((p.event_time - start).total_seconds() // 5), []).append(p.label == seen.labels[p.event_id])
     xs = sorted(bins)
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.plot([x * 5 for x in xs], [sum(bins[x]) / len(bins[x]) for x in xs], marker=".", label="accuracy (5 s bins)")
+    # Each point at the middle of its bin: a bin that straddles a moment shows on both sides of its marker.
+    accuracy = [sum(bins[x]) / len(bins[x]) for x in xs]
+    ax.plot([x * 5 + 2.5 for x in xs], accuracy, marker=".", label="accuracy (5 s bins)")
     colours = {"drift_onset": "red", "drift_alert": "orange", "candidate_serving": "purple", "promotion": "green"}
     for name, colour in colours.items():
         when = summary["timeline"].get(name)
