@@ -8,7 +8,10 @@ scenarios wrote, adds pytest's outcome per test (from a JUnit XML report), and p
     {"ok": true, "pytest_exit": 0, "tests": {"passed": 3, ...}, "totals": {"produced": ..., "lost": 0, ...},
      "scenarios": [{"scenario": "hostile-input", "produced": ..., "outcome": "passed", "details": {...}}, ...]}
 
-``ok`` is true when pytest passed and no scenario lost or duplicated a record.
+``ok`` is true when pytest passed, the scenarios reported, and none lost a record. Duplicates are reported, not
+failed: delivery is at least once, and a SIGKILLed worker or a broker restart legitimately redelivers records whose
+outputs were produced but whose offsets were not committed (consumers dedupe by ``event_id``). A scenario that must
+not duplicate (e.g. hostile input, with no restart) asserts it itself.
 
     python bench/chaos_summary.py [--out chaos.json] [-- extra pytest arguments, e.g. tests/chaos -k hostile]
 
@@ -47,7 +50,7 @@ def run(pytest_args: list[str], workdir: Path) -> dict:
     scenarios = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     tests = _outcomes(junit)
     totals = {name: sum(int(entry.get(name, 0)) for entry in scenarios) for name in COUNTS}
-    ok = done.returncode == 0 and bool(scenarios) and totals["lost"] == 0 and totals["duplicates"] == 0
+    ok = done.returncode == 0 and bool(scenarios) and totals["lost"] == 0
     return {
         "ok": ok,
         "pytest_exit": done.returncode,

@@ -55,13 +55,13 @@ def _wait(condition, timeout_s: float, what: str, proc: subprocess.Popen) -> Non
 def test_killing_the_monitor_neither_reopens_nor_forgets_its_alerts(settings_factory, tmp_path, chaos_ledger):
     model = f"clf-{uuid.uuid4().hex[:8]}"
     group = f"monitor-{model}"
-    settings = settings_factory(triton={"model_repository": tmp_path / "repo"},
-                                monitoring={**MONITORING, "group_id": group, "reports_dir": tmp_path / "reports"})  # fmt: skip
+    monitoring = {**MONITORING, "group_id": group, "reports_dir": tmp_path / "reports"}
+    settings = settings_factory(triton={"model_repository": tmp_path / "repo"}, monitoring=monitoring)
     ensure_topics(settings)
     classifier = WordModel(model, 1).fit(SyntheticStream(seed=1).stream(1500))
     reference = [classifier.predict(e.event) for e in SyntheticStream(seed=2).stream(600)]
-    write_version_metadata(settings.triton.model_repository,
-                           version_metadata(classifier, reference, metrics={"accuracy": 0.98, "macro_f1": 0.98}))  # fmt: skip
+    metadata = version_metadata(classifier, reference, metrics={"accuracy": 0.98, "macro_f1": 0.98})
+    write_version_metadata(settings.triton.model_repository, metadata)
     produce_champion(settings, model, 1)
 
     def predictions(n: int, seed: int, drifted: bool):
@@ -86,8 +86,8 @@ def test_killing_the_monitor_neither_reopens_nor_forgets_its_alerts(settings_fac
         _wait(lambda: _caught_up(settings, group), 90, "the stable phase committed", proc)
         assert drift.poll() == []
         produce_predictions(settings, predictions(600, seed=12, drifted=True))
-        opened = drift.wait_for(lambda ev: {e.kind for e in ev if e.status == "firing"} == {"data", "prediction",
-                                                                                            "performance"}, 120)  # fmt: skip
+        kinds = {"data", "prediction", "performance"}
+        opened = drift.wait_for(lambda ev: {e.kind for e in ev if e.status == "firing"} == kinds, 120)
         _wait(lambda: _caught_up(settings, group), 60, "the drifted phase committed", proc)
 
         # Killed mid-stream: the drift goes on while it is down and after it is back.

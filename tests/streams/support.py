@@ -35,6 +35,7 @@ __all__ = [
     "collect",
     "group_caught_up",
     "keyword_model",
+    "open_pipeline",
     "pipeline",
     "produce_synthetic",
     "table_state",
@@ -59,18 +60,28 @@ def keyword_model(triton_server):
 @pytest.fixture
 def pipeline(settings_factory, triton_server, keyword_model, tmp_path, monkeypatch):
     """Settings for one pipeline (fresh topics, groups, Feast store), also exported as env for worker processes."""
-    base = settings_factory()
+    pipeline = open_pipeline(settings_factory(), triton_server, keyword_model, tmp_path, monkeypatch)
+    yield pipeline
+    pipeline.close()
+
+
+def open_pipeline(base: Settings, triton, model: str, folder: Path, monkeypatch, **env: str) -> Pipeline:
+    """A pipeline on ``base``'s broker and topic prefix and the Triton endpoint ``triton`` (``.http``, ``.grpc``):
+    fresh groups and Feast store under ``folder``, all exported as env for worker processes (through
+    ``monkeypatch``, so undone after the test); ``env`` adds or overrides ``DRIFTLOOP_*`` variables.
+    Call :meth:`Pipeline.close` when done (the ``pipeline`` fixture does)."""
     run = uuid.uuid4().hex[:6]
     env = {
         "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": base.kafka_bootstrap,
         "DRIFTLOOP_KAFKA__TOPIC_PREFIX": base.kafka.topic_prefix,
         "DRIFTLOOP_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "DRIFTLOOP_TRITON__URL": triton_server.http,
-        "DRIFTLOOP_TRITON__GRPC_URL": triton_server.grpc,
-        "DRIFTLOOP_TRITON__MODEL_NAME": keyword_model,
+        "DRIFTLOOP_TRITON__URL": triton.http,
+        "DRIFTLOOP_TRITON__GRPC_URL": triton.grpc,
+        "DRIFTLOOP_TRITON__MODEL_NAME": model,
         "DRIFTLOOP_WORKERS__INFERENCE_GROUP": f"inference-{run}",
         "DRIFTLOOP_WORKERS__FEATURES_GROUP": f"features-{run}",
-        **worker_env(tmp_path),
+        **worker_env(folder),
+        **env,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -79,16 +90,7 @@ def pipeline(settings_factory, triton_server, keyword_model, tmp_path, monkeypat
     settings = load_settings()
     ensure_topics(settings)
     apply_repo(settings)
-    pipeline = Pipeline(settings, tmp_path)
-    yield pipeline
-    for proc in pipeline.processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in pipeline.processes:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return Pipeline(settings, folder)
 
 
 class Pipeline:
@@ -111,6 +113,21 @@ class Pipeline:
         self.killed.add(proc.pid)
         proc.send_signal(signal.SIGKILL)  # no chance to commit or flush anything
         proc.wait(timeout=10)
+
+    def log(self, proc: subprocess.Popen) -> str:
+        """What a worker process wrote so far."""
+        return (self.folder / f"worker-{self.processes.index(proc)}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        """SIGTERM every worker still running; SIGKILL one that has not stopped within 30 s."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     def wait(self, condition, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
