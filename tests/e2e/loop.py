@@ -40,7 +40,8 @@ def loop_settings(settings_factory, triton_server, tmp_path, monkeypatch):
         "DRIFTLOOP_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "DRIFTLOOP_TRITON__URL": triton_server.http,
         "DRIFTLOOP_TRITON__GRPC_URL": triton_server.grpc,
-        "DRIFTLOOP_TRITON__MODEL_NAME": "loop_classifier",
+        # Its own model in the session's Triton repository: each loop starts at version 1.
+        "DRIFTLOOP_TRITON__MODEL_NAME": f"loop_{base.kafka.topic_prefix.strip('-')}",
         "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(triton_server.repository),
         "DRIFTLOOP_FEAST__DATA_DIR": str(tmp_path / "feast"),
         "DRIFTLOOP_TRAINING__ENCODER": "tiny",
