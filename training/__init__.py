@@ -9,8 +9,9 @@ does not pay for torch, transformers and pandas.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from driftloop.lazy import lazy_exports
 
 _EXPORTS = {
     "DataWindow": "training.dataset",
@@ -126,14 +127,4 @@ if TYPE_CHECKING:
     from training.trainer import FitOptions, FitReport, fit
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
