@@ -163,10 +163,11 @@ class Retrainer:
         if self._train is not None:
             return
         started = time.perf_counter()
+        from transformers import BertModel  # noqa: F401
+
         import training.pipeline  # noqa: F401
         from features import open_store
         from training import trainer
-        from transformers import BertModel  # noqa: F401
 
         open_store(self.settings)
         trainer.warm_up()
@@ -193,7 +194,7 @@ class Retrainer:
                     log.info("drift %s (%s) folded into the previous run", event.id, event.kind)
                 planned = planner.next_run(time.monotonic())
                 if planned:
-                    outcome = self.handle(planned.alerts, planned.attempt)
+                    outcome = self.handle(planned)
                     promoted = outcome.verdict is not None and outcome.verdict.decision == "promote"
                     planner.ended(promoted, outcome.data_end or outcome.ended_at, time.monotonic())
                     if self._on_outcome:
@@ -202,12 +203,12 @@ class Retrainer:
         finally:
             consumer.close()
 
-    def handle(self, firing: list[DriftEvent], attempt: int = 0) -> RunOutcome:
-        """One run for these alerts (the oldest is the trigger, the others are folded in); ``attempt`` > 0: a retry
-        after a run that promoted nothing, on the window up to now."""
+    def handle(self, planned: PlannedRun) -> RunOutcome:
+        """One run for these alerts (the oldest is the trigger, the others are folded in); a retry (attempt > 0)
+        follows a run that promoted nothing and learns from the window up to now."""
         started = datetime.now(UTC)
-        planned = PlannedRun(firing, attempt)
-        trigger, trigger_id, folded = firing[0], planned.trigger_id, tuple(e.id for e in firing[1:])
+        firing, attempt, trigger_id = planned.alerts, planned.attempt, planned.trigger_id
+        trigger, folded = firing[0], tuple(e.id for e in firing[1:])
         repo = ModelRepository(self.settings)
         keys = {trigger_id} if attempt else {e.id for e in firing}
         existing = version_for_trigger(repo, keys)

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 
@@ -23,7 +22,7 @@ import pytest
 from monitoring.synthetic import WordModel, version_metadata, write_version_metadata
 from streams import ensure_topics
 from streams.synthetic import SyntheticStream
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions
+from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, wait_until
 from tests.streams.support import group_caught_up
 
 pytestmark = pytest.mark.chaos
@@ -45,11 +44,8 @@ def _caught_up(settings, group: str) -> bool:
 
 
 def _wait(condition, timeout_s: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert proc.poll() is None, f"the monitor exited with {proc.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
-        time.sleep(0.5)
+    wait_until(lambda: proc.poll() is not None or condition(), timeout_s, what)
+    assert proc.poll() is None, f"the monitor exited with {proc.returncode} while waiting for {what}"
 
 
 def test_killing_the_monitor_neither_reopens_nor_forgets_its_alerts(settings_factory, tmp_path, chaos_ledger):
