@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -37,9 +36,8 @@ from driftloop.settings import MonitoringSettings
 from monitoring.exceptions import DriftCheckError
 from monitoring.reference import PREDICTION_COLUMNS, ReferenceSample
 from monitoring.window import TRUE_LABEL, WindowBounds
+from streams.schemas import Kind, Severity
 
-Kind = Literal["data", "prediction", "performance"]
-Severity = Literal["warning", "critical"]
 KINDS: tuple[Kind, ...] = ("data", "prediction", "performance")
 
 _CATEGORICAL = frozenset({"label"})

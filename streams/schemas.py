@@ -1,6 +1,11 @@
-"""Wire contracts (JSON, UTF-8) of the topics: events, labels, predictions, dead letters.
+"""Wire contracts (JSON, UTF-8) of every topic: events, labels, predictions, dead letters, drift events, model states.
 
 Any Kafka client can speak them; the README documents each with an example.
+
+Times: every timestamp a producer sends (``event_time``, ``labelled_at``, a model state's ``at``, a drift event's
+times) must carry a time zone and lie in ``[MIN_TIME, MAX_TIME)`` (1900-01-01 … 2200-01-01 UTC), a range that Python,
+pandas (nanoseconds since 1970, 1677…2262), Feast and Redis all represent; anything else is refused with a reason.
+Parsers raise only their contract's own error (``InvalidEvent``, ``InvalidRecord``), whatever the bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streams.exceptions import StreamsError
 
@@ -22,15 +27,40 @@ MAX_TEXT_CHARS = 10_000
 MAX_JSON_DEPTH = 8
 MAX_DEAD_LETTER_BYTES = 256 * 1024
 
+MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+Kind = Literal["data", "prediction", "performance"]
+Severity = Literal["warning", "critical"]
 
 
-class InvalidEvent(StreamsError):
-    """An event that breaks the contract; ``reason`` says how, in one line."""
+class InvalidRecord(StreamsError):
+    """A record that breaks its topic's contract; ``reason`` says how, in one line."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class InvalidEvent(InvalidRecord):
+    """An event that breaks the contract; ``reason`` says how, in one line."""
+
+
+def bounded_time(value: datetime) -> datetime:
+    """``value`` in UTC, if it has a time zone and lies in ``[MIN_TIME, MAX_TIME)``; else ValueError with a reason."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs a time zone (e.g. 2026-11-27T10:00:00Z)")
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not MIN_TIME <= utc < MAX_TIME:
+        raise ValueError(f"out of range: times must lie in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d}) UTC")
+    return utc
+
+
+Time = Annotated[datetime, AfterValidator(bounded_time)]
 
 
 class _Contract(BaseModel):
@@ -46,16 +76,9 @@ class Event(_Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: Id
     entity_id: Id
-    event_time: datetime
+    event_time: Time
     text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     attributes: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=32)
-
-    @field_validator("event_time")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("event_time needs a time zone (e.g. 2026-11-27T10:00:00Z)")
-        return value.astimezone(UTC)
 
     @field_validator("attributes")
     @classmethod
@@ -71,7 +94,7 @@ class Label(_Contract):
 
     event_id: Id
     label: Id
-    labelled_at: datetime
+    labelled_at: Time
 
 
 class ModelRef(_Contract):
@@ -93,7 +116,7 @@ class Prediction(_Contract):
 
     event_id: Id
     entity_id: Id
-    event_time: datetime
+    event_time: Time
     label: str
     scores: dict[str, float]
     model: ModelRef
@@ -110,13 +133,13 @@ class Prediction(_Contract):
 class ModelState(_Contract):
     """The models topic (compacted, key: model name): the whole current state in every record."""
 
-    model: str
-    champion: int | None = None
-    candidate: int | None = None
-    previous_champion: int | None = None
+    model: Id
+    champion: Annotated[int, Field(ge=1)] | None = None
+    candidate: Annotated[int, Field(ge=1)] | None = None
+    previous_champion: Annotated[int, Field(ge=1)] | None = None
     event: Literal["published", "promoted", "rolled_back", "rejected"]
-    at: datetime
-    reason: str = ""
+    at: Time
+    reason: Annotated[str, Field(max_length=10_000)] = ""
 
 
 class Source(_Contract):
@@ -164,35 +187,139 @@ class DeadLetter(_Contract):
         return base64.b64decode(self.value_b64)
 
 
+Status = Literal["firing", "resolved"]
+
+
+class WindowInfo(_Contract):
+    """The compared window: event-time bounds, number of predictions, how many of them have a label."""
+
+    start: Time | None
+    end: Time | None
+    size: Annotated[int, Field(ge=0)]
+    labelled: Annotated[int, Field(ge=0)]
+
+
+class ColumnScore(_Contract):
+    """Evidently's test of one column: method, score (p-value or distance), threshold, verdict."""
+
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+class DriftEvent(_Contract):
+    """The drift topic (key: the model name): a drift alert of one model and kind opening (``firing``) or closing
+    (``resolved``).
+
+    Example::
+
+        {"schema_version": 1, "id": "6f1c…", "kind": "data", "status": "firing", "severity": "critical",
+         "model": "classifier", "version": 3, "dedup_key": "driftloop/classifier/data",
+         "window": {"start": "2026-11-27T10:00:00Z", "end": "2026-11-27T10:05:00Z", "size": 5000, "labelled": 812},
+         "metrics": {"drift_share": 0.8, "drifted_count": 4, "column_count": 5},
+         "drifted_columns": ["amount", "items", "text_length", "oov_share"],
+         "scores": {"amount": {"method": "ks", "score": 0.0, "threshold": 0.05, "drifted": true}, …},
+         "started_at": "2026-11-27T10:05:01Z", "detected_at": "2026-11-27T10:05:01Z",
+         "report_path": ".stack/reports/drift-classifier-v3-20261127T100501Z-6f1c.html"}
+    """
+
+    schema_version: Literal[1] = 1
+    id: Id
+    kind: Kind
+    status: Status
+    severity: Severity
+    model: Id
+    version: Annotated[int, Field(ge=0)]
+    dedup_key: str
+    window: WindowInfo
+    metrics: dict[str, float]
+    drifted_columns: list[str]
+    scores: dict[str, ColumnScore] = Field(default_factory=dict)
+    started_at: Time
+    detected_at: Time
+    report_path: str | None = None
+    firing_event_id: str | None = None  # on a resolved event: the event that opened the alert
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> DriftEvent:
+        """Raises: InvalidRecord (whatever the bytes)."""
+        return parse_drift_event(raw)
+
+
+def dedup_key(model: str, kind: Kind) -> str:
+    """The alert identity shared by every receiver: one open alert per model and drift kind."""
+    return f"driftloop/{model}/{kind}"
+
+
+MAX_RECORD_BYTES = 1024 * 1024  # labels, predictions, drift events, model states
+
+
 def parse_event(raw: bytes | None) -> Event:
     """Decode and validate one event.
 
     Raises:
         InvalidEvent: with a one-line reason (size, encoding, JSON, nesting, schema version, or field errors).
     """
-    if raw is None:
-        raise InvalidEvent("empty value (tombstone)")
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # ValueError: also numbers Python refuses to convert
-        raise InvalidEvent(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidEvent(f"an event is a JSON object, got {type(data).__name__}")
-    if _depth(data) > MAX_JSON_DEPTH:
-        raise InvalidEvent(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    data = _json_object(raw, "an event", MAX_EVENT_BYTES, InvalidEvent)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise InvalidEvent(f"unknown schema_version {version!r}; this worker reads {SCHEMA_VERSION}")
+    return _validate(Event, data, InvalidEvent)
+
+
+def parse_label(raw: bytes | None) -> Label:
+    """Decode and validate one label. Raises: InvalidRecord with a one-line reason."""
+    return _validate(Label, _json_object(raw, "a label", MAX_RECORD_BYTES, InvalidRecord), InvalidRecord)
+
+
+def parse_prediction(raw: bytes | None) -> Prediction:
+    """Decode and validate one prediction. Raises: InvalidRecord with a one-line reason."""
+    return _validate(Prediction, _json_object(raw, "a prediction", MAX_RECORD_BYTES, InvalidRecord), InvalidRecord)
+
+
+def parse_drift_event(raw: bytes | None) -> DriftEvent:
+    """Decode and validate one drift event. Raises: InvalidRecord with a one-line reason."""
+    return _validate(DriftEvent, _json_object(raw, "a drift event", MAX_RECORD_BYTES, InvalidRecord), InvalidRecord)
+
+
+def parse_model_state(raw: bytes | None) -> ModelState:
+    """Decode and validate one models-topic record. Raises: InvalidRecord with a one-line reason."""
+    return _validate(ModelState, _json_object(raw, "a model state", MAX_RECORD_BYTES, InvalidRecord), InvalidRecord)
+
+
+def _json_object(raw: bytes | None, what: str, max_bytes: int, error: type[InvalidRecord]) -> dict:
+    if raw is None:
+        raise error("empty value (tombstone)")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise error(f"{what} is bytes, got {type(raw).__name__}")
+    if len(raw) > max_bytes:
+        raise error(f"{what} is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        return Event.model_validate(data)
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: also numbers Python refuses to convert
+        raise error(f"not JSON: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} is a JSON object, got {type(data).__name__}")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise error(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def _validate(model: type[_Contract], data: dict, error: type[InvalidRecord]):
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidEvent(_reasons(exc)) from None
+        raise error(_reasons(exc)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a validator outside pydantic's wrapping
+        raise error(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _depth(value: Any, level: int = 1) -> int:
@@ -208,6 +335,6 @@ def _depth(value: Any, level: int = 1) -> int:
 def _reasons(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "event"
-        parts.append(f"{where}: {error['msg']}")
+        where = ".".join(str(p) for p in error["loc"]) or "value"
+        parts.append(f"{where}: {error['msg']}"[:300])
     return "; ".join(parts)
