@@ -28,11 +28,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class HumanFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value ...``: the fields passed with ``extra=`` stay on the line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(f"{k}={_plain(v)}" for k, v in vars(record).items() if k not in _STANDARD)
+        if not fields:
+            return line
+        head, sep, tail = line.partition("\n")  # a traceback stays below the line
+        return f"{head} {fields}{sep}{tail}"
+
+
+def _plain(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
+
+
 def configure_logging(settings: LogSettings) -> None:
     """Send logs to stderr, as JSON lines or plain text, at ``settings.level``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter() if settings.json_format else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonFormatter() if settings.json_format else HumanFormatter()
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -123,6 +123,9 @@ class WorkerSettings(_Section):
     outage_backoff_max_s: float = Field(default=5.0, gt=0)
     # A crashed python backend stub leaves the model "ready" but failing: unload + load it (explicit model control).
     triton_reload_unhealthy: bool = True
+    # SIGTERM: a worker finishes and commits what it can within this time, then exits even when Kafka, Feast or
+    # Triton is unreachable (what it did not commit is redelivered); `driftloop workers` SIGKILLs a child after it.
+    shutdown_grace_s: float = Field(default=20.0, gt=0)
     feature_push_batch: int = 500
     feature_push_interval_s: float = 0.5
     metrics_port: int = 9400  # +replica index; 0 disables
@@ -176,6 +179,9 @@ class RetrainSettings(_Section):
     canary_min_labelled: int = Field(100, ge=1)  # labelled answers per role before the canary is judged
     canary_timeout_s: float = Field(300.0, gt=0)
     promote_margin: float = Field(0.0, ge=0, le=1)  # promote when candidate accuracy >= champion's - margin
+    # Holdout gate: a retrained candidate is published only when its holdout macro-F1 >= the champion's - margin
+    # (both scored on the candidate's holdout); 1 switches the gate off.
+    holdout_margin: float = Field(0.0, ge=0, le=1)
     # A run that promoted nothing while its alerts stay open is retried this much later, on the longer window.
     retry_after_s: float = Field(600.0, ge=0)  # 0: never retry
     max_retries: int = Field(2, ge=0)

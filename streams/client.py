@@ -8,7 +8,7 @@ produces its outputs, waits for the acknowledgements, then commits its inputs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,14 +125,25 @@ class KafkaProducer:
         log.debug("producer config %s", redacted(config))
         self._producer = Producer(config)
 
-    def produce_batch(self, records: Iterable[Record], timeout_s: float = 30.0) -> int:
+    def produce_batch(
+        self, records: Iterable[Record], timeout_s: float = 30.0, keep_waiting: Callable[[], bool] | None = None
+    ) -> int:
         """Produce ``records`` and wait for every acknowledgement.
+
+        Args:
+            records: what to produce.
+            timeout_s: how long to wait for the acknowledgements.
+            keep_waiting: asked each time ``timeout_s`` passes with records still unacknowledged (the broker is
+                unreachable): True waits another ``timeout_s`` (the producer keeps retrying them, in order, without
+                duplicates, for up to its ``message.timeout.ms``: pass ``{"message.timeout.ms": 0}``, no limit, to
+                a producer that waits out outages of any length), False gives up with DeliveryError. None gives up
+                at once.
 
         Returns:
             The number of records acknowledged.
 
         Raises:
-            DeliveryError: a record was rejected or not acknowledged within ``timeout_s``.
+            DeliveryError: a record was rejected, or not acknowledged in time.
         """
         failures: list[str] = []
         acked = 0
@@ -163,6 +174,10 @@ class KafkaProducer:
             sent += 1
             self._producer.poll(0)
         remaining = self._producer.flush(timeout_s)
+        while remaining and not failures and keep_waiting is not None and keep_waiting():
+            log.warning("%d records not acknowledged within %.0fs (broker unreachable?); still waiting", remaining,
+                        timeout_s)  # fmt: skip
+            remaining = self._producer.flush(timeout_s)
         if failures or remaining:
             raise DeliveryError(
                 f"{len(failures) + remaining} of {sent} records not acknowledged"

@@ -27,9 +27,9 @@ from driftloop.health import HealthServer
 from driftloop.settings import Settings
 from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store
-from streams.canary import route
+from streams.canary import route, serving_versions
 from streams.client import KafkaConsumer, KafkaProducer, Record
-from streams.exceptions import KafkaClientError, StreamsError
+from streams.exceptions import DeliveryError, KafkaClientError, StreamsError
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
 from streams.schemas import (
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 TRACE_HEADERS = ("trace-id", "traceparent", "x-trace-id")
 OUTAGES = (FeatureStoreNotReady, TritonUnavailable)  # waited out: the batch is held and retried
+UNBOUNDED_DELIVERY = {"message.timeout.ms": 0}  # a broker outage is waited out, however long (see produce_batch)
 
 
 @dataclass
@@ -118,9 +119,11 @@ class InferenceWorker:
         store = open_store(settings)
         feature_names = _feature_names()
         consumer = KafkaConsumer(settings, workers.inference_group, [settings.kafka.topic("events-v1")])
-        producer = KafkaProducer(settings)
+        producer = KafkaProducer(settings, UNBOUNDED_DELIVERY)
         tracker = ModelTracker(settings, settings.triton.model_name)
         tracker.start()
+        if self.health:
+            self.health.add_check("models-topic", tracker.check)
         classifier = TritonClassifier(settings)
         in_flight: deque[tuple[Batch, asyncio.Task]] = deque()
         log.info("inference worker started", extra={"replica": self.replica, "group": workers.inference_group})
@@ -143,7 +146,7 @@ class InferenceWorker:
             while in_flight:
                 await self._complete(*in_flight.popleft(), producer, consumer)
                 self._count_in_flight(in_flight)
-        except OUTAGES as exc:
+        except (*OUTAGES, DeliveryError) as exc:
             if not self._stop.is_set():
                 raise
             held = len(in_flight) + 1
@@ -156,6 +159,11 @@ class InferenceWorker:
             producer.close()
             consumer.close()
             log.info("inference worker stopped", extra={"replica": self.replica})
+
+    def _still_running(self) -> bool:
+        if self.health:
+            self.health.beat()  # waiting on the broker on purpose, not stuck
+        return not self._stop.is_set()
 
     def _count_in_flight(self, in_flight: deque[tuple[Batch, asyncio.Task]]) -> None:
         self.metrics.in_flight(len(in_flight), sum(len(batch.messages) for batch, _ in in_flight))
@@ -205,7 +213,9 @@ class InferenceWorker:
         self, batch: Batch, task: asyncio.Task, producer: KafkaProducer, consumer: KafkaConsumer
     ) -> None:
         await task
-        await asyncio.to_thread(producer.produce_batch, batch.outputs)
+        # A broker outage: the records stay queued in the producer (retried by it) while the worker keeps waiting;
+        # only a stop gives up on them (nothing is committed, so the batch is redelivered).
+        await asyncio.to_thread(producer.produce_batch, batch.outputs, keep_waiting=self._still_running)
         try:
             await asyncio.to_thread(consumer.commit, batch.messages)
         except KafkaClientError as exc:
@@ -218,84 +228,109 @@ class InferenceWorker:
         self.metrics.batch_done(len(batch.messages), batch.predicted, batch.dead, time.time() - batch.read_at)
 
     async def _process(self, batch: Batch, store, feature_names, classifier: TritonClassifier, tracker) -> None:
-        settings = self.settings
-        events: list[tuple[Message, Event]] = []
-        for msg in batch.messages:
-            try:
-                event = parse_event(msg.value())
-                if msg.key() != event.entity_id.encode():
-                    raise InvalidEvent(
-                        f"the record key must be the entity_id {event.entity_id!r}, got {msg.key() if msg.key() is None else msg.key()[:64]!r}"
-                    )
-                events.append((msg, event))
-            except InvalidEvent as exc:
-                batch.outputs.append(dead_letter(settings, msg, "validate", exc.reason))
-                batch.dead += 1
+        """Parse, fetch features, classify and build the outputs of one batch; one record never fails the others."""
+        events = self._parse(batch)
         if not events:
             return
-
         started = time.time()
         entity_ids = [event.entity_id for _, event in events]
         features = await self._until_available(
             "feast", lambda: asyncio.to_thread(online_features, store, entity_ids), classifier
         )
         features_done = time.time()
-
-        state = tracker.current()
         texts = [event.text for _, event in events]
         matrix = feature_matrix(features, feature_names)
-        versions = route([event.event_id for _, event in events], state, settings.workers.canary_share)
-        champion = state.champion if state else None
-        results = await self._until_available(
-            "triton", lambda: self._classify_by_version(classifier, texts, matrix, versions, champion), classifier
+        ids = [event.event_id for _, event in events]
+        served = await self._until_available(
+            "triton", lambda: self._classify(classifier, tracker, ids, texts, matrix), classifier
         )
-        shadow: list[Result] = []
-        if settings.workers.shadow and state and state.candidate and state.candidate != champion:
-            try:
-                shadow = await classifier.classify(texts, matrix, state.candidate)
-            except TritonUnavailable as exc:  # shadow answers are a record, not a prediction: never hold for them
-                log.warning("shadow version %s unavailable: %s", state.candidate, exc)
         inference_done = time.time()
-
-        answers = [(i, result, "champion") for i, result in enumerate(results)]
-        answers += [
-            (i, result, "shadow") for i, result in enumerate(shadow) if not isinstance(result, TritonRequestError)
-        ]
-        for i, result, role in answers:
+        stamps = (batch.read_at, started, features_done, inference_done)
+        for i, result, role in served.answers():
             msg, event = events[i]
-            if isinstance(result, TritonRequestError):
-                batch.outputs.append(dead_letter(settings, msg, "inference", str(result)))
+            try:
+                if isinstance(result, TritonRequestError):
+                    raise result
+                batch.outputs.append(self._prediction(msg, event, result, role, features, i, feature_names, stamps))
+                batch.predicted += role != "shadow"
+            except Exception as exc:  # noqa: BLE001 - this record's fault or not, the rest of the batch goes on
+                if role == "shadow":
+                    continue
+                stage_error = str(exc) if isinstance(exc, TritonRequestError) else f"{type(exc).__name__}: {exc}"
+                batch.outputs.append(dead_letter(self.settings, msg, "inference", stage_error))
                 batch.dead += 1
-                continue
-            probs, served_version = result
-            if role == "champion" and versions[i] is not None and versions[i] != champion:
-                role = "candidate"
-            now = time.time()
-            broker_ts = msg.timestamp()[1] / 1000 if msg.timestamp()[1] > 0 else batch.read_at
-            prediction = Prediction(
-                event_id=event.event_id,
-                entity_id=event.entity_id,
-                event_time=event.event_time,
-                label=self.labels[int(np.argmax(probs))],
-                scores={label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
-                model=ModelRef(name=settings.triton.model_name, version=served_version),
-                role=role,
-                features={name: _plain(features[name][i]) for name in feature_names},
-                timings_ms=Timings(
-                    queue=round((started - broker_ts) * 1000, 3),
-                    features=round((features_done - started) * 1000, 3),
-                    inference=round((inference_done - features_done) * 1000, 3),
-                    end_to_end=round((now - broker_ts) * 1000, 3),
-                ),
-                trace_id=trace_id(msg),
-                text_stats=text_stats(event.text, self._vocab(served_version)),
-                predicted_at=datetime.fromtimestamp(now, UTC),
-            )
-            batch.outputs.append(
-                Record(settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(),
-                       headers=[("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None)
-            )  # fmt: skip
-            batch.predicted += role != "shadow"
+
+    def _parse(self, batch: Batch) -> list[tuple[Message, Event]]:
+        """The batch's valid events; each record the contract refuses (or that fails in any other way) becomes a
+        dead letter with the reason."""
+        events: list[tuple[Message, Event]] = []
+        for msg in batch.messages:
+            try:
+                event = parse_event(msg.value())
+                if msg.key() != event.entity_id.encode():
+                    key = msg.key()
+                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got "
+                                       f"{key if key is None else key[:64]!r}")  # fmt: skip
+                events.append((msg, event))
+            except InvalidEvent as exc:
+                batch.outputs.append(dead_letter(self.settings, msg, "validate", exc.reason))
+                batch.dead += 1
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure on one record: dead-letter it, go on
+                log.exception("unexpected error validating a record", extra=_where(msg))
+                batch.outputs.append(dead_letter(self.settings, msg, "validate", f"{type(exc).__name__}: {exc}"))
+                batch.dead += 1
+        return events
+
+    async def _classify(self, classifier: TritonClassifier, tracker, ids, texts, matrix) -> Served:
+        """One attempt: the explicit versions to call (re-read on every attempt), the champion's and candidate's
+        answers, and the shadow's when enabled.
+
+        Raises:
+            TritonUnavailable: Triton does not answer, or no usable version of the model is served (held, retried).
+        """
+        served = await classifier.served_versions()
+        champion, candidate = serving_versions(tracker.current(), served)
+        if champion is None:
+            classifier.forget_served()
+            raise TritonUnavailable(f"no version of {classifier.model} that may answer is served (served: "
+                                    f"{sorted(served) or 'none'})")  # fmt: skip
+        versions = route(ids, champion, candidate, self.settings.workers.canary_share)
+        results = await self._classify_by_version(classifier, texts, matrix, versions, champion)
+        shadow: list[Result] = []
+        if self.settings.workers.shadow and candidate is not None:
+            try:
+                shadow = await classifier.classify(texts, matrix, candidate)
+            except (TritonUnavailable, VersionNotServed) as exc:  # shadow answers are a record: never hold for them
+                log.warning("shadow version %s unavailable: %s", candidate, exc)
+        return Served(results, shadow, champion, candidate)
+
+    def _prediction(self, msg: Message, event: Event, result, role: str, features, i: int, feature_names, stamps):
+        probs, served_version = result
+        read_at, started, features_done, inference_done = stamps
+        now = time.time()
+        broker_ts = msg.timestamp()[1] / 1000 if msg.timestamp()[1] > 0 else read_at
+        prediction = Prediction(
+            event_id=event.event_id,
+            entity_id=event.entity_id,
+            event_time=event.event_time,
+            label=self.labels[int(np.argmax(probs))],
+            scores={label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
+            model=ModelRef(name=self.settings.triton.model_name, version=served_version),
+            role=role,
+            features={name: _plain(features[name][i]) for name in feature_names},
+            timings_ms=Timings(
+                queue=round((started - broker_ts) * 1000, 3),
+                features=round((features_done - started) * 1000, 3),
+                inference=round((inference_done - features_done) * 1000, 3),
+                end_to_end=round((now - broker_ts) * 1000, 3),
+            ),
+            trace_id=trace_id(msg),
+            text_stats=text_stats(event.text, self._vocab(served_version)),
+            predicted_at=datetime.fromtimestamp(now, UTC),
+        )
+        headers = [("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None
+        return Record(self.settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(),
+                      headers=headers)  # fmt: skip
 
     def _vocab(self, version: int) -> frozenset[str] | None:
         """The serving version's tokenizer vocabulary, for ``oov_share``; None where the repository is not mounted."""
@@ -310,25 +345,26 @@ class InferenceWorker:
         return self._vocabs[version]
 
     async def _classify_by_version(
-        self, classifier: TritonClassifier, texts: list[str], matrix: np.ndarray, versions: list[int | None],
-        champion: int | None,
-    ) -> list[Result]:  # fmt: skip
-        """Classify each group of events with its version, concurrently; a candidate that fails falls back to the
-        champion, so a bad candidate costs latency, never a prediction."""
+        self, classifier: TritonClassifier, texts: list[str], matrix: np.ndarray, versions: list[int], champion: int
+    ) -> list[Result]:
+        """Classify each group of events with its version, concurrently; a candidate that fails (or is no longer
+        served) falls back to the champion, so a bad candidate costs latency, never a prediction.
+
+        Raises:
+            TritonUnavailable: the champion does not answer or is no longer served (the caller holds and retries).
+        """
         results: list[Result | None] = [None] * len(texts)
-        groups: dict[int | None, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for i, version in enumerate(versions):
             groups.setdefault(version, []).append(i)
 
-        async def run(version: int | None, rows: list[int]) -> None:
+        async def run(version: int, rows: list[int]) -> None:
             try:
                 answers = await classifier.classify([texts[i] for i in rows], matrix[rows], version)
-            except VersionNotServed:
-                if version == champion:  # announced before this server loaded it: Triton's default version answers
-                    log.warning("champion version %s not served; using the server's default version", version)
-                    answers = await classifier.classify([texts[i] for i in rows], matrix[rows], None)
-                else:
-                    answers = [TritonRequestError(f"candidate {version} not served")] * len(rows)
+            except VersionNotServed as exc:
+                if version == champion:
+                    raise TritonUnavailable(f"champion version {version} went away: {exc}") from exc
+                answers = [TritonRequestError(f"candidate {version} not served")] * len(rows)
             except TritonUnavailable:
                 if version == champion:
                     raise
@@ -338,13 +374,41 @@ class InferenceWorker:
             for i, answer in zip(rows, answers, strict=True):
                 results[i] = answer
             if version != champion and retry:
-                for i, answer in zip(
-                    retry, await classifier.classify([texts[i] for i in retry], matrix[retry], champion), strict=True
-                ):
+                try:
+                    again = await classifier.classify([texts[i] for i in retry], matrix[retry], champion)
+                except VersionNotServed as exc:
+                    raise TritonUnavailable(f"champion version {champion} went away: {exc}") from exc
+                for i, answer in zip(retry, again, strict=True):
                     results[i] = answer
 
         await asyncio.gather(*(run(version, rows) for version, rows in groups.items()))
         return results  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One batch's answers: per event the champion's or the candidate's, and the shadow's when enabled."""
+
+    results: list[Result]
+    shadow: list[Result]
+    champion: int
+    candidate: int | None
+
+    def answers(self) -> list[tuple[int, Result, str]]:
+        """``(row, result, role)``: role from the version that actually answered (a candidate's failed rows are
+        answered by the champion, and labelled so)."""
+        rows = [(i, result, self._role(result)) for i, result in enumerate(self.results)]
+        rows += [(i, r, "shadow") for i, r in enumerate(self.shadow) if not isinstance(r, TritonRequestError)]
+        return rows
+
+    def _role(self, result: Result) -> str:
+        if isinstance(result, TritonRequestError):
+            return "champion"
+        return "candidate" if self.candidate is not None and result[1] == self.candidate else "champion"
+
+
+def _where(msg: Message) -> dict:
+    return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
 
 
 def _feature_names() -> list[str]:

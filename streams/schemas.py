@@ -31,6 +31,7 @@ MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # JSON has no NaN or Infinity: what is sent must round-trip
 Kind = Literal["data", "prediction", "performance"]
 Severity = Literal["warning", "critical"]
 
@@ -98,17 +99,17 @@ class Label(_Contract):
 
 
 class ModelRef(_Contract):
-    name: str
-    version: int
+    name: Id
+    version: Annotated[int, Field(ge=0)]
 
 
 class Timings(_Contract):
     """Milliseconds spent in each stage; ``end_to_end`` runs from the event's broker timestamp to production."""
 
-    queue: float
-    features: float
-    inference: float
-    end_to_end: float
+    queue: Finite
+    features: Finite
+    inference: Finite
+    end_to_end: Finite
 
 
 class Prediction(_Contract):
@@ -117,17 +118,17 @@ class Prediction(_Contract):
     event_id: Id
     entity_id: Id
     event_time: Time
-    label: str
-    scores: dict[str, float]
+    label: Id
+    scores: dict[Id, Finite] = Field(max_length=1024)
     model: ModelRef
     role: Literal["champion", "candidate", "shadow"] = "champion"
-    features: dict[str, float | None]
+    features: dict[Id, Finite | None] = Field(max_length=1024)
     timings_ms: Timings
-    trace_id: str | None = None
-    predicted_at: datetime
+    trace_id: Annotated[str, Field(max_length=128)] | None = None
+    predicted_at: Time
     # Text descriptors of the event's text for drift monitoring (``length``, ``word_count``, ``oov_share``),
     # computed by the inference worker with ``monitoring.text_stats``; the text itself is not carried.
-    text_stats: dict[str, float] | None = None
+    text_stats: dict[Id, Finite] | None = Field(default=None, max_length=64)
 
 
 class ModelState(_Contract):
@@ -203,8 +204,8 @@ class ColumnScore(_Contract):
     """Evidently's test of one column: method, score (p-value or distance), threshold, verdict."""
 
     method: str
-    score: float
-    threshold: float
+    score: Finite
+    threshold: Finite
     drifted: bool
 
 
@@ -233,7 +234,7 @@ class DriftEvent(_Contract):
     version: Annotated[int, Field(ge=0)]
     dedup_key: str
     window: WindowInfo
-    metrics: dict[str, float]
+    metrics: dict[str, Finite]
     drifted_columns: list[str]
     scores: dict[str, ColumnScore] = Field(default_factory=dict)
     started_at: Time

@@ -20,20 +20,21 @@ import logging
 import re
 import threading
 import time
+import weakref
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 60.0
-_COUNTERS: dict[int, Counter] = {}
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 _COUNTERS_LOCK = threading.Lock()
 
 
 def _counter(registry: CollectorRegistry) -> Counter:
     # One counter per registry: prometheus_client refuses a second registration of the same name.
     with _COUNTERS_LOCK:
-        counter = _COUNTERS.get(id(registry))
+        counter = _COUNTERS.get(registry)
         if counter is None:
             counter = Counter(
                 "driftloop_skipped_records",
@@ -41,7 +42,7 @@ def _counter(registry: CollectorRegistry) -> Counter:
                 ["topic", "reason"],
                 registry=registry,
             )
-            _COUNTERS[id(registry)] = counter
+            _COUNTERS[registry] = counter
         return counter
 
 

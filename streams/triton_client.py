@@ -1,15 +1,21 @@
 """Async Triton client for the classifier contract: TEXT (BYTES) + FEATURES (FP32) in, PROBS (FP32) out.
 
-A batch goes to Triton as one request. When Triton rejects a request, the batch is bisected so that only the events
-that fail on their own are reported as failed (they go to the dead-letter topic); the rest are answered. When the
-server is unreachable, the call is retried with exponential backoff and then raises ``TritonUnavailable``. When the
-model's python backend stub has crashed (Triton keeps the model "ready", but every request fails with "Stub process
-... is not healthy" until the model is unloaded and loaded again), retrying the same call cannot help: it raises
-``TritonModelUnhealthy`` at once, and :meth:`TritonClassifier.reload` is the cure.
+A batch goes to Triton as one request, always for an explicit model version (never Triton's default, which is the
+highest loaded version: possibly a candidate). When a request fails, the batch is bisected; only an event that fails
+*alone*, twice, with an error that is the request's (e.g. a text the model refuses) is reported as failed (it goes to
+the dead-letter topic); the rest are answered. A failure that is the server's, not the request's - out of memory,
+an internal error, a crashed stub - is never blamed on an event: a smaller batch may pass (a batch too large for the
+GPU is answered in halves), and where even one event fails that way the call raises ``TritonServerFault`` and the
+worker holds the batch and retries. When the server is unreachable, the call is retried with exponential backoff and
+then raises ``TritonUnavailable``. When the model's python backend stub has crashed (Triton keeps the model "ready",
+but every request fails with "Stub process ... is not healthy" until the model is unloaded and loaded again),
+retrying the same call cannot help: it raises ``TritonModelUnhealthy`` at once, and :meth:`TritonClassifier.reload`
+is the cure.
 
     StreamsError
-    ├── TritonUnavailable       (no answer after the retries; the batch is redelivered)
-    │   └── TritonModelUnhealthy  (the model's backend process crashed: reload the model)
+    ├── TritonUnavailable       (no answer after the retries; the batch is held and retried)
+    │   ├── TritonModelUnhealthy  (the model's backend process crashed: reload the model)
+    │   └── TritonServerFault     (the server failed a request for its own reason: out of memory, internal error)
     ├── VersionNotServed
     └── TritonRequestError      (one event's request was rejected)
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +38,10 @@ log = logging.getLogger(__name__)
 
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "Socket closed",
                 "failed to connect", "Connection refused", "Stub process")  # fmt: skip
+# Failures that are the server's, not the request's: a smaller batch may pass, an event is never dead-lettered for them.
+_SERVER_FAULTS = ("out of memory", "outofmemoryerror", "cuda error", "cudnn_status", "cublas_status", "bad_alloc",
+                  "memoryerror", "internal error", "resource_exhausted", "resource exhausted")  # fmt: skip
+SERVED_TTL_S = 2.0  # how long the list of served versions is trusted
 
 
 class TritonUnavailable(StreamsError):
@@ -39,6 +50,10 @@ class TritonUnavailable(StreamsError):
 
 class TritonModelUnhealthy(TritonUnavailable):
     """The model's backend process (python backend stub) crashed; requests fail until the model is reloaded."""
+
+
+class TritonServerFault(TritonUnavailable):
+    """Triton failed a request for a reason that is not the request's (out of memory, internal error)."""
 
 
 class VersionNotServed(StreamsError):
@@ -58,6 +73,8 @@ class TritonClassifier:
         self.timeout_s = settings.workers.triton_timeout_s
         self.retries = settings.workers.triton_retries
         self._client = grpcclient.InferenceServerClient(settings.triton_grpc)
+        self._served: frozenset[int] = frozenset()
+        self._served_at = float("-inf")
 
     async def close(self) -> None:
         await self._client.close()
@@ -73,15 +90,42 @@ class TritonClassifier:
         await self._client.unload_model(self.model, client_timeout=timeout_s)
         await self._client.load_model(self.model, client_timeout=timeout_s)
 
-    async def classify(self, texts: Sequence[str], features: np.ndarray, version: int | None) -> list[Result]:
-        """Probabilities and the serving version per text, or a TritonRequestError for texts Triton rejected."""
+    async def served_versions(self, refresh: bool = False) -> frozenset[int]:
+        """The versions of the model that Triton serves now (cached for ``SERVED_TTL_S``).
+
+        Raises:
+            TritonUnavailable: the server does not answer (an empty set means: the model has no ready version).
+        """
+        now = time.monotonic()
+        if refresh or now - self._served_at > SERVED_TTL_S:
+            try:
+                metadata = await self._client.get_model_metadata(self.model, client_timeout=self.timeout_s)
+                self._served = frozenset(int(v) for v in metadata.versions if v.isdigit())
+            except InferenceServerException as exc:
+                if "unknown model" not in str(exc).lower() and "not found" not in str(exc).lower():
+                    raise TritonUnavailable(f"Triton metadata of {self.model}: {exc}") from exc
+                self._served = frozenset()
+            self._served_at = now
+        return self._served
+
+    def forget_served(self) -> None:
+        """Read the served versions again on the next call (a version came or went)."""
+        self._served_at = float("-inf")
+
+    async def classify(self, texts: Sequence[str], features: np.ndarray, version: int) -> list[Result]:
+        """Probabilities and the serving version per text, or a TritonRequestError for texts Triton rejected alone.
+
+        Raises:
+            VersionNotServed: ``version`` is not loaded.
+            TritonUnavailable: no answer, or a server fault even for a single text (the caller holds the batch).
+        """
         if not texts:
             return []
         try:
             probs, served = await self._infer_with_retries(texts, features, version)
-        except TritonRequestError as exc:
+        except (TritonRequestError, TritonServerFault) as exc:
             if len(texts) == 1:
-                return [exc]
+                return [await self._alone(texts, features, version, exc)]
             middle = len(texts) // 2
             return [
                 *await self.classify(texts[:middle], features[:middle], version),
@@ -89,20 +133,33 @@ class TritonClassifier:
             ]
         return [(row, served) for row in probs]
 
-    async def _infer_with_retries(self, texts, features, version) -> tuple[np.ndarray, int]:
+    async def _alone(self, texts, features, version: int, error: StreamsError) -> Result:
+        """One text that failed alone: a server fault is raised (hold); a request error counts only if it fails twice
+        (a transient failure of a valid event must not send it to the dead-letter topic)."""
+        if isinstance(error, TritonServerFault):
+            raise error
+        try:
+            probs, served = await self._infer_with_retries(texts, features, version)
+        except TritonRequestError as again:
+            return again
+        return probs[0], served
+
+    async def _infer_with_retries(self, texts, features, version: int) -> tuple[np.ndarray, int]:
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
                 return await self._infer(texts, features, version)
             except InferenceServerException as exc:
                 message = str(exc)
-                if version is not None and "unknown model" in message.lower():
+                lowered = message.lower()
+                if "unknown model" in lowered or "is not found" in lowered:
+                    self.forget_served()
                     raise VersionNotServed(f"{self.model} version {version} is not served: {message}") from exc
                 if "Stub process" in message and "not healthy" in message:
                     raise TritonModelUnhealthy(f"{self.model}: {message}") from exc
-                # "unknown model" with no version asked: no version is loaded - a server stopping, starting or
-                # reloading the model (or one never loaded). An outage to wait out, never a reason to dead-letter.
-                if "unknown model" not in message.lower() and not any(marker in message for marker in _UNAVAILABLE):
+                if any(marker in lowered for marker in _SERVER_FAULTS):
+                    raise TritonServerFault(f"{self.model} version {version}: {message}") from exc
+                if not any(marker in message for marker in _UNAVAILABLE):
                     raise TritonRequestError(message) from exc
                 if attempt == self.retries:
                     raise TritonUnavailable(f"Triton unavailable after {self.retries} retries: {message}") from exc
@@ -119,7 +176,7 @@ class TritonClassifier:
         result = await self._client.infer(
             self.model,
             [text, feats],
-            model_version="" if version is None else str(version),
+            model_version=str(version),
             outputs=[grpcclient.InferRequestedOutput("PROBS")],
             client_timeout=self.timeout_s,
         )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -49,16 +51,42 @@ async def _run_inference(settings: Settings, replica: int, health: HealthServer)
 
     worker = InferenceWorker(settings, replica, health)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        exit_after(settings.workers.shutdown_grace_s, "inference")
+        worker.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop)
     await worker.run()
 
 
-def supervise(child_argv: Sequence[str], roles: Sequence[str], replicas: int, restart_delay_s: float = 2.0) -> int:
+def exit_after(grace_s: float, what: str) -> threading.Thread:
+    """Bound a shutdown: unless the process ended by then, exit it ``grace_s`` from now (e.g. Kafka unreachable, so
+    leaving the group or flushing cannot finish). Nothing uncommitted is lost: it is redelivered."""
+
+    def watchdog() -> None:
+        time.sleep(grace_s)
+        log.error("%s worker did not stop within %.0fs of the signal; exiting (uncommitted records are redelivered)",
+                  what, grace_s)  # fmt: skip
+        logging.shutdown()
+        os._exit(1)
+
+    thread = threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def supervise(
+    child_argv: Sequence[str], roles: Sequence[str], replicas: int, restart_delay_s: float = 2.0,
+    grace_s: float = 30.0,
+) -> int:  # fmt: skip
     """Start ``replicas`` processes per role (``child_argv + [--role R --replica I]``), restart any that dies,
-    and stop them all on SIGTERM/SIGINT. Returns 0 after a clean stop."""
+    and stop them all on SIGTERM/SIGINT: SIGTERM, then SIGKILL for any still running ``grace_s`` later.
+    Returns 0 after a clean stop."""
     procs: dict[tuple[str, int], subprocess.Popen] = {}
     stopping = False
+    kill_at = float("inf")
 
     def spawn(role: str, replica: int) -> None:
         argv = [*child_argv, "--role", role, "--replica", str(replica)]
@@ -66,7 +94,9 @@ def supervise(child_argv: Sequence[str], roles: Sequence[str], replicas: int, re
         log.info("started %s worker %d", role, replica, extra={"pid": procs[(role, replica)].pid})
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, kill_at
+        if not stopping:
+            kill_at = time.monotonic() + grace_s
         stopping = True
         for proc in procs.values():
             if proc.poll() is None:
@@ -80,8 +110,14 @@ def supervise(child_argv: Sequence[str], roles: Sequence[str], replicas: int, re
     while True:
         time.sleep(0.5)
         if stopping:
-            if all(proc.poll() is not None for proc in procs.values()):
+            running = [proc for proc in procs.values() if proc.poll() is None]
+            if not running:
                 return 0
+            if time.monotonic() >= kill_at:
+                for proc in running:
+                    log.error("worker %d did not stop within %.0fs; SIGKILL", proc.pid, grace_s)
+                    proc.kill()
+                kill_at = float("inf")
             continue
         for (role, replica), proc in list(procs.items()):
             if proc.poll() is not None:

@@ -7,6 +7,9 @@
   model "ready" but fails every request ("Stub process ... is not healthy") until the model is unloaded and loaded
   again; the worker notices, reloads the model (explicit model-control mode) and answers every event, none of them
   dead-lettered.
+- Out of memory: a model that fails every execution of more than 2 rows with CUDA's out-of-memory error. A failure
+  that is the server's is never blamed on an event: the worker answers in smaller batches, holds and retries where
+  even one row fails that way, and dead-letters no valid event.
 - Slow model (backpressure): with a backlog on the topic and a model that takes 0.25 s per execution, the worker's
   batches and events in flight (its ``driftloop_in_flight_*`` gauges) never exceed ``workers.max_in_flight`` x
   ``workers.max_batch_size``, the backlog waits on the broker, the worker's memory stays flat, and nothing is lost.
@@ -34,6 +37,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 SLOW_MODEL = "slow_classifier"
 SLOW_DIR = Path(__file__).parent / SLOW_MODEL
+OOM_MODEL = "oom_classifier"  # fails every execution of more than 2 rows with CUDA's out-of-memory error
+OOM_DIR = Path(__file__).parent / OOM_MODEL
 WARMUP, EVENTS = 20, 800  # the stream lasts 8 s at 100 events/s; the fault lands ~1 s in
 
 
@@ -53,7 +58,7 @@ class PrivateTriton:
 
     def models_ready(self) -> bool:
         loaded = {m["name"] for m in local_triton.repository_index(self.settings) if m.get("state") == "READY"}
-        return {MODEL, SLOW_MODEL} <= loaded
+        return {MODEL, SLOW_MODEL, OOM_MODEL} <= loaded
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +69,7 @@ def private_triton(stack_settings, tmp_path_factory):
     repository = tmp_path_factory.mktemp("private_triton_repo")
     shutil.copytree(MODEL_DIR, repository / MODEL)
     shutil.copytree(SLOW_DIR, repository / SLOW_MODEL)
+    shutil.copytree(OOM_DIR, repository / OOM_MODEL)
     stack = {**stack_settings.stack.model_dump(), "run_dir": tmp_path_factory.mktemp("private_triton"),
              "triton_http_port": free_port(), "triton_grpc_port": free_port(), "triton_metrics_port": free_port()}  # fmt: skip
     settings = load_settings(stack=stack, triton={"model_repository": repository})
@@ -170,6 +176,20 @@ def test_crashed_python_backend_stub_is_reloaded(settings_factory, triton, tmp_p
     finally:
         pipeline.close()
     assert "crashed (python backend stub); unloading and loading it" in log, log[-3000:]
+
+
+def test_out_of_memory_on_large_batches_dead_letters_no_valid_event(
+    settings_factory, triton, tmp_path, monkeypatch, chaos_ledger
+):
+    pipeline = open_pipeline(settings_factory(), triton, OOM_MODEL, tmp_path, monkeypatch)
+
+    def nothing(worker) -> dict:
+        return {"max_rows": 2}  # the stream comes in chunks of 50: batches of more than 2 rows fail throughout
+
+    try:
+        _run_fault(pipeline, chaos_ledger, "triton-oom-large-batches", 131, nothing)
+    finally:
+        pipeline.close()
 
 
 def _scrape(url: str) -> dict[str, float]:

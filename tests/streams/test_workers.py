@@ -190,3 +190,25 @@ def test_shadow_mode_records_both_answers(pipeline, two_versions, monkeypatch):
     predictions = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 100)]
     roles = Counter((p["role"], p["model"]["version"]) for p in predictions)
     assert roles == {("champion", 1): 50, ("shadow", 2): 50}
+
+
+def test_unserved_versions_never_answer_and_never_mislabel(pipeline, two_versions, monkeypatch):
+    """Triton is always called with an explicit version: a champion announced but not served is answered by an older
+    served version (never by the candidate, Triton's default), and a shadow candidate that is not served is
+    skipped - neither raises."""
+    settings, start = pipeline.settings, pipeline.start
+    monkeypatch.setenv("DRIFTLOOP_WORKERS__CANARY_SHARE", "0")
+    monkeypatch.setenv("DRIFTLOOP_WORKERS__SHADOW", "true")
+    _announce(settings, champion=7, candidate=2)  # 7 was never loaded; 1 and 2 are served
+    worker = start("run", "--role", "inference")
+    first, _ = _produce(settings, 50, malformed_share=0.0, seed=81)
+    predictions = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 50)]
+    assert Counter((p["role"], p["model"]["version"]) for p in predictions) == {("champion", 1): 50}
+
+    _announce(settings, champion=1, candidate=9)  # a shadow candidate that is not served
+    pipeline.wait(lambda: "candidate=9" in pipeline.log(worker), 30, "the worker to follow the announcement")
+    more, _ = _produce(settings, 50, malformed_share=0.0, seed=82)
+    later = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 100)]
+    answered = Counter((p["role"], p["model"]["version"]) for p in later if p["event_id"] in set(more))
+    assert answered == {("champion", 1): 50}
+    assert worker.poll() is None and "Traceback" not in pipeline.log(worker)

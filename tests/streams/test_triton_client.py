@@ -1,0 +1,94 @@
+"""The Triton client's error policy, without a server: ``_infer`` replaced by a scripted stand-in.
+
+Only an event that fails alone, twice, with the request's own error is reported as failed; a failure that is the
+server's (out of memory, internal error) is answered in smaller batches or raised as an outage, never blamed on an
+event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from driftloop.settings import load_settings
+from streams.triton_client import (
+    TritonClassifier,
+    TritonRequestError,
+    TritonServerFault,
+    TritonUnavailable,
+    VersionNotServed,
+)
+
+pytestmark = pytest.mark.unit
+
+OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+class Scripted(TritonClassifier):
+    """Answers like a server that runs out of memory above ``max_rows`` and refuses texts containing ``POISON``."""
+
+    def __init__(self, max_rows: int = 64, flaky: int = 0, fault: str = OOM) -> None:
+        super().__init__(load_settings(triton={"url": "127.0.0.1:1"}, workers={"triton_retries": 0}))
+        self.max_rows, self.flaky, self.fault, self.calls = max_rows, flaky, fault, []
+
+    async def _infer(self, texts, features, version):
+        self.calls.append(len(texts))
+        if len(texts) > self.max_rows:
+            raise InferenceServerException(self.fault)
+        if any("POISON" in t for t in texts):
+            raise InferenceServerException("poisoned text")
+        if self.flaky:
+            self.flaky -= 1
+            raise InferenceServerException("a transient refusal")
+        return np.full((len(texts), 3), 1 / 3, dtype=np.float32), version
+
+
+def classify(make, texts: list[str], version: int = 3, calls: list | None = None):
+    """Build the client with ``make()`` inside an event loop (grpc.aio needs one), classify, close."""
+
+    async def run():
+        client = make()
+        try:
+            return await client.classify(texts, np.zeros((len(texts), 6), np.float32), version)
+        finally:
+            if calls is not None:
+                calls.extend(client.calls)
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def test_out_of_memory_above_a_size_is_answered_in_halves_without_a_dead_letter():
+    calls: list[int] = []
+    results = classify(lambda: Scripted(max_rows=8), [f"text {i}" for i in range(64)], calls=calls)
+    assert all(not isinstance(r, TritonRequestError) for r in results) and len(results) == 64
+    assert max(n for n in calls if n <= 8) == 8
+
+
+def test_a_server_fault_even_for_one_event_is_an_outage():
+    with pytest.raises(TritonServerFault):
+        classify(lambda: Scripted(max_rows=0), ["a", "b", "c"])
+    with pytest.raises(TritonUnavailable):
+        classify(lambda: Scripted(max_rows=0, fault="Internal error: the backend crashed"), ["a"])
+
+
+def test_only_the_event_that_fails_alone_twice_is_reported():
+    results = classify(Scripted, ["fine", "also fine", "POISON here", "fine again"])
+    assert [isinstance(r, TritonRequestError) for r in results] == [False, False, True, False]
+
+
+def test_a_transient_refusal_of_one_event_is_retried_not_reported():
+    results = classify(lambda: Scripted(flaky=2), ["one", "two"])  # the batch, then the first half alone, refused once each
+    assert not any(isinstance(r, TritonRequestError) for r in results)
+
+
+def test_unknown_version_is_version_not_served():
+    class Gone(Scripted):
+        async def _infer(self, texts, features, version):
+            raise InferenceServerException("Request for unknown model: 'classifier' version 3 is not found")
+
+    with pytest.raises(VersionNotServed):
+        classify(Gone, ["a"])
