@@ -21,11 +21,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from driftloop.settings import Settings
 from streams.client import KafkaProducer, Record, client_config
-from streams.schemas import Label, ModelState, Prediction
+from streams.schemas import (
+    DeadLetter,
+    InvalidRecord,
+    ModelState,
+    Prediction,
+    bounded_time,
+    parse_drift_event,
+    parse_label,
+    parse_model_state,
+    parse_prediction,
+)
+from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream
 
 log = logging.getLogger(__name__)
@@ -55,12 +66,89 @@ class Observed:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+OBSERVED_TOPICS = ("predictions-v1", "labels-v1", "drift-v1", "dlq-v1", "models-v1")
+
+
+class TopicView:
+    """Folds records of the observed topics into an ``Observed`` (no Kafka here).
+
+    A record it cannot read (broken contract, tombstone, anything that raises) is skipped and counted
+    (``driftloop_skipped_records_total``, logged at most once a minute per reason): no record stops the observer.
+
+    Args:
+        settings: root settings (the topic names).
+        model: the model whose states are kept.
+        skipped: where skipped records are counted (default: prometheus_client's registry).
+    """
+
+    def __init__(self, settings: Settings, model: str, skipped: SkippedRecords | None = None) -> None:
+        self.model, self.seen = model, Observed()
+        self.skipped = skipped or SkippedRecords()
+        self.topics = {settings.kafka.topic(n): n for n in OBSERVED_TOPICS}
+
+    def observe(self, msg: Message) -> bool:
+        """Fold one record into ``seen``; False when it was skipped (counted, never raised)."""
+        name = self.topics.get(msg.topic(), msg.topic())
+        try:
+            self._on(name, msg.value())
+        except InvalidRecord as exc:
+            reason = exc.reason
+        except Exception as exc:  # noqa: BLE001 - no record may stop the observer
+            reason = f"unexpected {type(exc).__name__}: {str(exc)[:200]}"
+        else:
+            return True
+        self.skipped.skip(name, reason, partition=msg.partition(), offset=msg.offset())
+        return False
+
+    def _on(self, name: str, value: bytes | None) -> None:
+        """Raises: InvalidRecord (or anything a hostile record provokes; ``observe`` catches it)."""
+        seen = self.seen
+        if name == "predictions-v1":
+            prediction = _served(parse_prediction(value))
+            with seen.lock:
+                if prediction.role != "shadow":
+                    seen.predictions.setdefault(prediction.event_id, prediction)
+        elif name == "labels-v1":
+            label = parse_label(value)
+            with seen.lock:
+                seen.labels[label.event_id] = label.label
+        elif name == "drift-v1":
+            event = parse_drift_event(value).model_dump(mode="json")
+            with seen.lock:
+                seen.drift.append(event)
+        elif name == "dlq-v1":
+            DeadLetter.model_validate_json(value or b"")
+            with seen.lock:
+                seen.dead_letters += 1
+        else:
+            state = parse_model_state(value)
+            if state.model == self.model:
+                with seen.lock:
+                    seen.states.append(state)
+
+
+def _served(prediction: Prediction) -> Prediction:
+    """The prediction with ``predicted_at`` in UTC (the summary compares it with aware times).
+
+    Raises:
+        InvalidRecord: ``predicted_at`` has no time zone or lies out of the contracts' range.
+    """
+    try:
+        predicted_at = bounded_time(prediction.predicted_at)
+    except ValueError as exc:
+        raise InvalidRecord(f"predicted_at: {exc}") from None
+    return prediction.model_copy(update={"predicted_at": predicted_at})
+
+
 class Observer(threading.Thread):
-    """Reads predictions, labels, drift, models and DLQ topics from ``since``, without a consumer group."""
+    """Reads predictions, labels, drift, models and DLQ topics from ``since``, without a consumer group; what it
+    reads is folded by a ``TopicView`` (invalid records skipped and counted, never raised)."""
 
     def __init__(self, settings: Settings, model: str, since: datetime) -> None:
         super().__init__(name="demo-observer", daemon=True)
-        self.settings, self.model, self.seen = settings, model, Observed()
+        self.settings, self.model = settings, model
+        self.view = TopicView(settings, model)
+        self.seen = self.view.seen
         self._stopping = threading.Event()
         self._consumer = Consumer(client_config(settings, {"group.id": f"driftloop-demo-{uuid.uuid4().hex[:8]}",
                                                            "enable.auto.commit": False}))  # fmt: skip
@@ -72,7 +160,6 @@ class Observer(threading.Thread):
         models = settings.kafka.topic("models-v1")
         wanted += [TopicPartition(models, p, 0) for p in self._consumer.list_topics(models, timeout=10).topics[models].partitions]
         self._consumer.assign(self._consumer.offsets_for_times(wanted, timeout=10))
-        self._topics = {settings.kafka.topic(n): n for n in (*names, "models-v1")}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -82,31 +169,8 @@ class Observer(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             for msg in self._consumer.consume(500, timeout=0.3):
-                if msg.error() or msg.value() is None:
-                    continue
-                try:
-                    self._on(self._topics[msg.topic()], msg.value())
-                except ValueError:
-                    continue
-
-    def _on(self, name: str, value: bytes) -> None:
-        seen = self.seen
-        with seen.lock:
-            if name == "predictions-v1":
-                prediction = Prediction.model_validate_json(value)
-                if prediction.role != "shadow":
-                    seen.predictions.setdefault(prediction.event_id, prediction)
-            elif name == "labels-v1":
-                label = Label.model_validate_json(value)
-                seen.labels[label.event_id] = label.label
-            elif name == "drift-v1":
-                seen.drift.append(json.loads(value))
-            elif name == "dlq-v1":
-                seen.dead_letters += 1
-            else:
-                state = ModelState.model_validate_json(value)
-                if state.model == self.model:
-                    seen.states.append(state)
+                if msg.error() is None:
+                    self.view.observe(msg)
 
 
 WORKERS = {"workers": ("workers",), "monitor": ("monitor",), "retrain": ("retrain",)}  # name: driftloop command

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         MonitoringError,
         ReferenceSampleError,
         ReportError,
+        UnusableRecord,
     )
     from monitoring.metrics import MonitorMetrics
     from monitoring.monitor import CheckOutcome, Monitor, result_summary
@@ -62,6 +63,7 @@ _EXPORTS = {
     "ReportError": "monitoring.exceptions",
     "RetryPolicy": "monitoring.alerts",
     "SlackReceiver": "monitoring.alerts",
+    "UnusableRecord": "monitoring.exceptions",
     "build_dispatcher": "monitoring.alerts",
     "build_receivers": "monitoring.alerts",
     "check_drift": "monitoring.drift",
@@ -99,6 +101,7 @@ __all__ = [
     "ReportError",
     "RetryPolicy",
     "SlackReceiver",
+    "UnusableRecord",
     "build_dispatcher",
     "build_receivers",
     "check_drift",

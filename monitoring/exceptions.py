@@ -4,6 +4,7 @@ MonitoringError
 ├── ReferenceSampleError (a model version's reference sample is missing or malformed)
 ├── DriftCheckError      (a drift check could not run: no usable column, empty window)
 ├── ReportError          (an Evidently HTML report could not be built or saved)
+├── UnusableRecord       (a record that keeps its topic's contract but cannot be used: an unknown label or model)
 └── DeliveryFailed       (an alert receiver did not accept a notification after its retries)
 """
 
@@ -24,6 +25,17 @@ class DriftCheckError(MonitoringError):
 
 class ReportError(MonitoringError):
     """An Evidently HTML report could not be built or written."""
+
+
+class UnusableRecord(MonitoringError):
+    """A record that keeps its topic's contract but that the monitor cannot use; ``reason`` says why, in one line.
+
+    The worker dead-letters such a prediction and skips (counts) such a label or model state; it never retries it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class DeliveryFailed(MonitoringError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitoring.drift import DriftResult
+from streams.skips import SkippedRecords
 
 
 @dataclass
@@ -24,7 +25,9 @@ class MonitorMetrics:
         ``driftloop_drift_alert_firing`` (model, kind): 1 while an alert is open.
     Counters: ``driftloop_drift_checks_total`` (model), ``driftloop_drift_events_total`` (model, kind, status),
         ``driftloop_monitor_records_total`` (topic, outcome), ``driftloop_alert_deliveries_total``
-        (receiver, outcome).
+        (receiver, outcome), ``driftloop_drift_check_errors_total`` (model, error): checks that raised,
+        ``driftloop_skipped_records_total`` (topic, reason): labels, drift events and model states skipped
+        (``skipped``, a ``streams.skips.SkippedRecords`` on this registry).
     Histogram: ``driftloop_drift_check_seconds``.
     """
 
@@ -56,6 +59,11 @@ class MonitorMetrics:
         self.deliveries = Counter(
             "driftloop_alert_deliveries", "Alert notifications by outcome", ["receiver", "outcome"], registry=r
         )
+        self.check_errors = Counter(
+            "driftloop_drift_check_errors", "Drift checks that raised (logged; the worker goes on)", ["model", "error"],
+            registry=r,
+        )
+        self.skipped = SkippedRecords(registry=r)
         self.check_seconds = Histogram(
             "driftloop_drift_check_seconds",
             "Duration of the statistical part of a drift check",

@@ -10,22 +10,29 @@ champion predictions. Predictions of other versions, and of candidate or shadow 
 champion changes the window is emptied, the new version's reference is read, and the streaks start again; an open
 alert stays open until checks against the new reference clear it. Open alerts survive a restart: the worker reopens
 them from the drift topic (``restore_alerts``).
+
+A record that keeps its contract but cannot be used raises ``UnusableRecord`` (the worker dead-letters such a
+prediction and skips such a label): a predicted or true label that is not one of the serving version's labels (once
+its reference is read), or, with ``window_max_age_s`` set, a prediction dated so far ahead that it would empty the
+window.
 """
 
 from __future__ import annotations
+
+import math
 
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from driftloop.settings import Settings
 from monitoring.drift import KINDS, DriftPolicy, DriftResult, Kind, KindResult, check_drift
 from monitoring.events import ColumnScore, DriftEvent, WindowInfo, dedup_key
-from monitoring.exceptions import DriftCheckError, ReferenceSampleError, ReportError
+from monitoring.exceptions import DriftCheckError, ReferenceSampleError, ReportError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.policy import DriftState
 from monitoring.reference import PREDICTION_COLUMNS, ReferenceSample, load_reference
@@ -108,18 +115,27 @@ class Monitor:
 
         Returns:
             False when it was left out (another role or version, or a redelivery).
+
+        Raises:
+            UnusableRecord: its label is not one of the serving version's, or it is dated too far ahead.
         """
         self.observed["predictions"] += 1
         if prediction.role != "champion":
             return self._skip("role")
+        self._check_event_time(prediction)
         track = self._track(prediction.model.name)
         version = prediction.model.version
         if track.serving_version is None or (not track.from_models_topic and version > track.serving_version):
             self._switch(track, version, from_models_topic=False)
         elif version != track.serving_version:
             return self._skip("version")
-        if not track.window.add(prediction, true_label=self.pending_labels.pop(prediction.event_id)):
+        self._check_label(track, prediction.label, "predicted")
+        if prediction.event_id in track.window:
             return self._skip("duplicate")
+        true_label = self.pending_labels.pop(prediction.event_id)
+        if true_label is not None and not self._knows_label(track, true_label):
+            true_label = None  # kept aside before the reference was read; unusable for this version
+        track.window.add(prediction, true_label=true_label)
         track.events_since_check += 1
         return True
 
@@ -128,12 +144,21 @@ class Monitor:
 
         Returns:
             True when it joined a prediction in a window.
+
+        Raises:
+            UnusableRecord: the label is not one of the labels of the version it would join (or, kept aside, of any
+                version whose reference is read).
         """
         self.observed["labels"] += 1
         for track in self.tracks.values():
-            if track.window.add_label(label.event_id, label.label):
+            if label.event_id in track.window:
+                self._check_label(track, label.label, "true")
+                track.window.add_label(label.event_id, label.label)
                 track.labels_since_check += 1
                 return True
+        known = [self._known_labels(t) for t in self.tracks.values()]
+        if any(known) and not any(label.label in labels for labels in known):
+            raise UnusableRecord(f"unknown label: {_short(label.label)} is a label of no monitored model")
         self.pending_labels.put(label.event_id, label.label)
         return False
 
@@ -283,6 +308,41 @@ class Monitor:
                 "reference switched", extra={"model": track.model, "from_version": previous, "to_version": version}
             )
 
+    def _check_event_time(self, prediction: Prediction) -> None:
+        """With ``window_max_age_s`` set, a prediction dated further ahead than that would evict the whole window."""
+        max_age_s = self.config.window_max_age_s
+        if max_age_s and prediction.event_time > datetime.now(UTC) + timedelta(seconds=max_age_s):
+            raise UnusableRecord(
+                f"dated too far ahead: event_time {prediction.event_time.isoformat()} is more than "
+                f"window_max_age_s ({max_age_s:g} s) ahead of now and would empty the window"
+            )
+
+    def _check_label(self, track: ModelTrack, label: str, which: str) -> None:
+        if not self._knows_label(track, label):
+            raise UnusableRecord(
+                f"unknown label: {_short(label)} is not a {which} label of {track.model} v{track.serving_version}"
+            )
+
+    def _knows_label(self, track: ModelTrack, label: str) -> bool:
+        labels = self._known_labels(track)
+        return not labels or label in labels
+
+    def _known_labels(self, track: ModelTrack) -> tuple[str, ...]:
+        """The serving version's labels; empty while its reference is not read (then every label is accepted).
+
+        A missing reference is looked for once per version here; checks keep looking for it (``_reference``).
+        """
+        if track.serving_version is None:
+            return ()
+        reference = track.reference
+        if (reference is None or reference.version != track.serving_version) and (
+            track.missing_reference != track.serving_version
+        ):
+            reference = self._reference(track)
+        if reference is None or reference.version != track.serving_version:
+            return ()
+        return reference.labels
+
     def _skip(self, reason: str) -> bool:
         self.observed["skipped"] += 1
         self.metrics.records.labels("predictions", f"skipped_{reason}").inc()
@@ -293,9 +353,10 @@ class Monitor:
         if track.reference is None or track.reference.version != track.serving_version:
             try:
                 track.reference = self._load_reference(self.settings, track.model, track.serving_version)
-            except ReferenceSampleError as exc:
+            except Exception as exc:  # noqa: BLE001 - a malformed reference file is a missing reference, not a crash
+                reason = str(exc) if isinstance(exc, ReferenceSampleError) else f"{type(exc).__name__}: {exc}"
                 if track.missing_reference != track.serving_version:
-                    log.warning("no reference: checks wait for it", extra={"model": track.model, "reason": str(exc)})
+                    log.warning("no reference: checks wait for it", extra={"model": track.model, "reason": reason})
                     track.missing_reference = track.serving_version
                 return None
             track.missing_reference = None
@@ -340,17 +401,24 @@ class Monitor:
             version=result.version,
             dedup_key=dedup_key(result.model, kind),
             window=WindowInfo(start=window.start, end=window.end, size=window.size, labelled=window.labelled),
-            metrics=outcome.metrics,
+            # JSON has no NaN: a statistic that is not a number (e.g. a test on an empty column) is left out.
+            metrics={name: value for name, value in outcome.metrics.items() if math.isfinite(value)},
             drifted_columns=list(outcome.drifted_columns),
             scores={
                 name: ColumnScore(method=d.method, score=d.score, threshold=d.threshold, drifted=d.drifted)
                 for name, d in result.column_scores(list(columns)).items()
+                if math.isfinite(d.score) and math.isfinite(d.threshold)
             },
             started_at=state.started_at or now,
             detected_at=now,
             report_path=report_path,
             firing_event_id=state.event_id if status == "resolved" else None,
         )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to about ``limit`` characters (a hostile label can be long)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
 
 
 def result_summary(result: DriftResult, report_path: Path | None = None) -> dict:

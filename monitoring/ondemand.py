@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from driftloop.settings import Settings
 from monitoring.exceptions import MonitoringError
 from monitoring.monitor import CheckOutcome, Monitor
 from monitoring.reference import load_reference
 from monitoring.sources import read_model_states, read_tail
-from streams.schemas import Label, Prediction
+from streams.schemas import InvalidRecord, Prediction, bounded_time, parse_label, parse_prediction
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +44,12 @@ def check_now(
         overrides["reports_dir"] = reports_dir
     settings = settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update=overrides)})
 
-    predictions = []
-    for raw in read_tail(settings, "predictions-v1", per_partition=window_size):
-        try:
-            prediction = Prediction.model_validate_json(raw)
-        except ValidationError:
-            continue
-        if prediction.model.name == model and prediction.role == "champion":
-            predictions.append(prediction)
+    predictions = [p for p in _predictions(settings, window_size) if p.model.name == model and p.role == "champion"]
     if version is None:
         version = read_model_states(settings).get(model)
     if version is None and predictions:
         version = max(p.model.version for p in predictions)
-    predictions = sorted((p for p in predictions if p.model.version == version), key=lambda p: p.predicted_at)
+    predictions = sorted((p for p in predictions if p.model.version == version), key=_predicted_at)
     predictions = predictions[-window_size:]
     if not predictions:
         raise MonitoringError(
@@ -73,15 +64,37 @@ def check_now(
     wanted = {p.event_id for p in predictions}
     for raw in read_tail(settings, "labels-v1", per_partition=window_size):
         try:
-            label = Label.model_validate_json(raw)
-        except ValidationError:
+            label = parse_label(raw)
+        except InvalidRecord:
             continue
         if label.event_id in wanted:
             monitor.pending_labels.put(label.event_id, label.label)
     for prediction in predictions:
-        monitor.observe_prediction(prediction)
+        try:
+            monitor.observe_prediction(prediction)
+        except MonitoringError:  # UnusableRecord: a label the version does not have
+            continue
 
     outcome = monitor.check(model, force=True, save_html=save_html)
     if outcome is None:  # pragma: no cover - the reference was read above and the window is not empty
         raise MonitoringError(f"the check of {model} could not run")
     return outcome
+
+
+def _predictions(settings: Settings, window_size: int) -> list[Prediction]:
+    """The valid predictions of the topic's tail (invalid ones, and those with an unusable ``predicted_at``, left
+    out: they are the worker's dead letters)."""
+    predictions = []
+    for raw in read_tail(settings, "predictions-v1", per_partition=window_size):
+        try:
+            prediction = parse_prediction(raw)
+            _predicted_at(prediction)
+        except (InvalidRecord, ValueError):
+            continue
+        predictions.append(prediction)
+    return predictions
+
+
+def _predicted_at(prediction: Prediction):
+    """``predicted_at`` in UTC; ValueError when it has no time zone or lies out of the contracts' range."""
+    return bounded_time(prediction.predicted_at)

@@ -1,44 +1,63 @@
 """Kafka reads of the monitor that are not a consumer group's: the models topic's current state and a topic's tail.
 
 Both assign partitions directly (no group membership, nothing committed), so they start at once and never move a
-group's offsets.
+group's offsets. A models-topic record that breaks the contract (``streams.schemas.ModelState``), a tombstone, or a
+state of a model or version that has no folder in the model repository is skipped and counted
+(``driftloop_skipped_records_total{topic="models-v1"}``), never raised.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from driftloop.settings import Settings
 from monitoring.exceptions import MonitoringError
 from streams.client import client_config
+from streams.schemas import InvalidRecord, ModelState, parse_model_state
+from streams.skips import SkippedRecords
 
 log = logging.getLogger(__name__)
 
 # A read that got nothing for this long after it started is at the end of what it can get.
 _SETTLE_S = 3.0
+MODELS_TOPIC = "models-v1"
 
 
-def parse_model_state(raw: bytes | None) -> tuple[str, int | None] | None:
-    """``(model, champion)`` of a models-topic record, or None for a tombstone or a record without a model name.
+def unusable_state(repository: Path, state: ModelState) -> str | None:
+    """Why a valid model state cannot be followed, or None.
 
-    Only ``model`` and ``champion`` are read, so later fields of the contract do not break the monitor.
+    A model is published into the model repository before the models topic announces it, so a state whose model (or
+    champion version) has no folder there is not one the monitor can check: following it would empty the window and
+    wait for a reference that never comes.
     """
-    if raw is None:
-        return None
+    model_dir = repository / state.model
+    if not model_dir.is_dir():
+        return f"unknown model: {state.model!r} has no folder in the model repository {repository}"
+    if state.champion is not None and not (model_dir / str(state.champion)).is_dir():
+        return f"unknown version: {state.model} v{state.champion} has no folder in {model_dir}"
+    return None
+
+
+def followed_state(msg: Message, repository: Path, skipped: SkippedRecords) -> ModelState | None:
+    """The model state of one models-topic record, or None (counted and logged as skipped) when it cannot be followed:
+    it breaks the contract, is a tombstone, names an unknown model or version (``unusable_state``), or raised."""
     try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
-        return None
-    champion = data.get("champion")
-    return data["model"], champion if isinstance(champion, int) and not isinstance(champion, bool) else None
+        state = parse_model_state(msg.value())
+        reason = unusable_state(repository, state)
+    except InvalidRecord as exc:
+        reason = exc.reason
+    except Exception as exc:  # noqa: BLE001 - no record may stop the reader
+        reason = f"unexpected {type(exc).__name__}: {str(exc)[:200]}"
+    if reason is None:
+        return state
+    skipped.skip(MODELS_TOPIC, reason, partition=msg.partition(), offset=msg.offset())
+    return None
 
 
 class _AssignedReader:
@@ -90,20 +109,30 @@ class _AssignedReader:
 
 
 class ModelStatesReader(_AssignedReader):
-    """Follows the compacted models topic from its beginning: the latest champion per model."""
+    """Follows the compacted models topic from its beginning: the latest champion per model.
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, settings.kafka.topic("models-v1"))
+    Args:
+        settings: root settings (the topic, ``triton.model_repository``).
+        skipped: where skipped records are counted (default: a counter on prometheus_client's registry).
+    """
+
+    def __init__(self, settings: Settings, skipped: SkippedRecords | None = None) -> None:
+        super().__init__(settings, settings.kafka.topic(MODELS_TOPIC))
+        self._repository = settings.triton.model_repository
+        self._skipped = skipped or SkippedRecords()
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
 
     def poll(self, timeout_s: float = 0.0, max_records: int = 500) -> dict[str, int | None]:
         """The records that arrived since the last call, folded: model -> champion (the latest record wins)."""
         states: dict[str, int | None] = {}
         for msg in self._messages(max_records, timeout_s):
-            state = parse_model_state(msg.value())
-            if state is not None:
-                states[state[0]] = state[1]
+            self._fold(msg, states)
         return states
+
+    def _fold(self, msg: Message, states: dict[str, int | None]) -> None:
+        state = followed_state(msg, self._repository, self._skipped)
+        if state is not None:
+            states[state.model] = state.champion
 
     def read_all(self, timeout_s: float = 10.0) -> dict[str, int | None]:
         """Everything from the reader's position up to the current end of the topic."""
@@ -117,9 +146,7 @@ class ModelStatesReader(_AssignedReader):
                 break  # the rest are offsets compaction or transaction markers left empty
             for msg in batch:
                 positions[msg.partition()] = msg.offset() + 1
-                state = parse_model_state(msg.value())
-                if state is not None:
-                    states[state[0]] = state[1]
+                self._fold(msg, states)
         return states
 
 
@@ -156,9 +183,11 @@ def read_tail(settings: Settings, logical_topic: str, per_partition: int, timeou
         reader.close()
 
 
-def read_model_states(settings: Settings, timeout_s: float = 10.0) -> dict[str, int | None]:
-    """The current champion of every model on the models topic."""
-    reader = ModelStatesReader(settings)
+def read_model_states(
+    settings: Settings, timeout_s: float = 10.0, skipped: SkippedRecords | None = None
+) -> dict[str, int | None]:
+    """The current champion of every model on the models topic (records it cannot follow skipped)."""
+    reader = ModelStatesReader(settings, skipped)
     try:
         return reader.read_all(timeout_s)
     finally:

@@ -56,6 +56,9 @@ class SlidingWindow:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._by_id
+
     @property
     def labelled(self) -> int:
         return self._labelled

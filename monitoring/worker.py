@@ -5,10 +5,21 @@ One loop, top-down:
 1. follow the models topic (the champion per model) from its beginning, without a consumer group;
 2. read a batch of predictions and labels (consumer group ``monitoring.group_id``);
 3. fold each record into the ``Monitor``, running the checks that fall due on the way (by count) and after the batch
-   (by time); a record that breaks its contract goes to the DLQ topic;
+   (by time);
 4. produce the drift events (key: model) and the dead letters, wait for the acknowledgements;
 5. deliver the events and the repeats of open alerts to the receivers;
 6. commit the batch.
+
+No record stops the loop, restarts it or stalls its partition:
+
+- a prediction that breaks its contract, that the monitor cannot use (a label the model does not have), or whose
+  handling raised anything else goes to the DLQ topic (stage ``monitoring``, the reason with the exception type, the
+  original bytes);
+- a label, a drift event read back at start or a model state that is invalid or unusable (a tombstone, an unknown
+  model or label, any error while handling it) is skipped: counted in ``driftloop_skipped_records_total{topic,reason}``
+  and logged at most once a minute per reason (``streams.skips``), never retried;
+- a check that raises (Evidently on an absurd window) is logged and counted
+  (``driftloop_drift_check_errors_total``); the loop goes on and the next check runs when it falls due.
 
 Only the Kafka calls, and the blocking checks and deliveries, leave the event loop (``asyncio.to_thread``). A restart
 resumes from the committed offsets with empty windows: the first check comes once ``min_window`` predictions arrived;
@@ -22,23 +33,24 @@ beats on every iteration; it is ready once it read the models topic and runs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
 import threading
 from dataclasses import dataclass, field
 
 from confluent_kafka import Message
-from pydantic import ValidationError
 
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
 from monitoring.alerts import AlertDispatcher, build_dispatcher
 from monitoring.events import DriftEvent
+from monitoring.exceptions import UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor
 from monitoring.sources import ModelStatesReader, read_tail
 from streams.client import KafkaConsumer, KafkaProducer, Record
-from streams.schemas import DeadLetter, Label, Prediction, Source
+from streams.schemas import DeadLetter, InvalidRecord, Source, parse_drift_event, parse_label, parse_prediction
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,7 @@ STAGE = "monitoring"
 BATCH_SIZE = 1000
 POLL_TIMEOUT_S = 0.5
 RESTORE_TAIL = 10_000  # drift events read back per partition at start (transitions only: a few per model and day)
+MAX_DLQ_KEY_BYTES = 1024  # a longer original key is replaced by its SHA-256 as the dead letter's Kafka key
 
 
 @dataclass
@@ -123,10 +136,9 @@ class MonitorWorker:
             if health is not None:
                 health.start()
             consumer = await asyncio.to_thread(KafkaConsumer, self.settings, config.group_id, topics)
-            models = await asyncio.to_thread(ModelStatesReader, self.settings)
+            models = await asyncio.to_thread(ModelStatesReader, self.settings, self.metrics.skipped)
             producer = KafkaProducer(self.settings)
-            for model, champion in (await asyncio.to_thread(models.read_all)).items():
-                self.monitor.observe_champion(model, champion)
+            self._observe_states(await asyncio.to_thread(models.read_all))
             reopened = self.monitor.restore_alerts(await asyncio.to_thread(self._own_events))
             if reopened:
                 log.info("open alerts restored", extra={"alerts": [f"{e.model}/{e.kind}" for e in reopened]})
@@ -139,8 +151,7 @@ class MonitorWorker:
             while not self._stop.is_set():
                 if health is not None:
                     health.beat()
-                for model, champion in (await asyncio.to_thread(models.poll, 0.0)).items():
-                    self.monitor.observe_champion(model, champion)
+                self._observe_states(await asyncio.to_thread(models.poll, 0.0))
                 messages = await asyncio.to_thread(consumer.consume_batch, BATCH_SIZE, POLL_TIMEOUT_S)
                 folded = await asyncio.to_thread(self._fold, messages)
                 await self._publish(producer, folded)
@@ -155,50 +166,99 @@ class MonitorWorker:
             log.info("monitor stopped", extra=dict(self.monitor.observed))
 
     def _own_events(self) -> list[DriftEvent]:
-        """The drift events of earlier runs (the tail of the drift topic); unreadable records are skipped."""
+        """The drift events of earlier runs (the tail of the drift topic); what cannot be used is skipped, counted."""
         events = []
         for value in read_tail(self.settings, "drift-v1", RESTORE_TAIL):
-            try:
-                events.append(DriftEvent.from_bytes(value))
-            except ValidationError:
-                continue
+            event = self._own_event(value)
+            if event is not None:
+                events.append(event)
         return events
+
+    def _own_event(self, value: bytes | None) -> DriftEvent | None:
+        """One drift event read back, or None (skipped) when it breaks the contract or names an unknown model."""
+        try:
+            event = parse_drift_event(value)
+        except InvalidRecord as exc:
+            self.metrics.skipped.skip("drift-v1", exc.reason)
+            return None
+        if event.model not in self.monitor.tracks and not (self.settings.triton.model_repository / event.model).is_dir():
+            self.metrics.skipped.skip("drift-v1", f"unknown model: {event.model!r} is neither followed nor published")
+            return None
+        return event
+
+    def _observe_states(self, states: dict[str, int | None]) -> None:
+        """Models-topic states (already checked by the reader) into the monitor; one that raises is skipped."""
+        for model, champion in states.items():
+            try:
+                self.monitor.observe_champion(model, champion)
+            except Exception as exc:  # noqa: BLE001 - no record may stop the loop
+                self.metrics.skipped.skip("models-v1", f"unexpected {type(exc).__name__}: {exc}", model=model)
 
     def _fold(self, messages: list[Message]) -> _Folded:
         folded = _Folded()
         for msg in messages:
             topic = msg.topic()
-            try:
-                if topic == self._topics["predictions"]:
-                    self.monitor.observe_prediction(Prediction.model_validate_json(msg.value() or b""))
-                    self.metrics.records.labels("predictions", "ok").inc()
-                elif topic == self._topics["labels"]:
-                    self.monitor.observe_label(Label.model_validate_json(msg.value() or b""))
-                    self.metrics.records.labels("labels", "ok").inc()
-            except ValidationError as exc:
-                folded.dead.append(self._dead_letter(msg, exc))
-                continue
+            if topic == self._topics["predictions"]:
+                self._fold_prediction(msg, folded)
+            elif topic == self._topics["labels"]:
+                self._fold_label(msg)
             self._run_due(folded)
         self._run_due(folded)  # time-based checks, also when no record came
         return folded
 
+    def _fold_prediction(self, msg: Message, folded: _Folded) -> None:
+        """One prediction into the window; one that cannot be (whatever the reason) becomes a dead letter."""
+        try:
+            self.monitor.observe_prediction(parse_prediction(msg.value()))
+        except InvalidRecord as exc:
+            folded.dead.append(self._dead_letter(msg, exc.reason, "invalid"))
+        except UnusableRecord as exc:
+            folded.dead.append(self._dead_letter(msg, exc.reason, "unusable"))
+        except Exception as exc:  # noqa: BLE001 - no record may stop the loop
+            folded.dead.append(self._dead_letter(msg, f"unexpected {type(exc).__name__}: {exc}", "error"))
+        else:
+            self.metrics.records.labels("predictions", "ok").inc()
+
+    def _fold_label(self, msg: Message) -> None:
+        """One label joined to its prediction; one that cannot be (whatever the reason) is skipped and counted."""
+        try:
+            self.monitor.observe_label(parse_label(msg.value()))
+        except (InvalidRecord, UnusableRecord) as exc:
+            self._skip_label(msg, exc.reason, "invalid" if isinstance(exc, InvalidRecord) else "unusable")
+        except Exception as exc:  # noqa: BLE001 - no record may stop the loop
+            self._skip_label(msg, f"unexpected {type(exc).__name__}: {exc}", "error")
+        else:
+            self.metrics.records.labels("labels", "ok").inc()
+
+    def _skip_label(self, msg: Message, reason: str, outcome: str) -> None:
+        self.metrics.records.labels("labels", outcome).inc()
+        self.metrics.skipped.skip("labels-v1", reason, partition=msg.partition(), offset=msg.offset())
+
     def _run_due(self, folded: _Folded) -> None:
         for model in self.monitor.due():
-            outcome = self.monitor.check(model)
+            outcome = self._check(model)
             if outcome is not None:
                 folded.outcomes.append(outcome)
 
-    def _dead_letter(self, msg: Message, exc: ValidationError) -> Record:
-        kind = "predictions" if msg.topic() == self._topics["predictions"] else "labels"
-        self.metrics.records.labels(kind, "invalid").inc()
-        error = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5])
+    def _check(self, model: str) -> CheckOutcome | None:
+        """One check; one that raises is logged and counted, and the loop goes on (the next runs when due)."""
+        try:
+            return self.monitor.check(model)
+        except Exception as exc:  # noqa: BLE001 - a check that fails must not stop the loop
+            self.metrics.check_errors.labels(model, type(exc).__name__).inc()
+            log.exception("drift check failed", extra={"model": model, "error": f"{type(exc).__name__}: {exc}"})
+            return None
+
+    def _dead_letter(self, msg: Message, error: str, outcome: str) -> Record:
+        """The dead letter of a prediction: the original bytes, where they came from, and why."""
+        self.metrics.records.labels("predictions", outcome).inc()
+        source = Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
         log.warning(
-            "invalid record sent to the DLQ",
-            extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error},
+            "prediction sent to the DLQ",
+            extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error[:500]},
         )
-        letter = DeadLetter.of(STAGE, error, Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()),
-                               msg.key(), msg.value())  # fmt: skip
-        return Record(self._topics["dlq"], letter.to_bytes(), key=msg.key())
+        letter = DeadLetter.of(STAGE, error, source, msg.key(), msg.value())
+        return Record(self._topics["dlq"], letter.to_bytes(), key=_dlq_key(msg.key()))
 
     async def _publish(self, producer: KafkaProducer, folded: _Folded) -> None:
         records = [
@@ -212,6 +272,13 @@ class MonitorWorker:
             for event in [*outcome.events, *outcome.repeats]:
                 if self.dispatcher.receivers:
                     await asyncio.to_thread(self.dispatcher.dispatch, event)
+
+
+def _dlq_key(key: bytes | None) -> bytes | None:
+    """The original key, or its SHA-256 when it is long (the dead letter carries it anyway, in base64)."""
+    if key is None or len(key) <= MAX_DLQ_KEY_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
 
 
 def run_monitor(settings: Settings) -> None:

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+from confluent_kafka import Message
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from driftloop.commands.context import CommandContext, pass_ctx
 from streams.client import KafkaConsumer, KafkaProducer
 from streams.exceptions import StreamsError
 from streams.generator import file_records, produce, synthetic_records
+from streams.schemas import (
+    DeadLetter,
+    InvalidRecord,
+    Prediction,
+    parse_drift_event,
+    parse_event,
+    parse_label,
+    parse_model_state,
+    parse_prediction,
+)
 from streams.workers import ROLES, child_argv, run_worker, supervise
 
 TAILABLE = {"predictions": "predictions-v1", "dlq": "dlq-v1", "drift": "drift-v1", "events": "events-v1",
             "labels": "labels-v1", "models": "models-v1"}  # fmt: skip
+PREVIEW_CHARS = 300  # of a record that breaks its contract, at most this much of the value is printed
 
 
 @click.command(name="produce")
@@ -48,12 +64,17 @@ def produce_command(ctx: CommandContext, count, rate, seed, malformed_share, dri
 
 @click.command(name="tail")
 @click.argument("stream", type=click.Choice(sorted(TAILABLE)))
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON values, one per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the raw JSON values, one per line (a record that is not JSON: a note on stderr).")  # fmt: skip
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the newest.")
 @click.option("--max", "max_records", type=int, default=None, help="Stop after this many records.")
 @pass_ctx
 def tail_command(ctx: CommandContext, stream: str, as_json: bool, from_beginning: bool, max_records: int | None) -> None:
-    """Follow a topic (Ctrl-C stops). Reads with a throwaway group and commits nothing."""
+    """Follow a topic (Ctrl-C stops). Reads with a throwaway group and commits nothing.
+
+    Any record prints as one line: one that breaks its topic's contract (not UTF-8, not JSON, a tombstone, a field
+    out of range) as ``! <topic>[<partition>]@<offset> <reason> | <value preview>``, binary values in base64.
+    """
     settings = ctx.settings
     topic = settings.kafka.topic(TAILABLE[stream])
     consumer = KafkaConsumer(settings, f"driftloop-tail-{uuid.uuid4().hex[:8]}", [topic],
@@ -62,7 +83,7 @@ def tail_command(ctx: CommandContext, stream: str, as_json: bool, from_beginning
     try:
         while max_records is None or seen < max_records:
             for msg in consumer.consume_batch(max_records=100, timeout_s=1.0):
-                click.echo(msg.value().decode("utf-8", "replace") if as_json else _pretty(stream, msg.value()))
+                _echo(stream, msg, as_json)
                 seen += 1
                 if max_records is not None and seen >= max_records:
                     break
@@ -72,19 +93,98 @@ def tail_command(ctx: CommandContext, stream: str, as_json: bool, from_beginning
         consumer.close()
 
 
-def _pretty(stream: str, value: bytes | None) -> str:
+def _echo(stream: str, msg: Message, as_json: bool) -> None:
+    """Print one record; a note for one that cannot be shown as asked (on stderr with ``--json``)."""
+    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    if as_json:
+        line, note = raw_json_line(msg.value())
+        if line is not None:
+            click.echo(line)
+        else:
+            click.echo(f"! {where} {note} | {preview(msg.value())}", err=True)
+        return
+    click.echo(pretty_line(stream, msg.value(), where))
+
+
+def raw_json_line(value: bytes | None) -> tuple[str | None, str]:
+    """``(the value as one line of JSON, "")``, or ``(None, why not)``; never raises."""
+    if value is None:
+        return None, "tombstone (no value)"
     try:
-        data = json.loads(value or b"null")
-    except ValueError:
-        return repr(value)
-    if stream == "predictions":
-        top = max(data["scores"].values())
-        return (f"{data['predicted_at'][11:23]} {data['entity_id']:<12} {data['label']:<9} {top:.2f} "
-                f"v{data['model']['version']} {data['timings_ms']['end_to_end']:.0f}ms  {data['event_id']}")  # fmt: skip
-    if stream == "dlq":
-        src = data["source"]
-        return f"{data['failed_at'][11:23]} {data['stage']:<9} {src['topic']}[{src['partition']}]@{src['offset']}: {data['error']}"
-    return json.dumps(data)
+        text = value.decode("utf-8")
+        data = json.loads(text, parse_constant=_not_json)
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    except (ValueError, RecursionError) as exc:
+        return None, f"not JSON ({str(exc)[:100]})"
+    if "\n" in text or "\r" in text:  # one record, one line
+        try:
+            return json.dumps(data, ensure_ascii=False), ""
+        except (ValueError, RecursionError) as exc:
+            return None, f"cannot be printed as one line of JSON ({type(exc).__name__})"
+    return text, ""
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def pretty_line(stream: str, value: bytes | None, where: str = "") -> str:
+    """One human line for a record of ``stream``: a summary of a valid record, a note for any other; never raises."""
+    try:
+        record = _PARSERS[stream](value)
+        return _FORMATS.get(stream, _compact)(record, value)
+    except InvalidRecord as exc:
+        reason = exc.reason
+    except Exception as exc:  # noqa: BLE001 - no record may stop the tail
+        reason = f"unexpected {type(exc).__name__}: {str(exc)[:200]}"
+    return f"! {where + ' ' if where else ''}invalid {stream} record: {reason} | {preview(value)}"
+
+
+def preview(value: bytes | None) -> str:
+    """At most ``PREVIEW_CHARS`` of a value: its text (escaped) when UTF-8, else base64; with its size when cut."""
+    if value is None:
+        return "(tombstone)"
+    size = f" ({len(value)} bytes)" if len(value) > PREVIEW_CHARS else ""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"base64:{base64.b64encode(value[:PREVIEW_CHARS]).decode()[:PREVIEW_CHARS]}{size}"
+    shown = json.dumps(text[:PREVIEW_CHARS], ensure_ascii=True)[1:-1]
+    return shown + ("..." + size if size else "")
+
+
+def _parse_dead_letter(value: bytes | None) -> DeadLetter:
+    if value is None:
+        raise InvalidRecord("empty value (tombstone)")
+    try:
+        return DeadLetter.model_validate_json(value)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"[:200] for e in exc.errors()[:3])
+        raise InvalidRecord(f"not a dead letter: {reasons}") from None
+
+
+def _prediction(p: Prediction, _value: bytes | None) -> str:
+    top = max(p.scores.values(), default=math.nan)
+    return (f"{p.predicted_at.isoformat()[11:23]} {p.entity_id[:40]:<12} {p.label[:40]:<9} {top:.2f} "
+            f"v{p.model.version} {p.timings_ms.end_to_end:.0f}ms  {p.event_id}")  # fmt: skip
+
+
+def _dead_letter(d: DeadLetter, _value: bytes | None) -> str:
+    src = d.source
+    return f"{d.failed_at.isoformat()[11:23]} {d.stage[:20]:<9} {src.topic}[{src.partition}]@{src.offset}: {d.error}"
+
+
+def _compact(_record: object, value: bytes | None) -> str:
+    """The valid record's own JSON on one line."""
+    return json.dumps(json.loads(value or b"null"), ensure_ascii=False)
+
+
+_PARSERS: dict[str, Callable[[bytes | None], object]] = {
+    "events": parse_event, "labels": parse_label, "predictions": parse_prediction, "drift": parse_drift_event,
+    "models": parse_model_state, "dlq": _parse_dead_letter,
+}  # fmt: skip
+_FORMATS: dict[str, Callable[[object, bytes | None], str]] = {"predictions": _prediction, "dlq": _dead_letter}
 
 
 @click.group(name="workers", invoke_without_command=True)
@@ -96,8 +196,8 @@ def workers_group(click_ctx: click.Context, replicas: int, roles: tuple[str, ...
     if click_ctx.invoked_subcommand is not None:
         return
     ctx: CommandContext = click_ctx.obj
-    ctx.settings  # noqa: B018 - validate the settings before starting anything
-    sys.exit(supervise(child_argv(ctx.config and str(ctx.config)), roles or ROLES, replicas))
+    grace_s = ctx.settings.workers.shutdown_grace_s + 10  # a child past its own deadline is SIGKILLed
+    sys.exit(supervise(child_argv(ctx.config and str(ctx.config)), roles or ROLES, replicas, grace_s=grace_s))
 
 
 @workers_group.command(name="run")

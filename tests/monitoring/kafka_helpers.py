@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from driftloop.settings import Settings
 from monitoring import DriftEvent, MonitorWorker
 from streams import KafkaConsumer, KafkaProducer, Record
-from streams.schemas import Label, Prediction
+from streams.schemas import InvalidRecord, Label, Prediction
 
 
 def produce_predictions(settings: Settings, pairs: list[tuple[Prediction, str]], labels: bool = True) -> None:
@@ -77,17 +77,22 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str
 
 
 class DriftTopic:
-    """Reads the drift topic as a consumer group of its own."""
+    """Reads the drift topic as a consumer group of its own; records that break the contract are kept aside."""
 
     def __init__(self, settings: Settings) -> None:
         self._consumer = KafkaConsumer(settings, f"drift-reader-{uuid.uuid4().hex[:6]}",
                                        [settings.kafka.topic("drift-v1")])  # fmt: skip
         self.events: list[DriftEvent] = []
         self.keys: list[bytes] = []
+        self.invalid: list[bytes | None] = []
 
     def poll(self) -> list[DriftEvent]:
         for msg in self._consumer.consume_batch(timeout_s=0.2):
-            self.events.append(DriftEvent.from_bytes(msg.value()))
+            try:
+                self.events.append(DriftEvent.from_bytes(msg.value()))
+            except InvalidRecord:
+                self.invalid.append(msg.value())
+                continue
             self.keys.append(msg.key())
         return self.events
 
