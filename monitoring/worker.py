@@ -43,6 +43,7 @@ from confluent_kafka import Message
 
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
+from driftloop.shutdown import exit_after
 from monitoring.alerts import AlertDispatcher, build_dispatcher
 from monitoring.events import DriftEvent
 from monitoring.exceptions import UnusableRecord
@@ -90,6 +91,7 @@ class MonitorWorker:
         self.dispatcher = dispatcher or build_dispatcher(settings.monitoring, self.metrics)
         self.ready = threading.Event()  # set once the models topic was read and the loop runs
         self._stop = threading.Event()
+        self._health: HealthServer | None = None
         self._topics = {
             "predictions": settings.kafka.topic("predictions-v1"),
             "labels": settings.kafka.topic("labels-v1"),
@@ -128,7 +130,7 @@ class MonitorWorker:
         """The loop (see the module docstring); returns after ``stop()``."""
         config = self.settings.monitoring
         topics = [self._topics["predictions"], self._topics["labels"]]
-        health = self.health_server()
+        health = self._health = self.health_server()
         consumer: KafkaConsumer | None = None
         models: ModelStatesReader | None = None
         producer: KafkaProducer | None = None
@@ -137,7 +139,7 @@ class MonitorWorker:
                 health.start()
             consumer = await asyncio.to_thread(KafkaConsumer, self.settings, config.group_id, topics)
             models = await asyncio.to_thread(ModelStatesReader, self.settings, self.metrics.skipped)
-            producer = KafkaProducer(self.settings)
+            producer = KafkaProducer(self.settings, {"message.timeout.ms": 0})  # outages are waited out
             self._observe_states(await asyncio.to_thread(models.read_all))
             reopened = self.monitor.restore_alerts(await asyncio.to_thread(self._own_events))
             if reopened:
@@ -156,7 +158,7 @@ class MonitorWorker:
                 folded = await asyncio.to_thread(self._fold, messages)
                 await self._publish(producer, folded)
                 if messages:
-                    await asyncio.to_thread(consumer.commit, messages)
+                    await asyncio.to_thread(consumer.commit_or_redeliver, messages)
         finally:
             for closing in (consumer, models, producer):
                 if closing is not None:
@@ -260,6 +262,11 @@ class MonitorWorker:
         letter = DeadLetter.of(STAGE, error, source, msg.key(), msg.value())
         return Record(self._topics["dlq"], letter.to_bytes(), key=_dlq_key(msg.key()))
 
+    def _still_running(self) -> bool:
+        if self._health is not None:
+            self._health.beat()  # waiting on the broker on purpose, not stuck
+        return not self._stop.is_set()
+
     async def _publish(self, producer: KafkaProducer, folded: _Folded) -> None:
         records = [
             Record(self._topics["drift"], event.to_bytes(), key=event.model.encode())
@@ -267,7 +274,8 @@ class MonitorWorker:
             for event in outcome.events
         ] + folded.dead
         if records:
-            await asyncio.to_thread(producer.produce_batch, records)
+            # A broker outage: wait (the batch stays uncommitted) unless stopping; see KafkaProducer.produce_batch.
+            await asyncio.to_thread(producer.produce_batch, records, keep_waiting=self._still_running)
         for outcome in folded.outcomes:
             for event in [*outcome.events, *outcome.repeats]:
                 if self.dispatcher.receivers:
@@ -287,8 +295,13 @@ def run_monitor(settings: Settings) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            exit_after(settings.workers.shutdown_grace_s, "the drift monitor")
+            worker.stop()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
         await worker.run()
 
     asyncio.run(main())

@@ -248,6 +248,24 @@ class KafkaConsumer:
         except KafkaException as exc:
             raise KafkaClientError(f"commit failed: {exc}") from exc
 
+    def commit_or_redeliver(self, messages: Sequence[Message]) -> bool:
+        """:meth:`commit`, except that a commit the group refused for a reason that is not fatal (a broker restart
+        or outage, a rebalance: "Unknown member") is logged and False returned: the outputs are out, and the
+        uncommitted records are redelivered to the partitions' owner - duplicates to dedupe, never losses.
+
+        Raises:
+            KafkaClientError: a fatal client error.
+        """
+        try:
+            self.commit(messages)
+            return True
+        except KafkaClientError as exc:
+            error = exc.__cause__.args[0] if isinstance(exc.__cause__, KafkaException) else None
+            if not isinstance(error, KafkaError) or error.fatal():
+                raise
+            log.warning("commit failed (%s); %d records will be redelivered", error, len(messages))
+            return False
+
     def committed(self, topic: str, partitions: Iterable[int], timeout_s: float = 10.0) -> dict[int, int]:
         """The group's committed offset per partition (negative when none)."""
         tps = [TopicPartition(topic, p) for p in partitions]

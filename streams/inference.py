@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Message
 
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
@@ -29,7 +29,7 @@ from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store
 from streams.canary import route, serving_versions
 from streams.client import KafkaConsumer, KafkaProducer, Record
-from streams.exceptions import DeliveryError, KafkaClientError, StreamsError
+from streams.exceptions import DeliveryError, StreamsError
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
 from streams.schemas import (
@@ -216,15 +216,7 @@ class InferenceWorker:
         # A broker outage: the records stay queued in the producer (retried by it) while the worker keeps waiting;
         # only a stop gives up on them (nothing is committed, so the batch is redelivered).
         await asyncio.to_thread(producer.produce_batch, batch.outputs, keep_waiting=self._still_running)
-        try:
-            await asyncio.to_thread(consumer.commit, batch.messages)
-        except KafkaClientError as exc:
-            error = exc.__cause__.args[0] if isinstance(exc.__cause__, KafkaException) else None
-            if not isinstance(error, KafkaError) or error.fatal():
-                raise
-            # The group moved on (a broker restart, a rebalance: "Unknown member"): the outputs are out, and the
-            # uncommitted records are redelivered to the partitions' owner - duplicates to dedupe, never losses.
-            log.warning("commit failed (%s); %d records will be redelivered", error, len(batch.messages))
+        await asyncio.to_thread(consumer.commit_or_redeliver, batch.messages)
         self.metrics.batch_done(len(batch.messages), batch.predicted, batch.dead, time.time() - batch.read_at)
 
     async def _process(self, batch: Batch, store, feature_names, classifier: TritonClassifier, tracker) -> None:

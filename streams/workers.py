@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
+from driftloop.shutdown import exit_after
 from driftloop.stack.triton import is_ready as triton_ready
 
 log = logging.getLogger(__name__)
@@ -53,28 +52,12 @@ async def _run_inference(settings: Settings, replica: int, health: HealthServer)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        exit_after(settings.workers.shutdown_grace_s, "inference")
+        exit_after(settings.workers.shutdown_grace_s, "the inference worker")
         worker.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     await worker.run()
-
-
-def exit_after(grace_s: float, what: str) -> threading.Thread:
-    """Bound a shutdown: unless the process ended by then, exit it ``grace_s`` from now (e.g. Kafka unreachable, so
-    leaving the group or flushing cannot finish). Nothing uncommitted is lost: it is redelivered."""
-
-    def watchdog() -> None:
-        time.sleep(grace_s)
-        log.error("%s worker did not stop within %.0fs of the signal; exiting (uncommitted records are redelivered)",
-                  what, grace_s)  # fmt: skip
-        logging.shutdown()
-        os._exit(1)
-
-    thread = threading.Thread(target=watchdog, name="shutdown-watchdog", daemon=True)
-    thread.start()
-    return thread
 
 
 def supervise(
