@@ -2,8 +2,10 @@
 
 The inference workers send a share of events to the candidate (``workers.canary_share``) or shadow all of them; this
 reads the predictions and labels produced since the candidate was announced, without a consumer group, and decides:
-promote when the candidate is at least as accurate as the champion on enough labelled events, roll back when it is
-worse, or when it answered too few events before the deadline (it fails, or is not served).
+promote when the candidate is at least as accurate as the champion with ``retrain.canary_min_labelled`` labelled
+answers from both roles, roll back when it is worse, or when either role has too few labelled answers at the deadline
+(the candidate fails or is not served; or the champion answered too little to compare with). Records that are not
+valid predictions or labels are skipped and counted (``driftloop_skipped_records_total``), never fatal.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from driftloop.settings import Settings
 from streams.client import client_config
-from streams.schemas import Label, Prediction
+from streams.schemas import InvalidRecord, Prediction, parse_label, parse_prediction
+from streams.skips import SkippedRecords
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,17 @@ class Verdict:
 
 
 def decide(champion: Tally, candidate: Tally, min_labelled: int, margin: float, final: bool) -> Verdict | None:
-    """The decision once both roles have ``min_labelled`` labelled answers; at the deadline (``final``), a candidate
-    with too few answers is rolled back. None: keep watching."""
-    if candidate.labelled >= min_labelled and (champion.labelled >= min_labelled or final):
-        if champion.accuracy is None or candidate.accuracy >= champion.accuracy - margin:
+    """The decision once both roles have ``min_labelled`` labelled answers; at the deadline (``final``), when either
+    role has fewer, the candidate is rolled back (there is nothing to compare it with). None: keep watching."""
+    if candidate.labelled >= min_labelled and champion.labelled >= min_labelled:
+        if candidate.accuracy >= champion.accuracy - margin:
             return Verdict("promote", champion, candidate, _why("at least as accurate as", champion, candidate))
         return Verdict("rollback", champion, candidate, _why("less accurate than", champion, candidate))
     if final:
+        short = [f"{tally.labelled} labelled {role} answers" for role, tally in
+                 (("candidate", candidate), ("champion", champion)) if tally.labelled < min_labelled]  # fmt: skip
         return Verdict("rollback", champion, candidate,
-                       f"only {candidate.labelled} labelled candidate answers before the deadline (need {min_labelled})")  # fmt: skip
+                       f"only {' and '.join(short)} before the deadline (need {min_labelled} per role)")  # fmt: skip
     return None
 
 
@@ -91,24 +96,32 @@ class CanaryWatch:
         self._predictions: dict[str, tuple[str, str]] = {}  # event_id -> (role, label)
         self._labels: dict[str, str] = {}
         self.champion, self.candidate_tally = Tally(), Tally()
+        self.skipped = SkippedRecords()
 
     def poll(self, seconds: float) -> None:
-        """Read for up to ``seconds`` and update the tallies."""
+        """Read for up to ``seconds`` and update the tallies; invalid records are skipped and counted."""
         deadline = time.monotonic() + seconds
-        prediction_topic = self.settings.kafka.topic("predictions-v1")
         while time.monotonic() < deadline:
             for msg in self._consumer.consume(500, timeout=0.2):
-                if msg.error() or msg.value() is None:
+                if msg.error():
                     continue
-                try:
-                    if msg.topic() == prediction_topic:
-                        self._on_prediction(Prediction.model_validate_json(msg.value()))
-                    else:
-                        label = Label.model_validate_json(msg.value())
-                        self._labels[label.event_id] = label.label
-                        self._score(label.event_id)
-                except ValueError:
-                    continue
+                self.take(msg.topic(), msg.value(), partition=msg.partition(), offset=msg.offset())
+
+    def take(self, topic: str, value: bytes | None, **where: object) -> None:
+        """Tally one record of the predictions or labels topic (full name); never raises for its content."""
+        short = "predictions-v1" if topic == self.settings.kafka.topic("predictions-v1") else "labels-v1"
+        try:
+            if short == "predictions-v1":
+                self._on_prediction(parse_prediction(value))
+            else:
+                label = parse_label(value)
+                self._labels[label.event_id] = label.label
+                self._score(label.event_id)
+        except InvalidRecord as exc:
+            self.skipped.skip(short, exc.reason, topic_name=topic, stage="canary", **where)
+        except Exception as exc:  # noqa: BLE001 - a record the contract let through but this code cannot use
+            reason = f"unusable: {type(exc).__name__}: {exc}"
+            self.skipped.skip(short, reason, topic_name=topic, stage="canary", **where)
 
     def _on_prediction(self, prediction: Prediction) -> None:
         if prediction.role == "shadow" and prediction.model.version == self.candidate:

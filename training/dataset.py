@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
-
 from driftloop.settings import Settings
-from streams.schemas import Event, InvalidEvent, Label, parse_event
+from streams.schemas import Event, InvalidRecord, Label, parse_event, parse_label
+from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream
 from streams.windows import add_event
 from training.exceptions import DatasetError
@@ -101,7 +100,8 @@ def join_labels(
     Returns:
         The frame (``EVENT_COLUMNS``, sorted by event time, then event id) and counts of what was dropped.
     """
-    stats = {"events": 0, "duplicate_events": 0, "outside_window": 0, "labels": 0, "unlabelled": 0, "unknown_label": 0}
+    stats = {"events": 0, "duplicate_events": 0, "outside_window": 0, "labels": 0, "unlabelled": 0, "unknown_label": 0,
+             "labels_without_event": 0}
     by_id: dict[str, Event] = {}
     for event in events:
         stats["events"] += 1
@@ -126,6 +126,7 @@ def join_labels(
             stats["unknown_label"] += 1
         else:
             rows.append((event_id, event.entity_id, event.event_time, event.text, labelled.label))
+    stats["labels_without_event"] = sum(1 for event_id in latest if event_id not in by_id)
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return frame.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True), stats
@@ -136,27 +137,33 @@ def read_labelled_events(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Read the events and labels topics and join them (see :func:`join_labels`).
 
-    Invalid records (they went to the dead-letter topic upstream) are skipped and counted.
+    Records that break their contract (garbage, naive or out-of-range times: the events went to the dead-letter
+    topic upstream) are skipped and counted (``invalid_events``, ``invalid_labels`` and
+    ``driftloop_skipped_records_total``); labels the model does not know and labels of events not in the window
+    are counted by :func:`join_labels`. No record makes the read fail.
 
     Raises:
         DatasetError: a topic cannot be read.
     """
     since = window.start - CLOCK_SKEW
     invalid = {"invalid_events": 0, "invalid_labels": 0}
+    skipped = SkippedRecords()
+
+    def valid(topic: str, parse, counter: str) -> Iterable:
+        name = settings.kafka.topic(topic)
+        for msg in read_topic(settings, name, since=since, timeout_s=timeout_s):
+            try:
+                yield parse(msg.value())
+            except InvalidRecord as exc:
+                invalid[counter] += 1
+                skipped.skip(topic, exc.reason, topic_name=name, partition=msg.partition(), offset=msg.offset(),
+                             stage="training")  # fmt: skip
 
     def events() -> Iterable[Event]:
-        for msg in read_topic(settings, settings.kafka.topic(EVENTS_TOPIC), since=since, timeout_s=timeout_s):
-            try:
-                yield parse_event(msg.value())
-            except InvalidEvent:
-                invalid["invalid_events"] += 1
+        return valid(EVENTS_TOPIC, parse_event, "invalid_events")
 
     def labels() -> Iterable[Label]:
-        for msg in read_topic(settings, settings.kafka.topic(LABELS_TOPIC), since=since, timeout_s=timeout_s):
-            try:
-                yield Label.model_validate_json(msg.value() or b"")
-            except ValidationError:
-                invalid["invalid_labels"] += 1
+        return valid(LABELS_TOPIC, parse_label, "invalid_labels")
 
     try:
         frame, stats = join_labels(list(events()), list(labels()), tuple(settings.training.labels), window)

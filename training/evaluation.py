@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from training.dataset import feature_matrix, label_ids
+from training.exceptions import TrainingError
 from training.servable import runtime
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,14 @@ class Metrics(BaseModel):
     macro_f1: float
     log_loss: float
     per_class: dict[str, ClassMetrics]
+
+
+class HoldoutGateRejected(TrainingError):
+    """A retrained candidate scored worse than the champion on the same holdout: it is not published."""
+
+    def __init__(self, reason: str, metrics: Metrics, champion_metrics: Metrics) -> None:
+        super().__init__(reason)
+        self.metrics, self.champion_metrics = metrics, champion_metrics
 
 
 def evaluate(probs: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...]) -> Metrics:

@@ -19,7 +19,7 @@ from driftloop.settings import Settings
 from streams.text_stats import load_vocab
 from training.dataset import DataWindow, Dataset, bootstrap_dataset, label_ids, load_dataset, split_by_time
 from training.encoders import InitialModel, from_version, initial_model
-from training.evaluation import Metrics, evaluate, evaluate_version
+from training.evaluation import HoldoutGateRejected, Metrics, evaluate, evaluate_version
 from training.exceptions import DatasetError, TrainingError
 from training.export import (
     VersionMetadata,
@@ -167,6 +167,7 @@ def train_version(
     store: Any | None = None,
     samples: int | None = None,
     progress: bool = True,
+    holdout_margin: float | None = None,
 ) -> TrainingRun:
     """Train, export, evaluate, publish (and maybe promote) a new version of ``settings.triton.model_name``.
 
@@ -181,8 +182,11 @@ def train_version(
         store: the Feast store (default: the one of the settings).
         samples: bootstrap set size (default ``training.bootstrap_samples``).
         progress: show a progress bar while training.
+        holdout_margin: the holdout gate: publish only when the candidate's holdout macro-F1 is at least the
+            champion's (scored on the same holdout) minus this margin; None: no gate. No champion: no gate.
 
     Raises:
+        HoldoutGateRejected: the gate refused the candidate (nothing was published).
         DatasetError: too little data. ExportError: the export does not reproduce the model.
         VersionRejected: Triton did not load or answer the version. PublishError, RegistryError: see
         :mod:`training.publish`.
@@ -201,6 +205,8 @@ def train_version(
             trigger_id=trigger_id or ("bootstrap" if bootstrap else None),
             warm_start=False if bootstrap else None, progress=progress,
         )  # fmt: skip
+        if holdout_margin is not None:
+            holdout_gate(built, holdout_margin)
         publication = publish_version(settings, staging, reason=built.reason)
     finally:
         if staging.exists():  # still here only when publishing did not take it
@@ -215,6 +221,29 @@ def train_version(
     return TrainingRun(
         publication, final, built.metrics, built.champion_metrics, new_state, promoted, time.perf_counter() - started
     )
+
+
+def holdout_gate(built: BuiltVersion, margin: float) -> None:
+    """Refuse a candidate whose holdout macro-F1 is below the champion's (same holdout) by more than ``margin``.
+
+    Without champion metrics (no champion, or it cannot be scored on these labels) there is nothing to compare.
+
+    Raises:
+        HoldoutGateRejected: with both scores in the reason.
+    """
+    champion = built.champion_metrics
+    if champion is None:
+        return
+    if built.metrics.macro_f1 + margin < champion.macro_f1:
+        parent = built.metadata.parent_version
+        raise HoldoutGateRejected(
+            f"rejected by the holdout gate: candidate macro-F1 {built.metrics.macro_f1:.3f} (accuracy "
+            f"{built.metrics.accuracy:.3f}) < champion v{parent} {champion.macro_f1:.3f} (accuracy "
+            f"{champion.accuracy:.3f}) - margin {margin:g} on the same {built.metrics.samples} holdout events",
+            built.metrics, champion,
+        )  # fmt: skip
+    log.info("holdout gate passed", extra={"macro_f1": built.metrics.macro_f1, "champion_macro_f1": champion.macro_f1,
+                                           "margin": margin})  # fmt: skip
 
 
 def _should_promote(policy: str, state: ModelState, metrics: Metrics, champion: Metrics | None) -> bool:

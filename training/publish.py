@@ -10,6 +10,11 @@ Publishing a built version folder (see :mod:`training.export`), under the reposi
 5. only then is it announced on the models topic as the candidate; the replaced candidate stops being served and
    versions beyond ``keep_versions`` (never one with a role) are deleted.
 
+A publish records its intent (``<model>/.publish-intent.json``: the version and the reason) before the folder moves
+in and clears it after the announcement. A publish killed in between (Triton loaded the version, nobody announced
+it) is finished on the next publish, promote, withdraw or start of the retraining consumer (:func:`recover_publish`):
+the version is announced as candidate if it loads and answers its smoke requests, otherwise unloaded and removed.
+
 A version that fails to load or to smoke-infer is unloaded and deleted, a ``rejected`` record names it, and
 :class:`~training.exceptions.VersionRejected` is raised: the champion keeps serving and the version is never a
 candidate. Promotion and rollback load their target first, announce the new roles, then retire what lost its role;
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +172,12 @@ class Publisher:
             )
         self.triton.check_live()
         with self.repo.lock():
+            self.recover()
             state = read_state(self.settings, self.name)
             before = self._live(state.serving())
             version = self.repo.issue(state.champion, state.candidate, state.previous_champion)
             write_metadata(build_dir, metadata.model_copy(update={"version": version}))
+            self.repo.write_intent({"version": version, "reason": reason, "at": datetime.now(UTC).isoformat()})
             path = self.repo.install(build_dir, version)
             started = time.perf_counter()
             try:
@@ -178,6 +186,7 @@ class Publisher:
                 smoke_test(self.triton, self.name, version, metadata.smoke, self.settings.training.smoke_atol)
             except Exception as exc:  # noqa: BLE001 - whatever went wrong, the version must go and the roles stay
                 self._reject(state, before, version, f"{type(exc).__name__}: {exc}")
+                self.repo.clear_intent()
                 raise VersionRejected(f"{self.name} version {version} rejected: {exc}") from exc
             load_seconds = time.perf_counter() - started
             published = state.published(version, reason)
@@ -186,10 +195,61 @@ class Publisher:
             except RegistryError:
                 self._restore(before)
                 self.repo.remove(version)
+                self.repo.clear_intent()
                 raise
+            self.repo.clear_intent()
             self._retire(published)
         log.info("published %s version %d (%.1fs to load and smoke-test)", self.name, version, load_seconds)
         return Publication(version, path, published, load_seconds)
+
+    def recover(self) -> int | None:
+        """Finish or roll back a publish that was interrupted between Triton's load and the announcement.
+
+        Call under the repository lock. The version of a pending intent is announced as candidate when it is in the
+        repository, loads and answers its smoke requests like in process; otherwise it is unloaded and removed (a
+        ``rejected`` record names it). An intent whose version was announced already is just cleared.
+
+        Returns:
+            The version the intent named when it now has a role; None when there was nothing to finish or it was
+            rolled back.
+
+        Raises:
+            RegistryError: the models topic cannot be read or written (the intent stays for the next try).
+        """
+        intent = self.repo.read_intent()
+        if intent is None:
+            return None
+        version = intent["version"]
+        state = read_state(self.settings, self.name)
+        if version in state.serving():  # announced; only the intent was left behind
+            self.repo.clear_intent()
+            return version
+        before = self._live(state.serving())
+        if not self.repo.version_dir(version).is_dir():  # killed before the folder moved in
+            log.warning("an interrupted publish of %s version %d left no folder; restoring %s", self.name, version,
+                        before)  # fmt: skip
+            self._restore(before)
+            self.repo.clear_intent()
+            return None
+        log.warning("finishing an interrupted publish of %s version %d", self.name, version)
+        metadata = self.repo.metadata(version) or {}
+        try:
+            if metadata.get("labels") != self.labels:
+                raise PublishError(f"labels {metadata.get('labels')} differ from the model's {self.labels}")
+            self._serve(sorted({*before, version}))
+            self.triton.wait_ready(self.name, version)
+            smoke_test(self.triton, self.name, version, metadata.get("smoke") or {}, self.settings.training.smoke_atol)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the version must go and the roles stay
+            self._reject(state, before, version, f"interrupted publish rolled back: {type(exc).__name__}: {exc}")
+            self.repo.clear_intent()
+            return None
+        reason = f"{intent.get('reason') or ''} (publish finished after an interruption)".strip()
+        published = state.published(version, reason)
+        announce(self.settings, published)
+        self.repo.clear_intent()
+        log.info("published %s version %d after an interrupted publish", self.name, version)
+        self._retire(published)
+        return version
 
     def _reject(self, state: ModelState, before: list[int], version: int, reason: str) -> None:
         log.error("rejecting %s version %d: %s", self.name, version, reason)
@@ -231,6 +291,7 @@ class Publisher:
         """
         self.triton.check_live()
         with self.repo.lock():
+            self.recover()
             new = read_state(self.settings, self.name).withdrawn(version, reason)
             announce(self.settings, new)
             self._retire(new)
@@ -239,6 +300,7 @@ class Publisher:
     def _change(self, transition) -> ModelState:
         self.triton.check_live()
         with self.repo.lock():
+            self.recover()
             state = read_state(self.settings, self.name)
             new = transition(state)
             target = new.champion
@@ -303,6 +365,26 @@ def publish_version(settings: Settings, build_dir: Path, reason: str = "") -> Pu
     publisher = Publisher(settings)
     try:
         return publisher.publish(build_dir, reason)
+    finally:
+        publisher.triton.close()
+
+
+def recover_publish(settings: Settings) -> int | None:
+    """At a start: remove the staging folders of killed builds, and finish or roll back an interrupted publish
+    (see :meth:`Publisher.recover`). Returns the version it announced, if any.
+
+    Raises:
+        PublishError: Triton is unreachable. RegistryError: the models topic cannot be read or written.
+    """
+    repo = ModelRepository(settings)
+    repo.remove_stale_staging()
+    if repo.read_intent() is None:
+        return None
+    publisher = Publisher(settings)
+    try:
+        publisher.triton.check_live()
+        with publisher.repo.lock():
+            return publisher.recover()
     finally:
         publisher.triton.close()
 

@@ -16,17 +16,18 @@ state transitions; every record written here parses there.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from driftloop.settings import Settings
 from streams.client import KafkaProducer, Record
 from streams.exceptions import StreamsError
+from streams.schemas import InvalidRecord, parse_model_state
 from streams.schemas import ModelState as ModelStateRecord
+from streams.skips import SkippedRecords
 from training.exceptions import RegistryError
 from training.snapshot import SnapshotError, read_topic
 
@@ -131,7 +132,8 @@ def _now() -> datetime:
 def read_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, ModelState]:
     """The latest state of every model on the models topic (reads the topic from its start to its end).
 
-    Records that are not valid states are logged and skipped; a tombstone (null value) forgets its model.
+    Records that are not valid states (whatever their bytes) are skipped and counted
+    (``driftloop_skipped_records_total{topic="models-v1"}``); a tombstone (null value) forgets its model.
 
     Raises:
         RegistryError: the topic does not exist or the broker does not answer within ``timeout_s``.
@@ -145,9 +147,10 @@ def read_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, ModelS
                 states.pop(key, None)
                 continue
             try:
-                state = ModelState.model_validate(json.loads(msg.value()))
-            except (ValueError, ValidationError) as exc:
-                log.warning("skipping an invalid record on %s at offset %d: %s", topic, msg.offset(), exc)
+                state = ModelState.model_validate(parse_model_state(msg.value()).model_dump())
+            except InvalidRecord as exc:
+                SkippedRecords().skip(MODELS_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(),
+                                      offset=msg.offset())  # fmt: skip
                 continue
             states[key or state.model] = state
     except SnapshotError as exc:

@@ -6,7 +6,9 @@ Layout (``settings.triton.model_repository`` / ``settings.triton.model_name``)::
       config.pbtxt        the contract (inputs, outputs, batching) and the versions Triton serves
       .publish.lock       serialises publishers on this machine
       .last_version       the highest version number ever handed out (rejected ones included)
-      .staging-<id>/      a version being built (Triton ignores non-numeric folders)
+      .staging-<host>-<pid>-<id>/   a version being built (Triton ignores non-numeric folders)
+      .publish-intent.json  a publish between Triton's load and the models-topic announcement (see training.publish)
+      .runs.jsonl         the retraining consumer's last runs and how they ended (bounded)
       3/ 4/ 5/            complete versions: model.py, runtime.py, weights, tokenizer, metadata.json
 
 ``config.pbtxt`` serves exactly the versions with a role (champion, candidate, previous champion) through a
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +42,12 @@ LOCK_FILE = ".publish.lock"
 ISSUED_FILE = ".last_version"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
+INTENT_FILE = ".publish-intent.json"
+RUNS_FILE = ".runs.jsonl"
+KEEP_RUNS = 200  # run records kept in RUNS_FILE
+STALE_FOREIGN_STAGING_S = 24 * 3600  # a staging folder of another host is left alone for this long
+
+log = logging.getLogger(__name__)
 
 _VERSIONS = re.compile(r"version_policy\s*:\s*\{\s*specific\s*:\s*\{\s*versions\s*:\s*\[([^\]]*)\]")
 
@@ -120,9 +131,99 @@ class ModelRepository:
             return []
 
     def staging_dir(self) -> Path:
-        """A fresh folder to build a version in, inside the model folder (so the final rename stays on one disk)."""
+        """A fresh folder to build a version in, inside the model folder (so the final rename stays on one disk).
+
+        Its name carries the builder's host and process id, so :meth:`remove_stale_staging` knows a killed build's.
+        """
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        return self.model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        return self.model_dir / f"{STAGING_PREFIX}{_host()}-{_process_tag(os.getpid())}-{uuid.uuid4().hex[:12]}"
+
+    def remove_stale_staging(self) -> list[str]:
+        """Delete the staging folders of builds that died (their process is gone); returns their names.
+
+        A folder of this host whose process is not alive is stale; one of another host (a shared volume) or without
+        an owner in its name (older releases) is stale once untouched for a day.
+        """
+        if not self.model_dir.is_dir():
+            return []
+        removed = []
+        for folder in self.model_dir.glob(f"{STAGING_PREFIX}*"):
+            if _staging_is_stale(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        if removed:
+            log.info("removed stale staging folders of %s", self.name, extra={"folders": removed})
+        return removed
+
+    # -- publish intent ------------------------------------------------------------------------------------------
+
+    @property
+    def intent_path(self) -> Path:
+        return self.model_dir / INTENT_FILE
+
+    def write_intent(self, intent: dict[str, Any]) -> None:
+        """Atomically record a publish in progress (written before Triton loads the version)."""
+        partial = self.intent_path.with_name(f"{INTENT_FILE}.{uuid.uuid4().hex[:8]}.partial")
+        partial.write_text(json.dumps(intent), encoding="utf-8")
+        os.replace(partial, self.intent_path)
+
+    def read_intent(self) -> dict[str, Any] | None:
+        """The publish in progress, or None (also for an unreadable file, which is then removed)."""
+        try:
+            intent = json.loads(self.intent_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("removing an unreadable publish intent %s: %s", self.intent_path, exc)
+            self.clear_intent()
+            return None
+        if not isinstance(intent, dict) or not isinstance(intent.get("version"), int):
+            log.warning("removing an invalid publish intent %s: %r", self.intent_path, intent)
+            self.clear_intent()
+            return None
+        return intent
+
+    def clear_intent(self) -> None:
+        self.intent_path.unlink(missing_ok=True)
+
+    # -- run log -------------------------------------------------------------------------------------------------
+
+    @property
+    def runs_path(self) -> Path:
+        return self.model_dir / RUNS_FILE
+
+    def record_run(self, record: dict[str, Any], keep: int = KEEP_RUNS) -> None:
+        """Append one run record (a JSON line); the file keeps about the last ``keep`` records."""
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, default=str) + "\n"
+        with open(self.runs_path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+        try:
+            size = self.runs_path.stat().st_size
+        except OSError:
+            return
+        if size > keep * 2 * max(len(line), 256):
+            lines = self.runs_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            if len(lines) > keep:
+                partial = self.runs_path.with_name(f"{RUNS_FILE}.{uuid.uuid4().hex[:8]}.partial")
+                partial.write_text("".join(lines[-keep:]), encoding="utf-8")
+                os.replace(partial, self.runs_path)
+
+    def runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The last ``limit`` runs, newest first: the records of one ``run`` id folded, the latest state winning."""
+        try:
+            lines = self.runs_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return []
+        runs: dict[str, dict[str, Any]] = {}
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("run"), str):
+                runs[record["run"]] = {**runs.pop(record["run"], {}), **record}  # re-insert: latest record last
+        return list(reversed(list(runs.values())))[:limit]
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -204,3 +305,39 @@ class ModelRepository:
         partial.write_text(f"{version}\n", encoding="utf-8")
         os.replace(partial, self.model_dir / ISSUED_FILE)
         return version
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+
+
+def _staging_is_stale(folder: Path) -> bool:
+    parts = folder.name[len(STAGING_PREFIX) :].rsplit("-", 2)
+    if len(parts) == 3 and parts[0] == _host() and parts[1].split(".")[0].isdigit():
+        pid = int(parts[1].split(".")[0])
+        return not _alive(pid) or _process_tag(pid) != parts[1]  # a reused pid (a restarted container) is another
+    try:
+        return time.time() - folder.stat().st_mtime > STALE_FOREIGN_STAGING_S
+    except OSError:
+        return False
+
+
+def _process_tag(pid: int) -> str:
+    """``<pid>.<start time>`` (Linux): names one process even where pids are reused, e.g. pid 1 in a container."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid}.{stat.rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -91,6 +91,8 @@ def _read(consumer: Consumer, topic: str, since: datetime | None, timeout_s: flo
         )
         if high > low:
             ends[partition], starts[partition] = high, low
+    if since is not None and since.timestamp() <= 0:  # before 1970: every record (broker timestamps are later)
+        since = None
     if since is not None and ends:
         millis = int(since.timestamp() * 1000)
         found = _retrying(

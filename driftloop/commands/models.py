@@ -16,10 +16,14 @@ def models_group() -> None:
 
 
 @models_group.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per version.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per version ("kind": "version"), then one per recent run ("kind": "run").')
+@click.option("--runs", "run_count", type=int, default=5, show_default=True,
+              help="How many of the retraining consumer's last runs to show.")
 @pass_ctx
-def list_versions(ctx: CommandContext, as_json: bool) -> None:
-    """Every version in the repository, newest first, with its role, Triton state and holdout scores."""
+def list_versions(ctx: CommandContext, as_json: bool, run_count: int) -> None:
+    """Every version in the repository, newest first, with its role, Triton state and holdout scores; then the
+    retraining consumer's last runs and how they ended (promoted, rolled back, rejected, failed, running)."""
     from training.exceptions import TrainingError
     from training.publish import TritonControl
     from training.registry import read_state
@@ -39,8 +43,9 @@ def list_versions(ctx: CommandContext, as_json: bool) -> None:
     except Exception:  # noqa: BLE001 - an unreachable server is shown as such, the list still prints
         triton_states = None
     rows = [_row(repo, version, state, triton_states) for version in reversed(repo.versions())]
+    runs = [_run_row(run) for run in repo.runs(run_count)] if run_count > 0 else []
     if as_json:
-        for row in rows:
+        for row in rows + runs:
             click.echo(json.dumps(row))
         return
     click.echo(
@@ -59,12 +64,19 @@ def list_versions(ctx: CommandContext, as_json: bool) -> None:
             f"parent {row['parent_version'] if row['parent_version'] is not None else '-':<4} "
             f"trigger {row['trigger_id'] or '-'}  {row['created_at'] or ''}"
         )
+    if runs:
+        click.echo("last runs of the retraining consumer:")
+    for run in runs:
+        version = f"v{run['version']}" if run["version"] is not None else "-"
+        click.echo(f"  {run['started_at'] or '':<32} {run['status'] or '?':<11} {version:<5} trigger {run['run']}  "
+                   f"{(run['detail'] or '')[:160]}")  # fmt: skip
 
 
 def _row(repo: Any, version: int, state: Any, triton_states: dict[int, str] | None) -> dict[str, Any]:
     metadata = repo.metadata(version) or {}
     metrics = metadata.get("metrics") or {}
     return {
+        "kind": "version",
         "version": version,
         "role": state.role(version),
         "triton": triton_states.get(version) if triton_states is not None else None,
@@ -75,6 +87,21 @@ def _row(repo: Any, version: int, state: Any, triton_states: dict[int, str] | No
         "created_at": metadata.get("created_at"),
         "data_window": metadata.get("data_window"),
         "path": str(repo.version_dir(version)),
+    }
+
+
+def _run_row(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "run",
+        "run": run.get("run"),
+        "status": run.get("status"),
+        "version": run.get("version"),
+        "detail": run.get("detail"),
+        "attempt": run.get("attempt"),
+        "folded": run.get("folded") or [],
+        "started_at": run.get("started_at"),
+        "ended_at": run.get("ended_at"),
+        "verdict": run.get("verdict"),
     }
 
 

@@ -9,6 +9,7 @@ import click
 
 from driftloop.commands.context import CommandContext, pass_ctx
 from driftloop.health import HealthServer
+from driftloop.shutdown import exit_after
 
 
 @click.command(name="retrain")
@@ -25,8 +26,15 @@ def retrain_command(ctx: CommandContext) -> None:
     )
     if settings.retrain.metrics_port:
         health.start()
+
+    def stop(*_: object) -> None:
+        # A run may be training for minutes: it is cut at the grace period; its drift event is not committed, so
+        # it is replayed, and an interrupted publish is finished or rolled back at the next start.
+        exit_after(settings.workers.shutdown_grace_s, "the retraining consumer")
+        retrainer.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: retrainer.stop())
+        signal.signal(sig, stop)
     try:
         retrainer.run()
     finally:

@@ -93,6 +93,9 @@ def test_killing_the_retraining_consumer_mid_run_heals_once_and_loses_nothing(lo
     assert killer.kills == list(KILL_AT), killer.kills
     assert summary["restarts"] == {"retrain": 2}, summary["restarts"]
     assert built_twice == {}, triggers  # the restart resumed the version it had published
+    runs = repo.runs(20)  # the run log (`driftloop models list`): the replayed run ended in a promotion
+    assert any(r["status"] == "promoted" and r["version"] == summary["new_version"] for r in runs), runs
+    assert repo.read_intent() is None and not list(repo.model_dir.glob(".staging-*")), "leftovers of the kills"
     assert summary["new_version"] and summary["time_to_promote_s"] is not None, summary
     assert summary["accuracy_after_promotion"] > summary["accuracy_after_drift"], summary
     assert summary["failed_predictions"] == 0 and summary["events_lost"] == 0, summary

@@ -33,9 +33,18 @@ def test_promotes_a_better_or_equal_candidate_and_rolls_back_a_worse_one():
 
 def test_at_the_deadline_a_silent_candidate_is_rolled_back():
     verdict = decide(tally(500, 400), tally(3, 3), min_labelled=50, margin=0.0, final=True)
-    assert verdict.decision == "rollback" and "only 3 labelled" in verdict.reason
-    # enough candidate answers but a quiet champion share (e.g. canary share 100%): judged on the candidate alone
-    assert decide(tally(0, 0), tally(60, 50), min_labelled=50, margin=0.0, final=True).decision == "promote"
+    assert verdict.decision == "rollback" and "only 3 labelled candidate answers" in verdict.reason
+
+
+def test_the_canary_needs_both_roles_a_silent_champion_is_no_comparison():
+    # enough candidate answers, but the champion answered nothing labelled (e.g. canary share 100%): no promotion
+    assert decide(tally(0, 0), tally(60, 60), min_labelled=50, margin=0.0, final=False) is None
+    verdict = decide(tally(0, 0), tally(60, 60), min_labelled=50, margin=0.0, final=True)
+    assert verdict.decision == "rollback"
+    assert "only 0 labelled champion answers" in verdict.reason and "need 50 per role" in verdict.reason
+    both = decide(tally(10, 9), tally(20, 20), min_labelled=50, margin=0.0, final=True)
+    assert both.decision == "rollback" and "20 labelled candidate answers and 10 labelled champion" in both.reason
+    assert decide(tally(50, 40), tally(50, 40), min_labelled=50, margin=0.0, final=True).decision == "promote"
 
 
 def _event(kind: str, status: str, model: str = "classifier", minutes: int = 0) -> DriftEvent:

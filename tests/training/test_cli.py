@@ -124,6 +124,7 @@ def test_bootstrap_retrain_promote_and_rollback(publish_settings, tmp_path, rest
     assert metadata["samples"]["dataset"]["missing_features"]["msg_count_1h"] == 8
 
     rows = [json.loads(line) for line in run("models", "list", "--json").splitlines()]
+    assert {r["kind"] for r in rows} == {"version"}  # no retraining runs yet
     assert [(r["version"], r["role"], r["triton"]) for r in rows] == [
         (2, "candidate", "READY"), (1, "champion", "READY"),
     ]  # fmt: skip

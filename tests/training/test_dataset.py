@@ -57,7 +57,7 @@ def test_join_labels_dedupes_prefers_the_latest_label_and_drops_the_rest() -> No
     assert frame[["event_id", "label"]].values.tolist() == [["a", "negative"], ["b", "neutral"]]
     assert str(frame["event_timestamp"].dt.tz) == "UTC"
     assert stats == {"events": 6, "duplicate_events": 1, "outside_window": 1, "labels": 6, "unlabelled": 1,
-                     "unknown_label": 1}  # fmt: skip
+                     "unknown_label": 1, "labels_without_event": 1}  # fmt: skip
 
 
 @pytest.mark.unit

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -9,7 +14,7 @@ import training
 from driftloop.settings import load_settings
 from training.evaluation import evaluate
 from training.exceptions import PublishError
-from training.repository import ModelRepository, render_config, served_versions
+from training.repository import STAGING_PREFIX, ModelRepository, _host, render_config, served_versions
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +88,23 @@ def test_metrics_match_a_hand_computed_example() -> None:
     assert metrics.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert metrics.log_loss == pytest.approx(-(4 * np.log(0.8 + 0.2 / 3) + 2 * np.log(0.2 / 3)) / 6)
     assert evaluate(np.zeros((0, 3)), np.zeros(0, dtype=int), labels).samples == 0
+
+
+def test_staging_folders_of_dead_builds_are_removed_and_live_ones_kept(tmp_path) -> None:
+    repo = ModelRepository(load_settings(triton={"model_repository": tmp_path, "model_name": "classifier"}))
+    ours = repo.staging_dir()
+    ours.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = repo.model_dir / f"{STAGING_PREFIX}{_host()}-{int(dead.stdout)}.1-aaaaaaaaaaaa"
+    reused = repo.model_dir / f"{STAGING_PREFIX}{_host()}-{os.getpid()}.1-bbbbbbbbbbbb"  # our pid, another start
+    foreign = repo.model_dir / f"{STAGING_PREFIX}otherhost-1.1-cccccccccccc"
+    legacy_old, legacy_new = repo.model_dir / f"{STAGING_PREFIX}0123456789ab", repo.model_dir / f"{STAGING_PREFIX}ba98"
+    for folder in (killed, reused, foreign, legacy_old, legacy_new):
+        (folder / "tokenizer").mkdir(parents=True)
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(legacy_old, (day_ago, day_ago))
+
+    removed = repo.remove_stale_staging()
+
+    assert sorted(removed) == sorted([killed.name, reused.name, legacy_old.name])
+    assert ours.exists() and foreign.exists() and legacy_new.exists()
