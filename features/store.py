@@ -48,6 +48,8 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 
 _UNAVAILABLE = _unavailable_errors()
+# A push also writes the offline parquet files: a full disk or a missing folder is the store's fault, not the rows'.
+_PUSH_UNAVAILABLE = (*_UNAVAILABLE, OSError)
 
 
 def repo_config(settings: Settings) -> RepoConfig:
@@ -180,6 +182,12 @@ def push_stream_features(store: FeatureStore, rows: pd.DataFrame) -> None:
 
     Raises:
         FeatureRowsInvalid: a column is missing or unexpected; nothing is written.
+        FeatureStoreNotReady: the online or offline store cannot be written now (Redis down or timing out, sqlite
+            locked, an offline file unwritable); some rows may be written already: pushing them again is safe
+            (online, an equal or older row changes nothing in Redis; offline, a point-in-time join reads one copy).
+        Exception: anything else comes from the rows themselves (a value Feast or Arrow cannot convert): Feast
+            raises many types; callers that must tell bad rows from a bad store probe the store (see
+            ``streams.feature_app.FeaturePusher``).
     """
     expected = source_schema(definitions.entity_stream_stats).names
     _check_columns("rows to push", rows, required=expected, allow_extra=False)
@@ -187,7 +195,10 @@ def push_stream_features(store: FeatureStore, rows: pd.DataFrame) -> None:
         return
     frame = rows.assign(**{TIMESTAMP: pd.to_datetime(rows[TIMESTAMP], utc=True)})
     frame = frame.sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)[expected]
-    store.push(definitions.entity_stream_push.name, frame, to=PushMode.ONLINE_AND_OFFLINE)
+    try:
+        store.push(definitions.entity_stream_push.name, frame, to=PushMode.ONLINE_AND_OFFLINE)
+    except _PUSH_UNAVAILABLE as exc:
+        raise FeatureStoreNotReady(f"feature store {store.config.online_store.type} unwritable: {exc}") from exc
 
 
 def online_features(store: FeatureStore, entity_ids: list[str]) -> dict[str, list]:

@@ -4,6 +4,20 @@ State lives in a changelog-backed faust table (it survives a restart: faust rest
 Features go to Feast (online + offline) in batches; the batch's events are acknowledged only after the push, so a
 crash replays them, and the windows count a replayed event once (see ``streams.windows``).
 
+Nothing is committed unwritten. While the store cannot be written (``FeatureStoreNotReady``: Redis down, sqlite
+locked, an offline file unwritable) the batch is held unacknowledged and the push retried with exponential backoff up
+to ``workers.outage_backoff_max_s``, for as long as the outage lasts; the worker beats its liveness meanwhile and
+counts ``driftloop_outage_retries_total{worker="features",dependency="feast"}``. A push that fails otherwise while the
+store answers a probe read is the rows' fault: the batch is bisected, and a row that fails alone twice is skipped and
+counted (``driftloop_skipped_records_total{topic="events-v1"}``), never retried forever. No record crashes the agent:
+one that cannot be folded is skipped and counted the same way (invalid events are the inference worker's to
+dead-letter).
+
+Bounded shutdown: on SIGTERM/SIGINT the pusher stops retrying at once (the held batch stays unacknowledged and is
+redelivered), faust stops and commits what was acknowledged, and a watchdog ends the process after
+``workers.shutdown_grace_s`` if faust has not finished by then (a stopped broker makes faust wait for minutes).
+Exiting without committing is safe: the uncommitted events are redelivered and counted once.
+
 The table is written with the partitioner (``use_partitioner=True``), so its changelog partition is the key's
 murmur2 partition: the same as the events topic's, because driftloop's producers use Kafka's Java partitioner too.
 """
@@ -20,19 +34,26 @@ import pandas as pd
 
 from driftloop.health import HealthServer
 from driftloop.settings import Settings
-from features.store import open_store, push_stream_features
+from driftloop.shutdown import exit_after
+from features.exceptions import FeatureStoreNotReady
+from features.store import online_features, open_store, push_stream_features
 from streams.client import client_config
 from streams.metrics import WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
+from streams.skips import SkippedRecords
 from streams.windows import FEATURES, add_event
 
 log = logging.getLogger(__name__)
 
 TABLE = "entity-windows"
+EVENTS_TOPIC = "events-v1"  # the contract name skipped records are counted under
+PROBE_ENTITY = "__driftloop_health__"  # read to tell whether the store answers while a push fails
+FIRST_RETRY_S = 0.2
+SKIPPED = SkippedRecords()  # this process's skipped records (metric + rate-limited log)
 
 
-def create_app(settings: Settings, replica: int = 0) -> faust.App:
-    """Build the faust app of the feature worker (one per process)."""
+def create_app(settings: Settings, replica: int = 0, health: HealthServer | None = None) -> faust.App:
+    """Build the faust app of the feature worker (one per process); ``health`` is beaten while a push waits."""
     workers = settings.workers
     datadir = workers.faust_data_dir / f"replica-{replica}"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -65,25 +86,30 @@ def create_app(settings: Settings, replica: int = 0) -> faust.App:
         partitions=settings.kafka.topics["events-v1"].partitions,
         use_partitioner=True,
     )
-    pusher = FeaturePusher(settings)
+    pusher = FeaturePusher(settings, health)
 
     @app.agent(events)
     async def aggregate(stream: faust.StreamT) -> None:
-        """Fold each batch of events into the windows, push the features, then acknowledge the batch."""
+        """Fold each batch of events into the windows, push the features, then acknowledge the batch.
+
+        A batch whose push did not succeed is never acknowledged: when the worker stops while the store is down,
+        the agent returns with the batch unacknowledged, and it is redelivered after the restart.
+        """
         async for batch in stream.noack().take_events(
             workers.feature_push_batch, within=workers.feature_push_interval_s
         ):
-            rows = []
-            for event in batch:
-                row = fold(windows, event.key, event.value)
-                if row is not None:
-                    rows.append(row)
-            await pusher.push(rows)
+            started = time.monotonic()
+            rows = fold_batch(windows, batch, SKIPPED)
+            if not await pusher.push(rows):
+                log.warning("stopping with a batch unpushed: %d events left unacknowledged, redelivered later",
+                            len(batch), extra={"events": len(batch)})  # fmt: skip
+                return
             for event in batch:
                 await stream.ack(event)
-            pusher.metrics.batch_done(len(batch), len(rows), 0, 0.0)
+            pusher.metrics.batch_done(len(batch), len(rows), 0, time.monotonic() - started)
 
     app.windows_table = windows  # for tests and the CLI: read the state a worker holds
+    app.feature_pusher = pusher  # for run(): told to stop retrying on SIGTERM
     return app
 
 
@@ -107,8 +133,35 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     )
 
 
-def fold(windows: faust.Table, key: bytes | None, value: bytes | None) -> dict | None:
-    """Fold one raw event into its entity's window; None for an invalid event (the inference worker DLQs it)."""
+def fold_batch(windows: faust.Table, batch: list, skipped: SkippedRecords) -> list[dict]:
+    """Fold each event of a faust batch; the feature rows of those that count (see :func:`fold`)."""
+    rows = []
+    for event in batch:
+        message = event.message
+        row = fold(windows, event.key, event.value, skipped, partition=message.partition, offset=message.offset)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def fold(
+    windows: faust.Table, key: bytes | None, value: bytes | None, skipped: SkippedRecords | None = None,
+    **where: object,
+) -> dict | None:  # fmt: skip
+    """Fold one raw event into its entity's window and return its feature row (plus ``event_id``, not pushed).
+
+    None for an event the contract refuses (the inference worker dead-letters it) and for a record that cannot be
+    folded for any other reason: that one is skipped and counted on ``skipped`` (with ``where``, e.g. its partition
+    and offset, in the log line), so that no record can crash the agent and stall its partition.
+    """
+    try:
+        return _fold(windows, key, value)
+    except Exception as exc:  # noqa: BLE001 - any record, any fault: skip it, never crash the agent
+        (skipped or SKIPPED).skip(EVENTS_TOPIC, f"fold failed: {type(exc).__name__}: {exc}", **where)
+        return None
+
+
+def _fold(windows: faust.Table, key: bytes | None, value: bytes | None) -> dict | None:
     try:
         event = parse_event(value)
     except InvalidEvent:
@@ -118,46 +171,148 @@ def fold(windows: faust.Table, key: bytes | None, value: bytes | None) -> dict |
         return None  # keyed against the contract: the inference worker dead-letters it
     state, features = add_event(windows.get(entity), event.event_id, event.event_time.timestamp(), len(event.text))
     windows[entity] = state
-    return {"entity_id": event.entity_id, "event_timestamp": event.event_time, **features}
+    return {"entity_id": event.entity_id, "event_timestamp": event.event_time, **features, "event_id": event.event_id}
 
 
 class FeaturePusher:
-    """Pushes feature rows to Feast off the event loop; retries with backoff so a locked store delays, not drops."""
+    """Pushes feature rows to Feast off the event loop; holds them through store outages, never drops them.
 
-    def __init__(self, settings: Settings) -> None:
+    :meth:`push` returns only once every row is written (or skipped as the rows' own fault), or when the worker is
+    stopping (:meth:`stop`): then it returns False and the caller must not acknowledge the batch.
+    """
+
+    def __init__(self, settings: Settings, health: HealthServer | None = None) -> None:
         self.settings = settings
+        self.health = health
         self.metrics = WorkerMetrics("features")
+        self.skipped = SKIPPED
         self._store = None
+        self._stop = asyncio.Event()
 
-    async def push(self, rows: list[dict], retries: int = 5) -> None:
+    def stop(self) -> None:
+        """Stop retrying now (call on the event loop): a held batch stays unacknowledged."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def push(self, rows: list[dict]) -> bool:
+        """Write ``rows`` to Feast, waiting out outages with backoff; True once written, False when stopping."""
         if not rows:
-            return
+            return True
         if self._store is None:
             self._store = await asyncio.to_thread(open_store, self.settings)
+        return await self._push_held(rows)
+
+    async def _push_held(self, rows: list[dict], failed_alone: bool = False) -> bool:
+        """Push ``rows`` until written; bisect them when the store answers but refuses them."""
+        delay, attempts = FIRST_RETRY_S, 0
+        while True:
+            error = await self._attempt(rows)
+            if error is None:
+                return True
+            if self.stopping:
+                return False
+            if isinstance(error, FeatureStoreNotReady) or not await self._store_answers():
+                attempts += 1
+                self._outage(error, attempts, delay, len(rows))
+                if not await self._wait(delay):
+                    return False
+                delay = min(delay * 2, self.settings.workers.outage_backoff_max_s)
+                continue
+            if len(rows) > 1:
+                middle = len(rows) // 2  # halves in stream order: an entity's rows stay oldest first
+                return await self._push_held(rows[:middle]) and await self._push_held(rows[middle:])
+            if not failed_alone:
+                failed_alone = True  # once more alone before calling it deterministic
+                continue
+            self._skip(rows[0], error)
+            return True
+
+    async def _attempt(self, rows: list[dict]) -> Exception | None:
+        """One push of ``rows`` in a thread, given up (not awaited) if the worker stops meanwhile."""
         frame = pd.DataFrame(rows, columns=["entity_id", "event_timestamp", *FEATURES])
-        delay = 0.2
-        for attempt in range(retries + 1):
-            try:
-                started = time.monotonic()
-                await asyncio.to_thread(push_stream_features, self._store, frame)
-                log.debug("pushed %d feature rows in %.3fs", len(rows), time.monotonic() - started)
-                return
-            except Exception as exc:
-                if attempt == retries:
-                    raise
-                log.warning("Feast push failed (%s); retry %d in %.1fs", exc, attempt + 1, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        started = time.monotonic()
+        push = asyncio.ensure_future(asyncio.to_thread(push_stream_features, self._store, frame))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({push, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not push.done():
+            push.add_done_callback(_consume_result)  # the thread runs on; its outcome no longer matters
+            return FeatureStoreNotReady("push abandoned: the worker is stopping")
+        error = push.exception()
+        if error is None:
+            log.debug("pushed %d feature rows in %.3fs", len(rows), time.monotonic() - started)
+        return error
+
+    async def _store_answers(self) -> bool:
+        """Whether the online store answers a read now: if so, a failing push is the rows' fault."""
+        try:
+            await asyncio.to_thread(online_features, self._store, [PROBE_ENTITY])
+        except Exception as exc:  # noqa: BLE001 - whatever the reason, the store does not answer
+            log.debug("probe read of the feature store failed: %s", exc)
+            return False
+        return True
+
+    def _outage(self, error: Exception, attempts: int, delay: float, rows: int) -> None:
+        self.metrics.outage("feast")
+        log.warning("feast unavailable (attempt %d, next in %.1fs): %s", attempts, delay, error,
+                    extra={"attempt": attempts, "rows": rows, "dependency": "feast"})  # fmt: skip
+        if self.health is not None:
+            self.health.beat()  # waiting on purpose, not stuck
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the worker stops first; False when it stops."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def _skip(self, row: dict, error: Exception) -> None:
+        reason = f"feature push refused the row: {type(error).__name__}: {error}"
+        self.skipped.skip(EVENTS_TOPIC, reason, event_id=row.get("event_id"), entity_id=row.get("entity_id"))
+
+
+def _consume_result(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+class FeatureWorker(faust.Worker):
+    """faust's worker, told on SIGTERM/SIGINT to stop the pusher's retries and to exit within the grace period."""
+
+    def __init__(self, app: faust.App, *, on_stop_requested, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self._on_stop_requested = on_stop_requested
+
+    # mode's Worker installs these two as the loop's signal handlers (mode.worker.Worker, pinned with faust).
+    def _on_sigterm(self) -> None:
+        self._on_stop_requested()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._on_stop_requested()
+        super()._on_sigint()
 
 
 def run(settings: Settings, replica: int = 0, health: HealthServer | None = None) -> None:
-    """Run one feature worker until SIGTERM/SIGINT (faust stops the agent and commits acknowledged offsets)."""
-    app = create_app(settings, replica)
+    """Run one feature worker until SIGTERM/SIGINT: the pusher stops retrying, faust stops the agent and commits
+    acknowledged offsets, and the process exits within ``workers.shutdown_grace_s`` whatever is unreachable."""
+    app = create_app(settings, replica, health)
     if health is not None:
 
         @app.timer(interval=5.0)
         async def heartbeat() -> None:
             health.beat()
 
-    worker = faust.Worker(app, loglevel=settings.log.level.lower(), quiet=True, redirect_stdouts=False)
+    def stop_requested() -> None:
+        app.feature_pusher.stop()
+        exit_after(settings.workers.shutdown_grace_s, "the feature worker")
+
+    worker = FeatureWorker(app, on_stop_requested=stop_requested, loglevel=settings.log.level.lower(), quiet=True,
+                           redirect_stdouts=False)  # fmt: skip
     worker.execute_from_commandline()
