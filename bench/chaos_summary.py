@@ -5,8 +5,15 @@ and how many became predictions, dead letters, nothing (lost) or more than one o
 runs pytest in a child process with ``DRIFTLOOP_CHAOS_LEDGER`` pointing at a temporary file, reads the entries the
 scenarios wrote, adds pytest's outcome per test (from a JUnit XML report), and prints one JSON line::
 
-    {"ok": true, "pytest_exit": 0, "tests": {"passed": 3, ...}, "totals": {"produced": ..., "lost": 0, ...},
-     "scenarios": [{"scenario": "hostile-input", "produced": ..., "outcome": "passed", "details": {...}}, ...]}
+    {"ok": true, "pytest_exit": 0, "tests": {"passed": 3, ...},
+     "totals": {"produced": ..., "lost": 0, ..., "restarts": 0, "restarts_by_worker": {"inference": 0, ...}},
+     "scenarios": [{"scenario": "live-fuzz", "produced": ..., "lost": 0, "duplicates": 0,
+                    "restarts": {"inference": 0, "features": 0, "monitor": 0, "retrain": 0, "supervisor": 0},
+                    "outcome": "passed", "details": {...}}, ...]}
+
+``restarts`` (per scenario, per worker; summed in ``totals``) sits next to lost and duplicated: the scenarios that
+kill a worker on purpose report the restarts they caused; the others (hostile input, live fuzz) must report 0, and
+assert it themselves.
 
 ``ok`` is true when pytest passed, the scenarios reported, and none lost a record. Duplicates are reported, not
 failed: delivery is at least once, and a SIGKILLed worker or a broker restart legitimately redelivers records whose
@@ -48,8 +55,16 @@ def run(pytest_args: list[str], workdir: Path) -> dict:
     done = subprocess.run(argv, cwd=REPO, env=env, stdout=sys.stderr, check=False)  # noqa: S603
     duration = time.monotonic() - started
     scenarios = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    for entry in scenarios:
+        entry["restarts"] = restarts_of(entry.get("details") or {})
     tests = _outcomes(junit)
     totals = {name: sum(int(entry.get(name, 0)) for entry in scenarios) for name in COUNTS}
+    by_worker: dict[str, int] = {}
+    for entry in scenarios:
+        for worker, count in entry["restarts"].items():
+            by_worker[worker] = by_worker.get(worker, 0) + count
+    totals["restarts"] = sum(by_worker.values())
+    totals["restarts_by_worker"] = by_worker
     ok = done.returncode == 0 and bool(scenarios) and totals["lost"] == 0
     return {
         "ok": ok,
@@ -59,6 +74,22 @@ def run(pytest_args: list[str], workdir: Path) -> dict:
         "totals": totals,
         "scenarios": scenarios,
     }
+
+
+def restarts_of(details: dict) -> dict[str, int]:
+    """Worker restarts of one scenario, per worker, from its ledger details.
+
+    ``restarts`` may be a mapping (worker -> restarts, e.g. ``{"inference": 0, "monitor": 0}``) or a number; a
+    number, ``worker_restarts`` or ``worker_exits`` count under ``"workers"``. ``worker_restarts`` wins over a numeric
+    ``restarts`` (where a scenario names by ``restarts`` the fault it injects, e.g. a broker restart)."""
+    restarts = details.get("restarts")
+    if isinstance(restarts, dict):
+        return {str(worker): int(count) for worker, count in restarts.items()}
+    for name in ("worker_restarts", "worker_exits", "restarts"):
+        value = details.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"workers": int(value)}
+    return {}
 
 
 _TAGS = (("failure", "failed"), ("error", "errors"), ("skipped", "skipped"))

@@ -129,6 +129,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_SKIPPED = SkippedRecords()  # one per process, so that its log stays at most once a minute per reason
+
+
 def read_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, ModelState]:
     """The latest state of every model on the models topic (reads the topic from its start to its end).
 
@@ -148,11 +151,13 @@ def read_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, ModelS
                 continue
             try:
                 state = ModelState.model_validate(parse_model_state(msg.value()).model_dump())
+                if key and key != state.model:  # a record keyed for one model must not change another's roles
+                    raise InvalidRecord(f"keyed {key[:64]!r} but names model {state.model!r}")
             except InvalidRecord as exc:
-                SkippedRecords().skip(MODELS_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(),
-                                      offset=msg.offset())  # fmt: skip
+                _SKIPPED.skip(MODELS_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(),
+                              offset=msg.offset())  # fmt: skip
                 continue
-            states[key or state.model] = state
+            states[state.model] = state
     except SnapshotError as exc:
         raise RegistryError(str(exc)) from exc
     return states

@@ -24,6 +24,7 @@ from streams.generator import synthetic_records
 from streams.schemas import DeadLetter, InvalidEvent, parse_event
 
 __all__ = [
+    "FOREIGN_HEADER",
     "Outputs",
     "Producer",
     "Sent",
@@ -34,6 +35,16 @@ __all__ = [
     "settle",
     "warm_up",
 ]
+
+
+#: A header a scenario puts on records it writes itself onto an output topic (hostile predictions, say): they are
+#: not outputs of the workers, and :class:`Outputs` passes them by.
+FOREIGN_HEADER = "chaos-foreign"
+
+
+def foreign(msg) -> bool:
+    """True for a record a scenario wrote itself (it carries :data:`FOREIGN_HEADER`)."""
+    return any(name == FOREIGN_HEADER for name, _value in msg.headers() or ())
 
 
 @dataclass
@@ -75,13 +86,18 @@ def read_events(settings: Settings, expected: int, timeout_s: float = 60.0) -> S
 
 
 class Outputs:
-    """Everything written to the predictions and dead-letter topics, read as it arrives (call :meth:`poll`)."""
+    """Everything the workers wrote to the predictions and dead-letter topics, read as it arrives (call :meth:`poll`);
+    records a scenario wrote there itself (marked by :data:`FOREIGN_HEADER`) are passed by."""
 
     def __init__(self, settings: Settings) -> None:
         self._dlq = settings.kafka.topic("dlq-v1")
         self.predictions: Counter[str] = Counter()  # event_id -> predictions seen
         self.letters: Counter[tuple[int, int]] = Counter()  # source (partition, offset) -> dead letters seen
         self.features: dict[str, dict] = {}  # event_id -> the features of its (last) prediction
+        # Dead letters of records from other topics (the drift monitor dead-letters invalid predictions): counted
+        # per source topic, apart from the events' ledger, whose positions they would otherwise collide with.
+        self._events = settings.kafka.topic("events-v1")
+        self.other_letters: Counter[str] = Counter()
         # Records already read: this observer commits nothing, so after a broker restart its group may read the
         # topics again from the start - a record read twice is not a duplicate output.
         self._seen: set[tuple[str, int, int]] = set()
@@ -95,8 +111,13 @@ class Outputs:
             if position in self._seen:
                 continue
             self._seen.add(position)
+            if foreign(msg):
+                continue
             if msg.topic() == self._dlq:
                 letter = DeadLetter.model_validate_json(msg.value())
+                if letter.source.topic != self._events:
+                    self.other_letters[letter.source.topic] += 1
+                    continue
                 self.letters[(letter.source.partition, letter.source.offset)] += 1
             else:
                 prediction = json.loads(msg.value())
