@@ -23,6 +23,9 @@ from typing import Any
 
 import pytest
 
+from driftloop.stack import kafka as local_kafka
+from tests.helpers import free_port
+
 LEDGER_ENV = "DRIFTLOOP_CHAOS_LEDGER"
 COUNTS = ("produced", "predicted", "dead_lettered", "lost", "duplicates")
 
@@ -79,3 +82,20 @@ def chaos_ledger(request: pytest.FixtureRequest) -> Iterator[ChaosLedger]:
         with Path(target).open("a") as out:
             for entry in entries:
                 out.write(json.dumps(entry, default=str) + "\n")
+
+
+@pytest.fixture
+def private_broker(stack_settings, tmp_path_factory, kafka_bootstrap):
+    """Settings of a broker of this test only (free ports, its own storage); stopped at the end."""
+    if "127.0.0.1" not in kafka_bootstrap or stack_settings.kafka.bootstrap_servers:
+        pytest.skip("needs the local broker's jars (no external or containerised broker)")
+    stack = {**stack_settings.stack.model_dump(), "run_dir": tmp_path_factory.mktemp("private_broker"),
+             "kafka_port": free_port(), "kafka_controller_port": free_port()}  # fmt: skip
+    settings = stack_settings.model_copy(update={"stack": stack_settings.stack.model_copy(update=stack)})
+    proc = local_kafka.server(settings)
+    local_kafka.start(settings)
+    try:
+        proc.wait_ready(lambda: local_kafka.is_ready(settings), 120, "private broker")
+        yield settings
+    finally:
+        proc.stop()

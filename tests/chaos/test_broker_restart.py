@@ -27,29 +27,11 @@ from tests.chaos.accounting import (
     settle,
     warm_up,
 )
-from tests.helpers import free_port
 from tests.streams.support import group_caught_up, keyword_model, open_pipeline  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 WARMUP, EVENTS = 20, 800  # 8 s of stream at 100 events/s; the broker goes down ~1 s in
-
-
-@pytest.fixture
-def private_broker(stack_settings, tmp_path_factory, kafka_bootstrap):
-    """Settings of a broker of this test only (free ports, its own storage); stopped at the end."""
-    if "127.0.0.1" not in kafka_bootstrap or stack_settings.kafka.bootstrap_servers:
-        pytest.skip("needs the local broker's jars (no external or containerised broker)")
-    stack = {**stack_settings.stack.model_dump(), "run_dir": tmp_path_factory.mktemp("private_broker"),
-             "kafka_port": free_port(), "kafka_controller_port": free_port()}  # fmt: skip
-    settings = stack_settings.model_copy(update={"stack": stack_settings.stack.model_copy(update=stack)})
-    proc = local_kafka.server(settings)
-    local_kafka.start(settings)
-    try:
-        proc.wait_ready(lambda: local_kafka.is_ready(settings), 120, "private broker")
-        yield settings
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize("down_s", [0, 60], ids=["restart", "outage-60s"])

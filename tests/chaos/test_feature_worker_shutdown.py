@@ -20,7 +20,6 @@ from driftloop.stack import kafka as local_kafka
 from features.store import online_features, open_store
 from tests.chaos.accounting import committed_total, read_events, warm_up
 from tests.chaos.test_redis_outage import HOLDING, NO_TRITON, PersistentRedis
-from tests.helpers import free_port
 from tests.streams.support import group_caught_up, open_pipeline
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -28,23 +27,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(60
 EVENTS = 40
 GRACE_S = 8.0
 MARGIN_S = 6.0  # interpreter start-up is not in it: the clock starts at SIGTERM
-
-
-@pytest.fixture
-def private_broker(stack_settings, tmp_path_factory, kafka_bootstrap):
-    """Settings of a broker of this test only (free ports, its own storage); stopped at the end."""
-    if "127.0.0.1" not in kafka_bootstrap or stack_settings.kafka.bootstrap_servers:
-        pytest.skip("needs the local broker's jars (no external or containerised broker)")
-    stack = {**stack_settings.stack.model_dump(), "run_dir": tmp_path_factory.mktemp("private_broker"),
-             "kafka_port": free_port(), "kafka_controller_port": free_port()}  # fmt: skip
-    settings = stack_settings.model_copy(update={"stack": stack_settings.stack.model_copy(update=stack)})
-    proc = local_kafka.server(settings)
-    local_kafka.start(settings)
-    try:
-        proc.wait_ready(lambda: local_kafka.is_ready(settings), 120, "private broker")
-        yield settings
-    finally:
-        proc.stop()
 
 
 def _exit_seconds(proc: subprocess.Popen, timeout_s: float) -> float:
