@@ -74,10 +74,14 @@ def declared_metrics(module: Path) -> set[str]:
 
 
 def driftloop_metrics() -> set[str]:
-    """Every sample name driftloop's code exports: the stream workers' metrics and the monitor's."""
-    return declared_metrics(REPO_ROOT / "streams" / "metrics.py") | declared_metrics(
-        REPO_ROOT / "monitoring" / "metrics.py"
-    )
+    """Every sample name driftloop's code exports: the stream workers' metrics, the skipped-records counter every
+    consumer shares, and the monitor's."""
+    return stream_metrics() | declared_metrics(REPO_ROOT / "monitoring" / "metrics.py")
+
+
+def stream_metrics() -> set[str]:
+    """The metrics of the default registry: the stream workers' and the skipped-records counter."""
+    return declared_metrics(REPO_ROOT / "streams" / "metrics.py") | declared_metrics(REPO_ROOT / "streams" / "skips.py")
 
 
 def metric_names(expression: str) -> set[str]:
@@ -211,7 +215,7 @@ def test_declared_metrics_match_the_registry() -> None:
     import streams.metrics  # noqa: F401 - registers the stream workers' metrics in the default registry
 
     families = {family.name: family.type for family in REGISTRY.collect() if family.name.startswith("driftloop_")}
-    declared = declared_metrics(REPO_ROOT / "streams" / "metrics.py")
+    declared = stream_metrics()
 
     assert families
     for name, kind in families.items():
