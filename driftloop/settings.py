@@ -127,6 +127,7 @@ class WorkerSettings(_Section):
     # Triton is unreachable (what it did not commit is redelivered); `driftloop workers` SIGKILLs a child after it.
     shutdown_grace_s: float = Field(default=20.0, gt=0)
     feature_push_batch: int = 500
+    feature_push_timeout_s: float = Field(default=30.0, gt=0)  # a push that hangs longer is an outage: tried again
     feature_push_interval_s: float = 0.5
     metrics_port: int = 9400  # +replica index; 0 disables
     faust_replication_factor: int = 1  # of faust's changelog topics; 3 on a production cluster

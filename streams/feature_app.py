@@ -231,18 +231,23 @@ class FeaturePusher:
             return True
 
     async def _attempt(self, rows: list[dict]) -> Exception | None:
-        """One push of ``rows`` in a thread, given up (not awaited) if the worker stops meanwhile."""
+        """One push of ``rows`` in a thread, given up (not awaited) if the worker stops meanwhile or it takes longer
+        than ``workers.feature_push_timeout_s`` (a store that hangs is an outage: the push is tried again, and a
+        late completion of the abandoned one writes the same rows, which is harmless)."""
         frame = pd.DataFrame(rows, columns=["entity_id", "event_timestamp", *FEATURES])
         started = time.monotonic()
         push = asyncio.ensure_future(asyncio.to_thread(push_stream_features, self._store, frame))
         stop = asyncio.ensure_future(self._stop.wait())
+        timeout_s = self.settings.workers.feature_push_timeout_s
         try:
-            await asyncio.wait({push, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({push, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         if not push.done():
             push.add_done_callback(_consume_result)  # the thread runs on; its outcome no longer matters
-            return FeatureStoreNotReady("push abandoned: the worker is stopping")
+            if self.stopping:
+                return FeatureStoreNotReady("push abandoned: the worker is stopping")
+            return FeatureStoreNotReady(f"push of {len(rows)} rows did not finish within {timeout_s:.0f}s")
         error = push.exception()
         if error is None:
             log.debug("pushed %d feature rows in %.3fs", len(rows), time.monotonic() - started)
@@ -251,8 +256,9 @@ class FeaturePusher:
     async def _store_answers(self) -> bool:
         """Whether the online store answers a read now: if so, a failing push is the rows' fault."""
         try:
-            await asyncio.to_thread(online_features, self._store, [PROBE_ENTITY])
-        except Exception as exc:  # noqa: BLE001 - whatever the reason, the store does not answer
+            probe = asyncio.to_thread(online_features, self._store, [PROBE_ENTITY])
+            await asyncio.wait_for(probe, self.settings.workers.feature_push_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - whatever the reason (a timeout too), the store does not answer
             log.debug("probe read of the feature store failed: %s", exc)
             return False
         return True
