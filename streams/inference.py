@@ -294,7 +294,7 @@ class InferenceWorker:
                 shadow = await classifier.classify(texts, matrix, candidate)
             except (TritonUnavailable, VersionNotServed) as exc:  # shadow answers are a record: never hold for them
                 log.warning("shadow version %s unavailable: %s", candidate, exc)
-        return Served(results, shadow, champion, candidate)
+        return Served(results, shadow, candidate)
 
     def _prediction(self, msg: Message, event: Event, result, role: str, features, i: int, feature_names, stamps):
         probs, served_version = result
@@ -383,7 +383,6 @@ class Served:
 
     results: list[Result]
     shadow: list[Result]
-    champion: int
     candidate: int | None
 
     def answers(self) -> list[tuple[int, Result, str]]:
