@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from monitoring import Monitor
 from monitoring.report import save_report
 from monitoring.synthetic import WordModel, version_metadata, write_version_metadata

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from features.store import apply_repo
 from streams import KafkaConsumer, KafkaProducer, ensure_topics
 from streams.generator import produce, synthetic_records

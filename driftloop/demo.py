@@ -23,7 +23,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import KafkaProducer, Record, client_config
 from streams.schemas import (
     DeadLetter,

@@ -21,7 +21,7 @@ from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
 from feast.type_map import feast_value_type_to_pa
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from features import definitions
 from features.exceptions import FeatureRowsInvalid, FeatureStoreConfigError, FeatureStoreNotReady
 from features.offline_store import STORE_TYPE as OFFLINE_STORE_TYPE

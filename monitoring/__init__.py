@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from driftloop.lazy import lazy_exports
+from foundation.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from monitoring.alerts import (
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         build_receivers,
     )
     from monitoring.drift import ColumnDrift, DriftPolicy, DriftResult, KindResult, check_drift
-    from monitoring.events import DriftEvent, dedup_key
+    from streams.schemas import DriftEvent, dedup_key
     from monitoring.exceptions import (
         DeliveryFailed,
         DriftCheckError,
@@ -47,7 +47,7 @@ _EXPORTS = {
     "ColumnDrift": "monitoring.drift",
     "DeliveryFailed": "monitoring.exceptions",
     "DriftCheckError": "monitoring.exceptions",
-    "DriftEvent": "monitoring.events",
+    "DriftEvent": "streams.schemas",
     "DriftPolicy": "monitoring.drift",
     "DriftResult": "monitoring.drift",
     "DriftState": "monitoring.policy",
@@ -68,7 +68,7 @@ _EXPORTS = {
     "build_receivers": "monitoring.alerts",
     "check_drift": "monitoring.drift",
     "check_now": "monitoring.ondemand",
-    "dedup_key": "monitoring.events",
+    "dedup_key": "streams.schemas",
     "load_reference": "monitoring.reference",
     "prune_reports": "monitoring.report",
     "reference_path": "monitoring.reference",

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from driftloop.settings import MonitoringSettings
-from monitoring.events import DriftEvent
+from foundation.settings import MonitoringSettings
+from streams.schemas import DriftEvent
 from monitoring.exceptions import DeliveryFailed
 from monitoring.metrics import MonitorMetrics
 

@@ -32,7 +32,7 @@ import pandas as pd
 from evidently.legacy.calculations.stattests.registry import StatTest, get_stattest
 from evidently.legacy.core import ColumnType
 
-from driftloop.settings import MonitoringSettings
+from foundation.settings import MonitoringSettings
 from monitoring.exceptions import DriftCheckError
 from monitoring.reference import PREDICTION_COLUMNS, ReferenceSample
 from monitoring.window import TRUE_LABEL, WindowBounds

@@ -1,5 +1,5 @@
 """Prometheus metrics of the monitor, on a registry of their own (the worker serves it on ``monitoring.metrics_port``
-with ``driftloop.health.HealthServer``, beside ``/healthz`` and ``/readyz``)."""
+with ``foundation.health.HealthServer``, beside ``/healthz`` and ``/readyz``)."""
 
 from __future__ import annotations
 

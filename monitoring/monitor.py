@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from monitoring.drift import KINDS, DriftPolicy, DriftResult, Kind, KindResult, check_drift
-from monitoring.events import ColumnScore, DriftEvent, WindowInfo, dedup_key
+from streams.schemas import ColumnScore, DriftEvent, WindowInfo, dedup_key
 from monitoring.exceptions import DriftCheckError, ReferenceSampleError, ReportError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.policy import DriftState

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from monitoring.exceptions import MonitoringError
 from monitoring.monitor import CheckOutcome, Monitor
 from monitoring.reference import load_reference

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.text_stats import TEXT_STATS_COLUMNS
 from monitoring.exceptions import ReferenceSampleError
 from streams.schemas import Prediction

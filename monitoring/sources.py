@@ -16,7 +16,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from monitoring.exceptions import MonitoringError
 from streams.client import client_config
 from streams.schemas import InvalidRecord, ModelState, parse_model_state

@@ -26,7 +26,7 @@ resumes from the committed offsets with empty windows: the first check comes onc
 the alerts it left open are reopened from the tail of the drift topic (its own output), so they are neither opened
 twice nor left unresolved.
 
-``/healthz``, ``/readyz`` and ``/metrics`` are served on ``monitoring.metrics_port`` (``driftloop.health``): the loop
+``/healthz``, ``/readyz`` and ``/metrics`` are served on ``monitoring.metrics_port`` (``foundation.health``): the loop
 beats on every iteration; it is ready once it read the models topic and runs.
 """
 
@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 
-from driftloop.health import HealthServer
-from driftloop.settings import Settings
-from driftloop.shutdown import exit_after
+from foundation.health import HealthServer
+from foundation.settings import Settings
+from foundation.shutdown import exit_after
 from monitoring.alerts import AlertDispatcher, build_dispatcher
-from monitoring.events import DriftEvent
+from streams.schemas import DriftEvent
 from monitoring.exceptions import UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.exceptions import DeliveryError, KafkaClientError
 
 log = logging.getLogger(__name__)

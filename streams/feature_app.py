@@ -32,9 +32,9 @@ import time
 import faust
 import pandas as pd
 
-from driftloop.health import HealthServer
-from driftloop.settings import Settings
-from driftloop.shutdown import exit_after
+from foundation.health import HealthServer
+from foundation.settings import Settings
+from foundation.shutdown import exit_after
 from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store, push_stream_features
 from streams.client import client_config

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import KafkaProducer, Record
 from streams.synthetic import SyntheticStream
 

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 import numpy as np
 from confluent_kafka import Message
 
-from driftloop.health import HealthServer
-from driftloop.settings import Settings
+from foundation.health import HealthServer
+from foundation.settings import Settings
 from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store
 from streams.canary import route, serving_versions

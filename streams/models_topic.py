@@ -13,7 +13,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import client_config
 from streams.schemas import InvalidRecord, ModelState, parse_model_state
 from streams.skips import SkippedRecords

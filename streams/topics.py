@@ -7,7 +7,7 @@ import logging
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import client_config
 from streams.exceptions import KafkaClientError, TopicError
 

@@ -31,7 +31,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.exceptions import StreamsError
 
 log = logging.getLogger(__name__)

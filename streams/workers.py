@@ -10,9 +10,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from driftloop.health import HealthServer
-from driftloop.settings import Settings
-from driftloop.shutdown import exit_after
+from foundation.health import HealthServer
+from foundation.settings import Settings
+from foundation.shutdown import exit_after
 from driftloop.stack.triton import is_ready as triton_ready
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import features  # noqa: F401 - before any feast import: keeps prometheus_client in-process (see features/__init__)
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import triton as local_triton
-from driftloop.stack.repo import REPO_ROOT
+from foundation.paths import REPO_ROOT
 from tests.helpers import free_port
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from driftloop.lazy import lazy_exports
+from foundation.lazy import lazy_exports
 
 _EXPORTS = {
     "DataWindow": "training.dataset",

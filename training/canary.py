@@ -19,7 +19,7 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import client_config
 from streams.schemas import InvalidRecord, Prediction, parse_label, parse_prediction
 from streams.skips import SkippedRecords

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.schemas import Event, InvalidRecord, Label, parse_event, parse_label
 from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
-from driftloop.stack.repo import REPO_ROOT
+from foundation.paths import REPO_ROOT
 from streams.text_stats import TEXT_STATS_COLUMNS, text_stats
 from training.dataset import feature_matrix
 from training.encoders import TOKENIZER_FILES

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.text_stats import load_vocab
 from training.dataset import DataWindow, Dataset, bootstrap_dataset, label_ids, load_dataset, split_by_time
 from training.encoders import InitialModel, from_version, initial_model

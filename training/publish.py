@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from training.exceptions import PublishError, RegistryError, VersionRejected
 from training.export import read_metadata, write_metadata
 from training.registry import ModelState, announce, read_state

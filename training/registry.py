@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import KafkaProducer, Record
 from streams.exceptions import StreamsError
 from streams.schemas import InvalidRecord, parse_model_state

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from training.exceptions import PublishError
 from training.servable import runtime
 

@@ -33,8 +33,8 @@ from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Message
 
-from driftloop.settings import Settings
-from monitoring.events import DriftEvent
+from foundation.settings import Settings
+from streams.schemas import DriftEvent
 from streams.client import KafkaConsumer
 from streams.schemas import InvalidRecord, parse_drift_event
 from streams.skips import SkippedRecords

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import client_config
 from training.exceptions import TrainingError
 

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from driftloop.settings import TrainingSettings
+from foundation.settings import TrainingSettings
 from training.dataset import feature_matrix, label_ids
 from training.evaluation import evaluate
 from training.exceptions import TrainingError

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from driftloop.logs import configure_logging
-from driftloop.settings import Settings, load_settings
+from foundation.logs import configure_logging
+from foundation.settings import Settings, load_settings
 
 
 class CommandContext:

@@ -8,8 +8,8 @@ import signal
 import click
 
 from driftloop.commands.context import CommandContext, pass_ctx
-from driftloop.health import HealthServer
-from driftloop.shutdown import exit_after
+from foundation.health import HealthServer
+from foundation.shutdown import exit_after
 
 
 @click.command(name="retrain")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from driftloop.stack import kafka, triton
 from driftloop.stack.exceptions import ComponentNotFound, StackError
 from driftloop.stack.process import ServerProcess

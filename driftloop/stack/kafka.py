@@ -32,10 +32,10 @@ from confluent_kafka.admin import (
 )
 from pydantic import SecretStr
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from driftloop.stack.exceptions import ComponentNotFound, StackError
 from driftloop.stack.process import ServerProcess
-from driftloop.stack.repo import DEPLOY_DIR
+from foundation.paths import DEPLOY_DIR
 from streams.client import client_config
 from streams.topics import ensure_topics
 

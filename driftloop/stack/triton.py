@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from driftloop.stack.exceptions import ComponentNotFound
 from driftloop.stack.process import ServerProcess
 

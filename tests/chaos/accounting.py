@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams import KafkaConsumer, KafkaProducer
 from streams.client import client_config
 from streams.generator import synthetic_records

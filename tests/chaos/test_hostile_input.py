@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams import DeliveryError, KafkaConsumer, KafkaProducer, Record, ensure_topics
 from streams.schemas import DeadLetter, InvalidEvent, parse_event
 from streams.synthetic import SyntheticStream

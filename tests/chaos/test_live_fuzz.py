@@ -30,7 +30,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from driftloop.demo import DemoPlan, run_loop
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams.client import client_config
 from streams.schemas import InvalidEvent, parse_event
 from tests.chaos import fuzz_corpus

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from driftloop.stack.process import ServerProcess
 from features.store import online_features, open_store
 from streams import KafkaConsumer

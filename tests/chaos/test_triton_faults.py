@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from driftloop.stack import triton as local_triton
 from tests.chaos.accounting import Outputs, Producer, committed_total, read_events, settle, warm_up
 from tests.helpers import free_port

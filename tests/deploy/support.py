@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from driftloop.cli import main as driftloop_cli
-from driftloop.settings import Settings, load_settings
-from driftloop.stack.repo import REPO_ROOT
+from foundation.settings import Settings, load_settings
+from foundation.paths import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"

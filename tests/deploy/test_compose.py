@@ -18,8 +18,8 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-from driftloop.health import READINESS_PATH
-from driftloop.settings import load_settings
+from foundation.health import READINESS_PATH
+from foundation.settings import load_settings
 from tests.deploy.support import (
     DEPLOY,
     ROLE_COMMANDS,
@@ -257,7 +257,7 @@ def test_worker_settings_are_valid_and_point_at_the_compose_services(services, r
 def test_worker_healthchecks_ask_the_health_server_on_the_roles_port(services, role: str) -> None:
     test = services[role]["healthcheck"]["test"]
 
-    assert test[:4] == ["CMD", "python", "-m", "driftloop.health"]
+    assert test[:4] == ["CMD", "python", "-m", "foundation.health"]
     assert test[4] == f"http://127.0.0.1:{health_port(role)}{READINESS_PATH}"
 
 

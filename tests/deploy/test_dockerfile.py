@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.stack.repo import REPO_ROOT
+from foundation.paths import REPO_ROOT
 from tests.deploy.support import DEPLOY, ROLE_COMMANDS, check_settings_env, health_port
 
 pytestmark = pytest.mark.unit

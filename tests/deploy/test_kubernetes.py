@@ -19,8 +19,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from driftloop.health import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
-from driftloop.settings import Settings
+from foundation.health import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
+from foundation.settings import Settings
 from tests.deploy import keda
 from tests.deploy.kustomize import KUSTOMIZATION_FILE, load_yaml_documents, pod_spec, render
 from tests.deploy.support import K8S, K8S_VERSIONS, ROLE_COMMANDS, check_settings_env, health_port, resolve_command

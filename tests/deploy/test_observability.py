@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from driftloop.health import METRICS_PATH
-from driftloop.stack.repo import REPO_ROOT
+from foundation.health import METRICS_PATH
+from foundation.paths import REPO_ROOT
 from tests.deploy.kustomize import pod_spec, render
 from tests.deploy.support import DEPLOY, K8S, ROLE_COMMANDS, health_port, load_yaml
 

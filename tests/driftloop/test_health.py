@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from driftloop.health import HealthServer, main, probe
+from foundation.health import HealthServer, main, probe
 
 pytestmark = pytest.mark.unit
 

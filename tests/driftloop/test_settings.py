@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 
 pytestmark = pytest.mark.unit
 

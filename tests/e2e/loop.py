@@ -12,8 +12,8 @@ import tomllib
 
 import pytest
 
-from driftloop.settings import load_settings
-from driftloop.stack.repo import DEPLOY_DIR
+from foundation.settings import load_settings
+from foundation.paths import DEPLOY_DIR
 from features.store import apply_repo
 from streams import ensure_topics
 from tests.helpers import free_port

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from driftloop.stack.process import ServerProcess
 from features import apply_repo
 from tests.helpers import free_port

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from features import FeatureStoreConfigError, definitions, repo_config
 from features.offline_store import STORE_TYPE, resolve_source
 from features.store import online_store_config

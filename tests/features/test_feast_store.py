@@ -263,7 +263,7 @@ APPEND_FOREVER = """
 import itertools, os, time
 from datetime import UTC, datetime
 import pandas as pd
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from features import open_store, push_stream_features
 settings = Settings.model_validate_json(os.environ["SETTINGS_JSON"])
 store = open_store(settings)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from monitoring import DriftEvent, MonitorWorker
 from streams import KafkaConsumer, KafkaProducer, Record
 from streams.schemas import InvalidRecord, Label, Prediction

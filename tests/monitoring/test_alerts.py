@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from driftloop.settings import MonitoringSettings
+from foundation.settings import MonitoringSettings
 from monitoring import (
     AlertDispatcher,
     AlertmanagerReceiver,
@@ -26,7 +26,7 @@ from monitoring import (
     build_receivers,
 )
 from monitoring.alerts import HttpResponse, deliver
-from monitoring.events import ColumnScore, WindowInfo
+from streams.schemas import ColumnScore, WindowInfo
 
 ROUTING_KEY = "R0UT1NGKEY-secret-0123456789abcdef"
 SLACK_PATH = "/services/T000/B000/XXXXsecretXXXX"

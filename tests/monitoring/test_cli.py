@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from driftloop.commands.context import CommandContext
 from driftloop.commands.monitor import drift_group, monitor_command
-from driftloop.stack.repo import REPO_ROOT
+from foundation.paths import REPO_ROOT
 from streams import ensure_topics
 from tests.helpers import free_port
 from tests.monitoring.kafka_helpers import produce_champion, produce_predictions

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from driftloop.health import HealthServer
+from foundation.health import HealthServer
 from monitoring import DriftPolicy, MonitorMetrics, check_drift
 from monitoring.window import SlidingWindow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from monitoring import DriftEvent, Monitor
 from streams.schemas import Label
 

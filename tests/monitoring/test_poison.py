@@ -16,7 +16,7 @@ from confluent_kafka import Message
 
 from driftloop.commands.streams import pretty_line, raw_json_line
 from driftloop.demo import TopicView
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from monitoring import Monitor, MonitorMetrics, MonitorWorker
 from monitoring.reference import ReferenceSample, load_reference
 from monitoring.sources import followed_state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftloop.settings import MonitoringSettings
+from foundation.settings import MonitoringSettings
 from monitoring import DriftPolicy, DriftState
 
 pytestmark = pytest.mark.unit

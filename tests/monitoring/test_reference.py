@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from monitoring import ReferenceSampleError, load_reference, reference_path, reference_row
 
 pytestmark = pytest.mark.unit

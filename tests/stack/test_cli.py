@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from driftloop.cli import main
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from driftloop.stack import kafka as local_kafka
 from tests.helpers import free_port
 

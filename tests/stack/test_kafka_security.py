@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from driftloop.cli import main
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack.exceptions import StackError
 from streams import KafkaClientError, KafkaConsumer, KafkaProducer, Record, client_config, ensure_topics, redacted

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as httpclient
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from features.store import apply_repo
 from streams import KafkaConsumer, KafkaProducer, ensure_topics
 from streams.client import client_config

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from streams.triton_client import (
     TritonClassifier,
     TritonRequestError,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 import tritonclient.http as httpclient
 
-from driftloop.settings import Settings
+from foundation.settings import Settings
 from streams import KafkaProducer
 from streams.generator import produce, synthetic_records
 from streams.client import Record

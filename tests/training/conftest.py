@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from driftloop.settings import Settings, load_settings
+from foundation.settings import Settings, load_settings
 from training.dataset import bootstrap_dataset, split_by_time
 from training.pipeline import BuiltVersion, build_version
 

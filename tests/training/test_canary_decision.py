@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitoring.events import DriftEvent
+from streams.schemas import DriftEvent
 from training.canary import Tally, decide
 from training.retrain import RunPlanner, triggers
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from features import apply_repo, definitions, push_stream_features
 from features.store import source_schema
 from streams import KafkaProducer, Record, ensure_topics

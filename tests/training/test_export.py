@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from training.dataset import bootstrap_dataset, split_by_time
 from training.encoders import initial_model, minilm_dir
 from training.exceptions import ExportError, TrainingError

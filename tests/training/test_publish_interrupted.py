@@ -33,7 +33,7 @@ CHILD = """
 import sys, threading
 from pathlib import Path
 import training.publish as publish
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 
 publish.announce = lambda *args, **kwargs: threading.Event().wait()
 publish.publish_version(load_settings(), Path(sys.argv[1]), reason="built for drift-9")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import training
-from driftloop.settings import load_settings
+from foundation.settings import load_settings
 from training.evaluation import evaluate
 from training.exceptions import PublishError
 from training.repository import STAGING_PREFIX, ModelRepository, _host, render_config, served_versions

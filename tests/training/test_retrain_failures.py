@@ -21,8 +21,8 @@ from confluent_kafka import Message
 
 from driftloop.commands.context import CommandContext
 from driftloop.commands.models import models_group
-from driftloop.settings import load_settings
-from monitoring.events import DriftEvent
+from foundation.settings import load_settings
+from streams.schemas import DriftEvent
 from streams import KafkaProducer, Record, ensure_topics
 from streams.skips import SkippedRecords
 from tests.monitoring.kafka_helpers import wait_until

@@ -26,7 +26,7 @@ A check is a callable taking no arguments. It passes when it returns ``None`` or
 returns a falsy value other than ``None`` or raises; a returned string is reported as its detail. Checks run on
 the server's request thread, so keep them cheap (report cached state, or probe with a short timeout).
 
-For healthchecks in containers that have no curl: ``python -m driftloop.health http://127.0.0.1:9400/readyz``
+For healthchecks in containers that have no curl: ``python -m foundation.health http://127.0.0.1:9400/readyz``
 exits 0 when the endpoint answers 2xx and 1 otherwise.
 """
 
@@ -282,10 +282,10 @@ def probe(url: str, timeout_s: float = 3.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m driftloop.health URL [TIMEOUT_S]``: exit 0 when the URL answers 2xx, else 1."""
+    """``python -m foundation.health URL [TIMEOUT_S]``: exit 0 when the URL answers 2xx, else 1."""
     args = sys.argv[1:] if argv is None else argv
     if not 1 <= len(args) <= 2:
-        print("usage: python -m driftloop.health URL [TIMEOUT_S]", file=sys.stderr)
+        print("usage: python -m foundation.health URL [TIMEOUT_S]", file=sys.stderr)
         return 2
     return 0 if probe(args[0], float(args[1]) if len(args) == 2 else 3.0) else 1
 

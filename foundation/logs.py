@@ -8,7 +8,7 @@ import sys
 import warnings
 from datetime import UTC, datetime
 
-from driftloop.settings import LogSettings
+from foundation.settings import LogSettings
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and belongs in the JSON object.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
