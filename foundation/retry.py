@@ -1,0 +1,99 @@
+"""The one retry policy: exponential backoff with jitter, built on tenacity.
+
+Every loop that waits out a transient failure (a broker electing a leader, a store or server that is down, a webhook
+answering 5xx) uses :func:`policy` (plain code) or :func:`async_policy` (coroutines), so backoff, jitter, limits and
+the log line are the same everywhere. Usage::
+
+    for attempt in policy(retry_on=KafkaException, deadline_s=10, what="list offsets"):
+        with attempt:
+            low, high = consumer.get_watermark_offsets(partition)
+
+    value = policy(retry_on=is_transient, attempts=4)(send, body)
+
+When the retries are spent, the last exception is raised as itself (``reraise``), never wrapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tenacity
+
+log = logging.getLogger(__name__)
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def _arguments(
+    retry_on: RetryOn,
+    attempts: int | None,
+    deadline_s: float | None,
+    initial_s: float,
+    max_s: float,
+    what: str,
+    stop_when: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    if isinstance(retry_on, type | tuple):
+        retry = tenacity.retry_if_exception_type(retry_on)
+    else:
+        retry = tenacity.retry_if_exception(retry_on)
+    stops = []
+    if attempts is not None:
+        stops.append(tenacity.stop_after_attempt(attempts))
+    if deadline_s is not None:
+        stops.append(tenacity.stop_after_delay(deadline_s))
+    if stop_when is not None:
+        stops.append(lambda _state: stop_when())
+    stop = tenacity.stop_any(*stops) if stops else tenacity.stop_never
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.log(
+            logging.WARNING if state.attempt_number >= 3 else logging.DEBUG,
+            "%s failed (attempt %d), retrying in %.2fs: %s",
+            what, state.attempt_number, state.upcoming_sleep, error,
+        )  # fmt: skip
+
+    return {
+        "retry": retry,
+        "stop": stop,
+        "wait": tenacity.wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s),
+        "reraise": True,
+        "before_sleep": before_sleep,
+    }
+
+
+def policy(
+    *,
+    retry_on: RetryOn,
+    attempts: int | None = None,
+    deadline_s: float | None = None,
+    initial_s: float = 0.2,
+    max_s: float = 10.0,
+    what: str = "call",
+    stop_when: Callable[[], bool] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tenacity.Retrying:
+    """A retrying context for plain code: retry what ``retry_on`` matches (exception types or a predicate), waiting
+    ``initial_s * 2**n`` plus jitter (at most ``max_s``), until ``attempts`` tries, ``deadline_s`` seconds or
+    ``stop_when()`` is true (no limit given: retry forever). ``sleep`` is replaceable for tests."""
+    return tenacity.Retrying(
+        sleep=sleep, **_arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when)
+    )
+
+
+def async_policy(
+    *,
+    retry_on: RetryOn,
+    attempts: int | None = None,
+    deadline_s: float | None = None,
+    initial_s: float = 0.2,
+    max_s: float = 10.0,
+    what: str = "call",
+    stop_when: Callable[[], bool] | None = None,
+) -> tenacity.AsyncRetrying:
+    """:func:`policy` for coroutines: ``async for attempt in async_policy(...): with attempt: await ...``."""
+    return tenacity.AsyncRetrying(**_arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when))
