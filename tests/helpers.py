@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -23,3 +28,17 @@ def worker_env(folder: Path) -> dict[str, str]:
         "DRIFTLOOP_WORKERS__FAUST_DATA_DIR": str(folder / "faust"),
         "DRIFTLOOP_WORKERS__FEATURE_PUSH_INTERVAL_S": "0.2",
     }
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 60.0, what: str = "condition", poll_s: float = 0.1) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail the test after ``timeout_s``.
+
+    The one way a test waits: on a condition, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s:.0f}s")
+        time.sleep(poll_s)

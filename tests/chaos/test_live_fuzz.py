@@ -37,7 +37,7 @@ from tests.chaos import fuzz_corpus
 from tests.chaos.accounting import FOREIGN_HEADER, Outputs, account, read_events
 from tests.chaos.fuzz_corpus import Hostile
 from tests.e2e.loop import loop_settings  # noqa: F401 - fixture
-from tests.monitoring.kafka_helpers import wait_until
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

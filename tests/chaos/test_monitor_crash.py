@@ -22,7 +22,8 @@ import pytest
 from monitoring.synthetic import WordModel, version_metadata, write_version_metadata
 from streams import ensure_topics
 from streams.synthetic import SyntheticStream
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, wait_until
+from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions
+from tests.helpers import wait_until
 from tests.streams.support import group_caught_up
 
 pytestmark = pytest.mark.chaos

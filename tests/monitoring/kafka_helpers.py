@@ -68,14 +68,6 @@ def running(worker: MonitorWorker, ready_timeout_s: float = 60.0) -> Iterator[Mo
         raise errors[0]
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout_s}s")
-        time.sleep(0.1)
-
-
 class DriftTopic:
     """Reads the drift topic as a consumer group of its own; records that break the contract are kept aside."""
 

@@ -19,7 +19,8 @@ from monitoring import MonitorWorker
 from monitoring.sources import read_tail
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import DeadLetter
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, running, wait_until
+from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, running
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 

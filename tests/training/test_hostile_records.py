@@ -14,7 +14,7 @@ import pytest
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import Event, Label, ModelRef, Prediction, Timings
 from streams.skips import SkippedRecords
-from tests.monitoring.kafka_helpers import wait_until
+from tests.helpers import wait_until
 from training.canary import CanaryWatch
 from training.dataset import DataWindow, read_labelled_events
 

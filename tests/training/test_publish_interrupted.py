@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from streams import ensure_topics
-from tests.monitoring.kafka_helpers import wait_until
+from tests.helpers import wait_until
 from training.publish import TritonControl, promote, publish_version, recover_publish
 from training.registry import read_state
 from training.repository import STAGING_PREFIX, ModelRepository, _host

@@ -25,7 +25,7 @@ from foundation.settings import load_settings
 from streams.schemas import DriftEvent
 from streams import KafkaProducer, Record, ensure_topics
 from streams.skips import SkippedRecords
-from tests.monitoring.kafka_helpers import wait_until
+from tests.helpers import wait_until
 from tests.streams.support import group_caught_up
 from training.evaluation import HoldoutGateRejected, Metrics
 from training.repository import ModelRepository
