@@ -1,7 +1,7 @@
 """Feast online store unavailable: the sqlite online store is locked (an exclusive transaction held by another
 process) while events flow to an inference worker.
 
-The documented behaviour (README, "Benchmarks and the fault suite"): the lookup fails after sqlite's busy timeout,
+The documented behaviour (docs/fault-suite.md): the lookup fails after sqlite's busy timeout,
 the worker holds the batch uncommitted and retries with backoff for as long as the store is locked; it never
 predicts with missing or made-up features and never dead-letters a valid event. Once the lock is released every
 valid event gets exactly one prediction, carrying the features that were pushed for its entity.

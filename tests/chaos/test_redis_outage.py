@@ -2,7 +2,7 @@
 on the same port and data folder (append-only file on, so what was written before survives, as a production Redis
 with persistence does).
 
-The documented behaviour (README, "Outages are waited out"): the feature worker holds the batch it could not push,
+The documented behaviour (docs/fault-suite.md, "Outages are waited out"): the feature worker holds the batch it could not push,
 unacknowledged, retries with backoff for as long as Redis is down, and commits nothing it has not written. Afterwards
 every entity's online features equal a recomputation from the events topic (``streams.windows.add_event`` over the
 entity's events in topic order, the newest event's features being the ones served, as Redis keeps the newest row),
