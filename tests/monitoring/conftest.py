@@ -15,6 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -152,14 +153,29 @@ def _alertmanager_binary() -> str:
     return binary
 
 
+@contextmanager
+def running_alertmanager(folder: Path, config: str) -> Iterator[str]:
+    """Run a real Alertmanager with ``config`` (YAML text) on a free port; yields its URL."""
+    binary = _alertmanager_binary()
+    config_file = folder / "alertmanager.yml"
+    config_file.write_text(config)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess("alertmanager", folder)
+    server.start([binary, f"--config.file={config_file}", f"--storage.path={folder / 'data'}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"])  # fmt: skip
+    try:
+        server.wait_ready(lambda: _answers(f"{url}/-/ready"), 30, f"{url}/-/ready")
+        yield url
+    finally:
+        server.stop(timeout_s=10)
+
+
 @pytest.fixture(scope="session")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertmanagerServer]:
     """A real Alertmanager for the session (its systemd service is not used)."""
-    binary = _alertmanager_binary()
     recorder, recorder_server = _start_recorder()
-    folder = tmp_path_factory.mktemp("alertmanager")
-    config = folder / "alertmanager.yml"
-    config.write_text(
+    config = (
         "route:\n"
         "  receiver: recorder\n"
         "  group_by: [alertname, model, kind]\n"
@@ -172,16 +188,10 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
         f"      - url: {recorder.url}/alertmanager\n"
         "        send_resolved: true\n"
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = ServerProcess("alertmanager", folder)
-    server.start([binary, f"--config.file={config}", f"--storage.path={folder / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"])  # fmt: skip
     try:
-        server.wait_ready(lambda: _answers(f"{url}/-/ready"), 30, f"{url}/-/ready")
-        yield AlertmanagerServer(url, recorder)
+        with running_alertmanager(tmp_path_factory.mktemp("alertmanager"), config) as url:
+            yield AlertmanagerServer(url, recorder)
     finally:
-        server.stop(timeout_s=10)
         recorder_server.shutdown()
         recorder_server.server_close()
 
