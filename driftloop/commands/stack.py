@@ -90,3 +90,19 @@ def logs(ctx: CommandContext, component: str, lines: int, follow: bool) -> None:
                 click.echo(line, nl=False)
             else:
                 time.sleep(0.3)
+
+
+@stack_group.command("lock-kafka")
+@pass_ctx
+def lock_kafka(ctx: CommandContext) -> None:
+    """Pin the broker's jars (after changing the Kafka version or its POM): needs Maven, once, on one machine."""
+    from driftloop.stack import kafka, kafka_jars
+
+    version = ctx.settings.stack.kafka_version
+    out = kafka_jars.lock_path(kafka.KAFKA_DEPLOY, version)
+    work_dir = ctx.settings.stack.cache_dir / f"kafka-{version}-lock"
+    try:
+        count = kafka_jars.write_lock(kafka.KAFKA_DEPLOY / "pom.xml", version, out, work_dir)
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{out}: {count} jars")

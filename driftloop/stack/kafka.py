@@ -32,10 +32,11 @@ from confluent_kafka.admin import (
 )
 from pydantic import SecretStr
 
-from foundation.settings import Settings
+from driftloop.stack import kafka_jars, toolchain
 from driftloop.stack.exceptions import ComponentNotFound, StackError
 from driftloop.stack.process import ServerProcess
 from foundation.paths import DEPLOY_DIR
+from foundation.settings import Settings
 from streams.client import client_config
 from streams.topics import ensure_topics
 
@@ -72,39 +73,52 @@ def classpath(settings: Settings) -> str:
 
 
 def resolve_jars(settings: Settings) -> Path:
-    """Resolve the broker jars once into ``<cache_dir>/kafka-<version>/libs``; later calls reuse the folder."""
-    libs = settings.stack.cache_dir / f"kafka-{settings.stack.kafka_version}" / "libs"
+    """Fetch the broker jars once into ``<cache_dir>/kafka-<version>/libs``; later calls reuse the folder.
+
+    The version's lock file (``deploy/local/kafka/jars-<version>.lock``) pins every jar and its hash: they are
+    downloaded from Maven Central, no Maven needed. A version without a lock is resolved with ``mvn`` from the POM.
+
+    Raises:
+        ComponentNotFound: no lock for the version and no Maven.
+        StackError: a download, a hash or Maven failed.
+    """
+    version = settings.stack.kafka_version
+    libs = settings.stack.cache_dir / f"kafka-{version}" / "libs"
     if (libs / _COMPLETE).exists():
         return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ComponentNotFound("Maven (`mvn`) is needed once to fetch the Kafka broker jars: apt-get install maven")
     staging = libs.with_name("libs.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    argv = [
-        mvn, "-B", "-q", "-f", str(KAFKA_DEPLOY / "pom.xml"),
-        f"-Dkafka.version={settings.stack.kafka_version}",
-        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
-    ]  # fmt: skip
-    log.info("resolving Kafka %s broker jars with Maven (once)", settings.stack.kafka_version)
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
-    if done.returncode != 0 or not any(staging.glob("kafka_*.jar")):
-        raise StackError(f"Maven could not resolve the Kafka broker jars:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    lock = kafka_jars.lock_path(KAFKA_DEPLOY, version)
+    if lock.exists():
+        kafka_jars.fetch(kafka_jars.read_lock(lock), staging)
+    else:
+        _resolve_with_maven(version, staging)
     (staging / _COMPLETE).touch()
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     return libs
 
 
+def _resolve_with_maven(version: str, staging: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ComponentNotFound(
+            f"Kafka {version} has no lock file in {KAFKA_DEPLOY}: Maven (`mvn`) is needed once to fetch its jars "
+            "(apt-get install maven), or `driftloop stack lock-kafka` on a machine that has it"
+        )
+    argv = [
+        mvn, "-B", "-q", "-f", str(KAFKA_DEPLOY / "pom.xml"), f"-Dkafka.version={version}",
+        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+    ]  # fmt: skip
+    log.info("resolving Kafka %s broker jars with Maven (once)", version)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0 or not any(staging.glob("kafka_*.jar")):
+        raise StackError(f"Maven could not resolve the Kafka broker jars:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
 def java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    candidate = Path(home) / "bin" / "java" if home else None
-    if candidate and candidate.exists():
-        return str(candidate)
-    found = shutil.which("java")
-    if found is None:
-        raise ComponentNotFound("Java 17+ is needed for the Kafka broker: apt-get install openjdk-17-jre-headless")
-    return found
+    """The broker's Java (see :func:`driftloop.stack.toolchain.java`)."""
+    return toolchain.java()
 
 
 def write_config(settings: Settings) -> Path:
