@@ -106,3 +106,21 @@ def lock_kafka(ctx: CommandContext) -> None:
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{out}: {count} jars")
+
+
+@stack_group.command("acls")
+@click.option("--apply", "apply_", is_flag=True, help="Create them through the configured (admin) Kafka client.")
+@pass_ctx
+def acls(ctx: CommandContext, apply_: bool) -> None:
+    """The Kafka ACLs of each role's identity, for the configured topics and groups (print, or --apply)."""
+    from confluent_kafka.admin import AdminClient
+
+    from driftloop.stack import kafka, kafka_roles
+    from streams.client import client_config
+
+    grants = kafka_roles.all_grants(ctx.settings)
+    for grant in grants:
+        click.echo(grant.line())
+    if apply_:
+        kafka.apply_acls(AdminClient(client_config(ctx.settings)), grants)
+        click.echo(f"applied {len(grants)} ACLs to {ctx.settings.kafka_bootstrap}")

@@ -32,7 +32,7 @@ from confluent_kafka.admin import (
 )
 from pydantic import SecretStr
 
-from driftloop.stack import kafka_jars, toolchain
+from driftloop.stack import kafka_jars, kafka_roles, toolchain
 from driftloop.stack.exceptions import ComponentNotFound, StackError
 from driftloop.stack.process import ServerProcess
 from foundation.paths import DEPLOY_DIR
@@ -135,7 +135,7 @@ def write_config(settings: Settings) -> Path:
         keystore = ensure_certificates(settings)
         sasl_listener = f",SASL_SSL://{stack.host}:{stack.kafka_sasl_port}"
         sasl_config = (KAFKA_DEPLOY / "sasl_ssl.properties").read_text().format(
-            mechanisms=",".join(SCRAM_MECHANISMS), keystore=keystore.resolve()
+            mechanisms=",".join(SCRAM_MECHANISMS), keystore=keystore.resolve(), admin_user=stack.kafka_sasl_username
         )
     properties = (KAFKA_DEPLOY / "server.properties").read_text().format(
         host=stack.host, port=stack.kafka_port, controller_port=stack.kafka_controller_port, data_dir=data_dir,
@@ -280,15 +280,36 @@ def _scram_arguments(settings: Settings) -> list[str]:
 
 
 def upsert_scram_user(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create or update the stack's SCRAM user through the PLAINTEXT listener (storage formatted before the
-    SASL_SSL listener was turned on, or a changed password)."""
-    password = sasl_password(settings).encode()
+    """Create or update the stack's SCRAM users through the PLAINTEXT listener: its own, and one per role with that
+    role's ACLs (storage formatted before the SASL_SSL listener was turned on, or a changed password)."""
+    password = sasl_password(settings)
     admin = AdminClient(client_config(settings, {"log_level": 0}))
-    for _, mechanism in SCRAM_MECHANISMS.values():  # one request per mechanism: the broker refuses a user twice
-        info = ScramCredentialInfo(mechanism, SCRAM_ITERATIONS)
-        upsert = UserScramCredentialUpsertion(settings.stack.kafka_sasl_username, info, password)
-        for future in admin.alter_user_scram_credentials([upsert], request_timeout=timeout_s).values():
-            future.result()
+    users = {settings.stack.kafka_sasl_username: password}
+    users |= {kafka_roles.username(settings, role): kafka_roles.role_password(password, role)
+              for role in kafka_roles.ROLES}  # fmt: skip
+    for user, secret in users.items():
+        for _, mechanism in SCRAM_MECHANISMS.values():  # one request per mechanism: the broker refuses a user twice
+            info = ScramCredentialInfo(mechanism, SCRAM_ITERATIONS)
+            upsert = UserScramCredentialUpsertion(user, info, secret.encode())
+            for future in admin.alter_user_scram_credentials([upsert], request_timeout=timeout_s).values():
+                future.result()
+    apply_acls(admin, kafka_roles.all_grants(settings), timeout_s)
+
+
+def apply_acls(admin: AdminClient, grants: list[kafka_roles.Grant], timeout_s: float = 30.0) -> None:
+    """Create ``grants`` (creating an ACL that exists is a no-op)."""
+    for future in admin.create_acls([grant.binding() for grant in grants], request_timeout=timeout_s).values():
+        future.result()
+
+
+def role_client_settings(settings: Settings, role: str, mechanism: str = "SCRAM-SHA-512") -> Settings:
+    """``settings`` with its Kafka clients on the stack's SASL_SSL listener as ``role``'s own user."""
+    client = sasl_client_settings(settings, mechanism)
+    kafka = client.kafka.model_copy(update={
+        "sasl_username": kafka_roles.username(settings, role),
+        "sasl_password": SecretStr(kafka_roles.role_password(sasl_password(settings), role)),
+    })  # fmt: skip
+    return client.model_copy(update={"kafka": kafka})
 
 
 def _java_argv(settings: Settings, main_class: str, *args: str) -> list[str]:

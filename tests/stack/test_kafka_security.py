@@ -22,16 +22,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from driftloop.cli import main
 from foundation.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
+from driftloop.stack import kafka_roles
 from driftloop.stack.exceptions import StackError
 from streams import KafkaClientError, KafkaConsumer, KafkaProducer, Record, client_config, ensure_topics, redacted
 from streams.schemas import Event
-from tests.helpers import free_port, worker_env
+from tests.helpers import free_port, wait_until, worker_env
 
 PASSWORD = f"pw-{secrets.token_urlsafe(18)}"  # random per run: searchable in every output
 
@@ -426,3 +428,78 @@ def test_sasl_password_comes_from_env_or_file_and_is_required(tmp_path, monkeypa
     settings = load_settings()
     assert local_kafka.sasl_password(settings) == "from-env"
     assert "from-env" not in repr(settings) and "from-env" not in settings.model_dump_json()
+
+
+# -- least privilege: one identity per role ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def role_client(sasl_stack: Settings) -> Callable[[str], Settings]:
+    """Settings for one role's own SCRAM user on fresh topics, with that role's ACLs granted for them."""
+    prefix = f"r{uuid.uuid4().hex[:6]}-"
+    admin_settings = sasl_stack.model_copy(
+        update={"kafka": sasl_stack.kafka.model_copy(update={"topic_prefix": prefix})}
+    )
+    ensure_topics(admin_settings)
+    local_kafka.apply_acls(AdminClient(client_config(admin_settings)), kafka_roles.all_grants(admin_settings))
+
+    def make(role: str) -> Settings:
+        client = local_kafka.role_client_settings(admin_settings, role)
+        return client.model_copy(update={"kafka": client.kafka.model_copy(update={"topic_prefix": prefix})})
+
+    return make
+
+
+def _produce(settings: Settings, topic: str) -> KafkaError | None:
+    """Produce one record as ``settings``' user; the delivery error, or None when the broker took it."""
+    errors: list[KafkaError | None] = []
+    producer = Producer(client_config(settings, {"error_cb": lambda _err: None, "message.timeout.ms": 15000}))
+    producer.produce(settings.kafka.topic(topic), b"{}", key=b"k", on_delivery=lambda err, _msg: errors.append(err))
+    producer.flush(30)
+    assert errors, "no delivery report within 30 s"
+    return errors[0]
+
+
+def _consume_one(settings: Settings, topic: str, group: str) -> Message:
+    consumer = Consumer(client_config(settings, {
+        "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False, "error_cb": lambda _e: None,
+    }))  # fmt: skip
+    consumer.subscribe([settings.kafka.topic(topic)])
+    try:
+        return wait_until(lambda: consumer.poll(0.5), timeout_s=30, what=f"a record or an error from {topic}")
+    finally:
+        consumer.close()
+
+
+@pytest.mark.integration
+def test_each_role_does_its_job_with_its_own_identity(role_client):
+    producer, inference, monitor, retrain = (role_client(r) for r in ("producer", "inference", "monitor", "retrain"))
+    assert _produce(producer, "events-v1") is None
+    assert _produce(producer, "labels-v1") is None
+    event = _consume_one(inference, "events-v1", inference.workers.inference_group)
+    assert event.error() is None, event.error()
+    assert _produce(inference, "predictions-v1") is None
+    assert _produce(inference, "dlq-v1") is None
+    prediction = _consume_one(monitor, "predictions-v1", monitor.monitoring.group_id)
+    assert prediction.error() is None, prediction.error()
+    assert _produce(monitor, "drift-v1") is None
+    drift = _consume_one(retrain, "drift-v1", retrain.retrain.group_id)
+    assert drift.error() is None, drift.error()
+    assert _produce(retrain, "models-v1") is None
+
+
+@pytest.mark.integration
+def test_a_role_cannot_write_or_read_what_it_does_not_own(role_client):
+    inference, producer, monitor = role_client("inference"), role_client("producer"), role_client("monitor")
+    # Only the retraining consumer announces model versions.
+    denied = _produce(inference, "models-v1")
+    assert denied is not None and denied.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, denied
+    # Producers cannot forge drift events (which trigger retraining) nor read the predictions.
+    denied = _produce(producer, "drift-v1")
+    assert denied is not None and denied.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, denied
+    refused = _consume_one(producer, "predictions-v1", "some-group")
+    assert refused.error() is not None
+    assert refused.error().code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED)
+    # The monitor writes drift events, not labels.
+    denied = _produce(monitor, "labels-v1")
+    assert denied is not None and denied.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, denied
