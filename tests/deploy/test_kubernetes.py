@@ -2,8 +2,8 @@
 
 Every manifest file and every rendered overlay is checked against the Kubernetes schemas of the pinned versions
 (kubernetes-validate, strict: unknown fields fail); KEDA's resources against tests/deploy/keda.py. Overlays are
-rendered by tests/deploy/kustomize.py (the kustomize binary is not on these machines), which implements the
-subset the manifests use and refuses any other field. Then the contracts: the workers run real ``driftloop``
+rendered by the real kustomize (tests/deploy/kustomize.py), and every patch must change what an overlay renders
+(kustomize itself skips a patch whose target selects nothing). Then the contracts: the workers run real ``driftloop``
 commands, probe real health endpoints, request resources; Triton asks for a GPU; KEDA scales the inference workers
 on their lag up to the events topic's partition count; SASL/TLS secrets are wired the same way for the workers and
 KEDA.
@@ -22,7 +22,7 @@ import pytest
 from foundation.health import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 from foundation.settings import Settings
 from tests.deploy import keda
-from tests.deploy.kustomize import KUSTOMIZATION_FILE, load_yaml_documents, pod_spec, render
+from tests.deploy.kustomize import KUSTOMIZATION_FILE, dead_patches, load_yaml_documents, pod_spec, render
 from tests.deploy.support import K8S, K8S_VERSIONS, ROLE_COMMANDS, check_settings_env, health_port, resolve_command
 
 pytestmark = pytest.mark.unit
@@ -114,6 +114,10 @@ def test_overlays_put_everything_in_their_namespace(overlay: str) -> None:
     assert len(namespaces) == 1
     namespace = namespaces[0]["metadata"]["name"]
     assert all(r["metadata"].get("namespace") == namespace for r in resources if r["kind"] != "Namespace")
+
+
+def test_every_patch_changes_what_an_overlay_renders() -> None:
+    assert dead_patches(K8S, list(OVERLAYS)) == []
 
 
 def test_every_manifest_file_is_used_by_a_kustomization() -> None:

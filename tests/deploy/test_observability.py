@@ -1,8 +1,9 @@
 """Prometheus scrape configuration and rules, Alertmanager configuration, the Grafana dashboard and provisioning.
 
 Every metric the dashboard and the rules query exists: driftloop's own are read from the code's registries,
-Triton's and the Kafka exporter's are the documented names. With ``promtool`` / ``amtool`` on PATH (Debian's
-``prometheus`` / ``prometheus-alertmanager``), the files and every dashboard query are also checked by them.
+Triton's and the Kafka exporter's are the documented names. ``promtool`` and ``amtool`` (Debian's ``prometheus`` /
+``prometheus-alertmanager``) check the files and every dashboard query; ``promtool test rules`` runs the alert
+rules' unit tests (tests/deploy/rules/*.test.yml).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import yaml
 from foundation.health import METRICS_PATH
 from foundation.paths import REPO_ROOT
 from tests.deploy.kustomize import pod_spec, render
-from tests.deploy.support import DEPLOY, K8S, ROLE_COMMANDS, health_port, load_yaml
+from tests.deploy.support import DEPLOY, K8S, ROLE_COMMANDS, health_port, load_yaml, require_tool
 
 pytestmark = pytest.mark.unit
 
@@ -232,15 +232,11 @@ def test_metric_name_extraction() -> None:
     assert metric_names(expression) == {"nv_inference_queue_duration_us", "nv_inference_request_success", "up"}
 
 
-# The real tools, where installed.
+# The real tools (a missing one fails the test with its install command).
 
 
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which(tool)
-    if binary is None:
-        package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}[tool]
-        pytest.skip(f"{tool} is not on PATH (Debian's package {package})")
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([require_tool(tool), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_promtool_accepts_the_compose_configuration_and_the_rules(tmp_path: Path) -> None:
