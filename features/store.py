@@ -21,10 +21,11 @@ from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
 from feast.type_map import feast_value_type_to_pa
 
-from foundation.settings import Settings
 from features import definitions
 from features.exceptions import FeatureRowsInvalid, FeatureStoreConfigError, FeatureStoreNotReady
 from features.offline_store import STORE_TYPE as OFFLINE_STORE_TYPE
+from foundation.retry import policy
+from foundation.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ ENTITY_KEY = definitions.entity.join_key
 TIMESTAMP = definitions.entity_stream_stats_source.timestamp_field
 
 _ROW_ORDER = "__driftloop_row"
-HISTORICAL_READ_ATTEMPTS = 5  # 0.2 + 0.4 + 0.8 + 1.6 s apart
+HISTORICAL_READ_ATTEMPTS = 5  # about 0.2 + 0.4 + 0.8 + 1.6 s apart (foundation.retry's backoff)
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -254,19 +255,17 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Data
 
     _check_columns("entity_df", entity_df, required=[ENTITY_KEY, TIMESTAMP], allow_extra=True)
     ordered = entity_df.reset_index(drop=True).assign(**{_ROW_ORDER: range(len(entity_df))})
-    for attempt in range(1, HISTORICAL_READ_ATTEMPTS + 1):
-        try:
-            joined = store.get_historical_features(entity_df=ordered, features=definitions.inference_v1).to_df()
-            break
-        except duckdb.Error as exc:
-            # The feature worker replaces a parquet file (atomic rename) while DuckDB reads it, and DuckDB opens the
-            # path again between footer and row groups: "TProtocolException: Invalid data" or "Could not read enough
-            # bytes" (seen in the retrain-crash scenario). A new read sees one whole file.
-            if attempt == HISTORICAL_READ_ATTEMPTS:
-                raise
-            logger.warning("offline store read failed (attempt %d), reading again: %s", attempt, exc)
-            time.sleep(0.2 * 2 ** (attempt - 1))
+    # The feature worker replaces a parquet file (atomic rename) while DuckDB reads it, and DuckDB opens the path again
+    # between footer and row groups: "TProtocolException: Invalid data" or "Could not read enough bytes" (seen in the
+    # retrain-crash scenario). A new read sees one whole file.
+    reads = policy(retry_on=duckdb.Error, attempts=HISTORICAL_READ_ATTEMPTS, initial_s=0.2, what="offline store read",
+                   on_retry=_read_again)  # fmt: skip
+    joined = reads(lambda: store.get_historical_features(entity_df=ordered, features=definitions.inference_v1).to_df())
     return joined.sort_values(_ROW_ORDER).drop(columns=_ROW_ORDER).reset_index(drop=True)
+
+
+def _read_again(attempt: int, delay_s: float, error: BaseException) -> None:
+    logger.warning("offline store read failed (attempt %d), reading again in %.1fs: %s", attempt, delay_s, error)
 
 
 def check_health(settings: Settings) -> str:

@@ -10,14 +10,16 @@ the log line are the same everywhere. Usage::
 
     value = policy(retry_on=is_transient, attempts=4)(send, body)
 
-When the retries are spent, the last exception is raised as itself (``reraise``), never wrapped.
+When the retries are spent, the last exception is raised as itself (``reraise``), never wrapped. A loop that reports
+its own retries (a metric, a liveness beat, a log line others look for) passes ``on_retry(attempt, delay_s, error)``,
+called before each wait in place of the default log line.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tenacity
@@ -25,6 +27,7 @@ import tenacity
 log = logging.getLogger(__name__)
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+OnRetry = Callable[[int, float, BaseException], None]
 
 
 def _arguments(
@@ -35,6 +38,7 @@ def _arguments(
     max_s: float,
     what: str,
     stop_when: Callable[[], bool] | None,
+    on_retry: OnRetry | None,
 ) -> dict[str, Any]:
     if isinstance(retry_on, type | tuple):
         retry = tenacity.retry_if_exception_type(retry_on)
@@ -51,6 +55,9 @@ def _arguments(
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        if on_retry is not None and error is not None:  # retries follow exceptions only: error is always set
+            on_retry(state.attempt_number, state.upcoming_sleep, error)
+            return
         log.log(
             logging.WARNING if state.attempt_number >= 3 else logging.DEBUG,
             "%s failed (attempt %d), retrying in %.2fs: %s",
@@ -75,13 +82,16 @@ def policy(
     max_s: float = 10.0,
     what: str = "call",
     stop_when: Callable[[], bool] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
+    on_retry: OnRetry | None = None,
 ) -> tenacity.Retrying:
     """A retrying context for plain code: retry what ``retry_on`` matches (exception types or a predicate), waiting
-    ``initial_s * 2**n`` plus jitter (at most ``max_s``), until ``attempts`` tries, ``deadline_s`` seconds or
-    ``stop_when()`` is true (no limit given: retry forever). ``sleep`` is replaceable for tests."""
+    ``initial_s * 2**n`` plus up to ``initial_s`` of jitter (at most ``max_s``), until ``attempts`` tries,
+    ``deadline_s`` seconds or ``stop_when()`` is true (no limit given: retry forever). ``sleep`` is replaceable (a
+    test's recorder, or ``threading.Event.wait`` to cut a wait short on shutdown); ``on_retry`` replaces the log
+    line."""
     return tenacity.Retrying(
-        sleep=sleep, **_arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when)
+        sleep=sleep, **_arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when, on_retry)
     )
 
 
@@ -94,6 +104,14 @@ def async_policy(
     max_s: float = 10.0,
     what: str = "call",
     stop_when: Callable[[], bool] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] | None = None,
+    on_retry: OnRetry | None = None,
 ) -> tenacity.AsyncRetrying:
-    """:func:`policy` for coroutines: ``async for attempt in async_policy(...): with attempt: await ...``."""
-    return tenacity.AsyncRetrying(**_arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when))
+    """:func:`policy` for coroutines: ``async for attempt in async_policy(...): with attempt: await ...``.
+
+    ``sleep`` (default ``asyncio.sleep``) is awaited between attempts: one that returns early on shutdown cuts the
+    wait short."""
+    arguments = _arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when, on_retry)
+    if sleep is not None:
+        arguments["sleep"] = sleep
+    return tenacity.AsyncRetrying(**arguments)

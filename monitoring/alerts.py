@@ -10,8 +10,9 @@ Policy (``AlertDispatcher``):
 - Alertmanager gets every firing check (its own ``group_wait``/``repeat_interval`` decide the paging), with ``endsAt``
   ``alert_ttl_s`` ahead, so an alert of a monitor that died expires instead of firing for ever;
 - a resolve goes to Alertmanager, and to each webhook receiver that was sent the firing;
-- each delivery is retried on connection errors, timeouts, 408, 429 and 5xx with exponential backoff and jitter; other
-  4xx fail at once. A failed delivery is logged and counted; it never stops the monitor.
+- each delivery is retried on connection errors, timeouts, 408, 425, 429 and 5xx with the one retry policy
+  (``foundation.retry``: exponential backoff with jitter); other 4xx fail at once. A failed delivery is logged and
+  counted; it never stops the monitor.
 
 Secrets (webhook URLs, routing keys) are never logged: log lines and errors name the receiver, and any secret value
 that would appear in an error message is masked.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import urllib.error
 import urllib.request
@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
+import tenacity
+
+from foundation.retry import policy
 from foundation.settings import MonitoringSettings
-from streams.schemas import DriftEvent
 from monitoring.exceptions import DeliveryFailed
 from monitoring.metrics import MonitorMetrics
+from streams.schemas import DriftEvent
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +70,26 @@ def urllib_transport(url: str, body: bytes, headers: dict[str, str], timeout_s: 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``retries`` more attempts after the first, waiting ``backoff_s * 2**n`` (at most ``backoff_max_s``, jittered
-    to 50-100 %) between them; each attempt times out after ``timeout_s``."""
+    """``retries`` more attempts after the first, waiting ``backoff_s * 2**n`` plus up to ``backoff_s`` of jitter (at
+    most ``backoff_max_s``) between them (``foundation.retry.policy``); each attempt times out after ``timeout_s``."""
 
     retries: int = 3
     backoff_s: float = 0.5
     backoff_max_s: float = 10.0
     timeout_s: float = 5.0
 
-    def delay(self, attempt: int) -> float:
-        return min(self.backoff_max_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+    def retrying(self, what: str, sleep: Callable[[float], None] = time.sleep) -> tenacity.Retrying:
+        """The retries of one delivery: :class:`_Retriable` failures, ``retries`` more times."""
+        return policy(retry_on=_Retriable, attempts=self.retries + 1, initial_s=self.backoff_s,
+                      max_s=self.backoff_max_s, what=what, sleep=sleep)  # fmt: skip
+
+
+class _Retriable(Exception):  # noqa: N818 - a signal to the retry policy, never seen outside ``deliver``
+    """A delivery attempt that failed in a way worth retrying (no response, 408/425/429, 5xx)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Receiver(ABC):
@@ -260,21 +273,27 @@ def deliver(
         DeliveryFailed: rejected (4xx other than 408/425/429), or still failing after ``retry.retries`` retries.
     """
     url, body, headers = receiver.request(event)
-    reason = ""
-    for attempt in range(retry.retries + 1):
+    attempts = 0
+
+    def attempt() -> int:
+        nonlocal attempts
+        attempts += 1
         try:
             response = transport(url, body, headers, retry.timeout_s)
         except OSError as exc:  # URLError, ConnectionError, TimeoutError
             reason = _mask(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", receiver.secrets())
-        else:
-            if 200 <= response.status < 300:
-                return attempt + 1
-            reason = f"HTTP {response.status}"
-            if response.status < 500 and response.status not in _RETRY_STATUS:
-                raise DeliveryFailed(receiver.name, reason, attempt + 1)
-        if attempt < retry.retries:
-            sleep(retry.delay(attempt))
-    raise DeliveryFailed(receiver.name, reason, retry.retries + 1)
+            raise _Retriable(reason) from None
+        if 200 <= response.status < 300:
+            return attempts
+        reason = f"HTTP {response.status}"
+        if response.status < 500 and response.status not in _RETRY_STATUS:
+            raise DeliveryFailed(receiver.name, reason, attempts)
+        raise _Retriable(reason)
+
+    try:
+        return retry.retrying(f"alert delivery to {receiver.name}", sleep)(attempt)
+    except _Retriable as exc:
+        raise DeliveryFailed(receiver.name, exc.reason, attempts) from None
 
 
 class AlertDispatcher:

@@ -1,31 +1,28 @@
 """Kafka reads of the monitor that are not a consumer group's: the models topic's current state and a topic's tail.
 
-Both assign partitions directly (no group membership, nothing committed), so they start at once and never move a
-group's offsets. A models-topic record that breaks the contract (``streams.schemas.ModelState``), a tombstone, or a
-state of a model or version that has no folder in the model repository is skipped and counted
+Both go through ``streams.reader.TopicReader`` (partitions assigned directly, nothing committed), so they start at
+once and never move a group's offsets. A models-topic record that breaks the contract (``streams.schemas.ModelState``),
+a tombstone, or a state of a model or version that has no folder in the model repository is skipped and counted
 (``driftloop_skipped_records_total{topic="models-v1"}``), never raised.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message
 
 from foundation.settings import Settings
 from monitoring.exceptions import MonitoringError
-from streams.client import client_config
+from streams.exceptions import CatchUpTimeout, StreamsError, TopicError
+from streams.reader import BEGINNING, Last, Start, TopicReader
 from streams.schemas import InvalidRecord, ModelState, parse_model_state
 from streams.skips import SkippedRecords
 
 log = logging.getLogger(__name__)
 
-# A read that got nothing for this long after it started is at the end of what it can get.
-_SETTLE_S = 3.0
 MODELS_TOPIC = "models-v1"
 
 
@@ -60,72 +57,36 @@ def followed_state(msg: Message, repository: Path, skipped: SkippedRecords) -> M
     return None
 
 
-class _AssignedReader:
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.topic = topic
-        config = client_config(
-            settings,
-            {
-                "group.id": f"driftloop-monitor-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-            },
-        )
-        self._consumer = Consumer(config)
-        try:
-            metadata = self._consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            self._consumer.close()
-            raise MonitoringError(f"cannot read the metadata of {topic}: {exc}") from exc
-        topic_md = metadata.topics.get(topic)
-        if topic_md is None or topic_md.error is not None or not topic_md.partitions:
-            self._consumer.close()
-            raise MonitoringError(f"topic {topic} does not exist (run `driftloop stack up` or create the topics)")
-        self.partitions = sorted(topic_md.partitions)
-
-    def watermarks(self, partition: int, timeout_s: float) -> tuple[int, int]:
-        """``(low, high)`` offsets of a partition, retrying while the broker elects a leader (a new topic)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=timeout_s)
-            except KafkaException as exc:
-                if not _transient(exc.args[0]) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def _messages(self, max_records: int, timeout_s: float) -> list[Message]:
-        batch = []
-        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
-            if msg.error() is None:
-                batch.append(msg)
-            else:
-                log.warning("reader: %s", msg.error(), extra={"topic": self.topic})
-        return batch
-
-    def close(self) -> None:
-        self._consumer.close()
+def _open(settings: Settings, topic: str, start: Start, timeout_s: float) -> TopicReader:
+    try:
+        return TopicReader(settings, topic, start, timeout_s=timeout_s, name="monitor-reader")
+    except TopicError as exc:
+        raise MonitoringError(f"{exc} (run `driftloop stack up` or create the topics)") from exc
+    except StreamsError as exc:
+        raise MonitoringError(f"cannot read {topic}: {exc}") from exc
 
 
-class ModelStatesReader(_AssignedReader):
+class ModelStatesReader:
     """Follows the compacted models topic from its beginning: the latest champion per model.
 
     Args:
         settings: root settings (the topic, ``triton.model_repository``).
         skipped: where skipped records are counted (default: a counter on prometheus_client's registry).
+
+    Raises:
+        MonitoringError: the topic does not exist or the broker does not answer.
     """
 
     def __init__(self, settings: Settings, skipped: SkippedRecords | None = None) -> None:
-        super().__init__(settings, settings.kafka.topic(MODELS_TOPIC))
+        self.topic = settings.kafka.topic(MODELS_TOPIC)
+        self._reader = _open(settings, self.topic, BEGINNING, timeout_s=10.0)
         self._repository = settings.triton.model_repository
         self._skipped = skipped or SkippedRecords()
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
 
     def poll(self, timeout_s: float = 0.0, max_records: int = 500) -> dict[str, int | None]:
         """The records that arrived since the last call, folded: model -> champion (the latest record wins)."""
         states: dict[str, int | None] = {}
-        for msg in self._messages(max_records, timeout_s):
+        for msg in self._reader.poll(timeout_s, max_records):
             self._fold(msg, states)
         return states
 
@@ -135,50 +96,40 @@ class ModelStatesReader(_AssignedReader):
             states[state.model] = state.champion
 
     def read_all(self, timeout_s: float = 10.0) -> dict[str, int | None]:
-        """Everything from the reader's position up to the current end of the topic."""
-        ends = {p: self.watermarks(p, timeout_s) for p in self.partitions}
+        """Everything from the reader's position up to the current end of the topic (what it read within
+        ``timeout_s`` when the broker is slower than that)."""
         states: dict[str, int | None] = {}
-        positions = {p: low for p, (low, _high) in ends.items()}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(positions[p] < high for p, (_low, high) in ends.items()):
-            batch = self._messages(500, 0.2)
-            if not batch and time.monotonic() > deadline - timeout_s + _SETTLE_S:
-                break  # the rest are offsets compaction or transaction markers left empty
-            for msg in batch:
-                positions[msg.partition()] = msg.offset() + 1
+        try:
+            for msg in self._reader.catch_up(timeout_s):
                 self._fold(msg, states)
+        except CatchUpTimeout as exc:
+            log.warning("models topic not read to its end: %s", exc, extra={"topic": self.topic})
+        except StreamsError as exc:
+            raise MonitoringError(f"cannot read {self.topic}: {exc}") from exc
         return states
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 def read_tail(settings: Settings, logical_topic: str, per_partition: int, timeout_s: float = 15.0) -> Iterator[bytes]:
-    """The values of the last ``per_partition`` records of each partition of a topic (tombstones left out).
+    """The values of the last ``per_partition`` records of each partition of a topic (tombstones left out); what was
+    read within ``timeout_s`` when the broker is slower than that.
 
     Raises:
         MonitoringError: the topic does not exist or the broker does not answer.
     """
-    reader = _AssignedReader(settings, settings.kafka.topic(logical_topic))
+    topic = settings.kafka.topic(logical_topic)
+    reader = _open(settings, topic, Last(per_partition), timeout_s)
     try:
-        assignments, ends = [], {}
-        for p in reader.partitions:
-            low, high = reader.watermarks(p, timeout_s)
-            if high > low:
-                assignments.append(TopicPartition(reader.topic, p, max(low, high - per_partition)))
-                ends[p] = high
-        if not assignments:
-            return
-        reader._consumer.assign(assignments)
-        positions = {tp.partition: tp.offset for tp in assignments}
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s and any(positions[p] < ends[p] for p in ends):
-            batch = reader._messages(1000, 0.5)
-            if not batch and time.monotonic() - started > _SETTLE_S:
-                break
-            for msg in batch:
-                positions[msg.partition()] = msg.offset() + 1
-                if msg.value() is not None:
-                    yield msg.value()
-    except KafkaException as exc:
-        raise MonitoringError(f"cannot read {reader.topic}: {exc}") from exc
+        for msg in reader.catch_up(timeout_s):
+            value = msg.value()
+            if value is not None:
+                yield value
+    except CatchUpTimeout as exc:
+        log.warning("tail of %s not read to its end: %s", topic, exc, extra={"topic": topic})
+    except StreamsError as exc:
+        raise MonitoringError(f"cannot read {topic}: {exc}") from exc
     finally:
         reader.close()
 
@@ -186,16 +137,13 @@ def read_tail(settings: Settings, logical_topic: str, per_partition: int, timeou
 def read_model_states(
     settings: Settings, timeout_s: float = 10.0, skipped: SkippedRecords | None = None
 ) -> dict[str, int | None]:
-    """The current champion of every model on the models topic (records it cannot follow skipped)."""
+    """The current champion of every model on the models topic (records it cannot follow skipped).
+
+    Raises:
+        MonitoringError: the topic does not exist or the broker does not answer.
+    """
     reader = ModelStatesReader(settings, skipped)
     try:
         return reader.read_all(timeout_s)
     finally:
         reader.close()
-
-
-_LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT)
-
-
-def _transient(error: object) -> bool:
-    return isinstance(error, KafkaError) and (error.retriable() or error.code() in _LEADERLESS)

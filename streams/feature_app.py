@@ -32,11 +32,12 @@ import time
 import faust
 import pandas as pd
 
-from foundation.health import HealthServer
-from foundation.settings import Settings
-from foundation.shutdown import exit_after
 from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store, push_stream_features
+from foundation.health import HealthServer
+from foundation.retry import async_policy
+from foundation.settings import Settings
+from foundation.shutdown import exit_after
 from streams.client import client_config
 from streams.metrics import WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
@@ -207,20 +208,13 @@ class FeaturePusher:
 
     async def _push_held(self, rows: list[dict], failed_alone: bool = False) -> bool:
         """Push ``rows`` until written; bisect them when the store answers but refuses them."""
-        delay, attempts = FIRST_RETRY_S, 0
         while True:
-            error = await self._attempt(rows)
+            try:
+                error = await self._push_through_outages(rows)
+            except (_Stopping, _Outage):  # an outage is retried until the worker stops
+                return False
             if error is None:
                 return True
-            if self.stopping:
-                return False
-            if isinstance(error, FeatureStoreNotReady) or not await self._store_answers():
-                attempts += 1
-                self._outage(error, attempts, delay, len(rows))
-                if not await self._wait(delay):
-                    return False
-                delay = min(delay * 2, self.settings.workers.outage_backoff_max_s)
-                continue
             if len(rows) > 1:
                 middle = len(rows) // 2  # halves in stream order: an entity's rows stay oldest first
                 return await self._push_held(rows[:middle]) and await self._push_held(rows[middle:])
@@ -229,6 +223,35 @@ class FeaturePusher:
                 continue
             self._skip(rows[0], error)
             return True
+
+    async def _push_through_outages(self, rows: list[dict]) -> Exception | None:
+        """Push ``rows``, waiting out store outages with ``foundation.retry``'s backoff: None once written, the error
+        when the store answers but refused them.
+
+        Raises:
+            _Stopping, _Outage: the worker is stopping (during a push or an outage).
+        """
+        retries = async_policy(
+            retry_on=_Outage,
+            initial_s=FIRST_RETRY_S,
+            max_s=self.settings.workers.outage_backoff_max_s,
+            what="feast push",
+            stop_when=lambda: self.stopping,
+            sleep=self._wait,
+            on_retry=lambda attempt, delay_s, outage: self._outage(outage, attempt, delay_s, len(rows)),
+        )
+        error: Exception | None = None
+        async for attempt in retries:
+            with attempt:
+                if self.stopping:
+                    raise _Stopping
+                error = await self._attempt(rows)
+                if error is not None:
+                    if self.stopping:
+                        raise _Stopping
+                    if isinstance(error, FeatureStoreNotReady) or not await self._store_answers():
+                        raise _Outage(error)
+        return error
 
     async def _attempt(self, rows: list[dict]) -> Exception | None:
         """One push of ``rows`` in a thread, given up (not awaited) if the worker stops meanwhile or it takes longer
@@ -263,7 +286,8 @@ class FeaturePusher:
             return False
         return True
 
-    def _outage(self, error: Exception, attempts: int, delay: float, rows: int) -> None:
+    def _outage(self, outage: BaseException, attempts: int, delay: float, rows: int) -> None:
+        error = outage.error if isinstance(outage, _Outage) else outage
         self.metrics.outage("feast")
         log.warning("feast unavailable (attempt %d, next in %.1fs): %s", attempts, delay, error,
                     extra={"attempt": attempts, "rows": rows, "dependency": "feast"})  # fmt: skip
@@ -271,7 +295,7 @@ class FeaturePusher:
             self.health.beat()  # waiting on purpose, not stuck
 
     async def _wait(self, seconds: float) -> bool:
-        """Sleep ``seconds`` unless the worker stops first; False when it stops."""
+        """Sleep ``seconds`` unless the worker stops first; False when it stops (the retries' sleep)."""
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except TimeoutError:
@@ -281,6 +305,18 @@ class FeaturePusher:
     def _skip(self, row: dict, error: Exception) -> None:
         reason = f"feature push refused the row: {type(error).__name__}: {error}"
         self.skipped.skip(EVENTS_TOPIC, reason, event_id=row.get("event_id"), entity_id=row.get("entity_id"))
+
+
+class _Stopping(Exception):  # noqa: N818 - control flow of the pusher, never raised out of it
+    """The worker is stopping: the held batch stays unacknowledged."""
+
+
+class _Outage(Exception):  # noqa: N818 - control flow of the pusher, never raised out of it
+    """The store cannot be written now (``error`` says why): retried with backoff."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _consume_result(future: asyncio.Future) -> None:

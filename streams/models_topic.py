@@ -2,24 +2,24 @@
 
 The follower is supervised: if reading fails (the broker gone, a client error), it starts again with backoff from
 the topic's beginning, keeping the last state it had meanwhile; :meth:`ModelTracker.check` tells readiness whether it
-follows now. A record that is not a valid model state of this model is skipped and counted, never a failure.
+follows now. A record that is not a valid model state of this model is skipped and counted
+(``driftloop_skipped_records_total{topic="models-v1"}``), never a failure.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
+from foundation.retry import policy
 from foundation.settings import Settings
-from streams.client import client_config
+from streams.reader import BEGINNING, TopicReader
 from streams.schemas import InvalidRecord, ModelState, parse_model_state
 from streams.skips import SkippedRecords
 
 log = logging.getLogger(__name__)
 
+MODELS_TOPIC = "models-v1"  # the contract name skipped records are counted under, as every reader of it does
 RESTART_BACKOFF_MAX_S = 10.0
 
 
@@ -29,10 +29,8 @@ class ModelTracker:
 
     def __init__(self, settings: Settings, model: str, skipped: SkippedRecords | None = None) -> None:
         self.model = model
-        self._topic = settings.kafka.topic("models-v1")
-        self._config = client_config(
-            settings, {"group.id": f"driftloop-models-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
-        )
+        self._settings = settings
+        self._topic = settings.kafka.topic(MODELS_TOPIC)
         self._skipped = skipped or SkippedRecords()
         self._state: ModelState | None = None
         self._lock = threading.Lock()
@@ -60,35 +58,37 @@ class ModelTracker:
         return f"following {self._topic} (restarts {self.restarts})"
 
     def _supervise(self) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                self._follow()
-                return
-            except Exception as exc:  # noqa: BLE001 - supervised: any failure restarts the follower
-                self._following.clear()
-                self.restarts += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("models-topic follower failed; restarting in %.1fs", delay, extra={"restarts": self.restarts})
-            self._stopping.wait(delay)
-            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+        restarts = policy(
+            retry_on=Exception,
+            initial_s=0.5,
+            max_s=RESTART_BACKOFF_MAX_S,
+            what="models-topic follower",
+            stop_when=self._stopping.is_set,
+            sleep=self._stopping.wait,
+            on_retry=self._restarting,
+        )
+        try:
+            restarts(self._follow)  # returns once stopping; any failure before restarts it with backoff
+        except Exception as exc:  # noqa: BLE001 - it failed as the tracker was stopping: nothing left to restart
+            log.info("models-topic follower stopped after a failure: %s: %s", type(exc).__name__, exc)
+
+    def _restarting(self, attempt: int, delay_s: float, error: BaseException) -> None:
+        self.restarts = attempt
+        self.last_error = f"{type(error).__name__}: {error}"
+        log.error("models-topic follower failed; restarting in %.1fs", delay_s, exc_info=error,
+                  extra={"restarts": self.restarts})  # fmt: skip
 
     def _follow(self) -> None:
-        consumer = Consumer(self._config)
+        if self._stopping.is_set():
+            return
         try:
-            metadata = consumer.list_topics(self._topic, timeout=10).topics.get(self._topic)
-            if metadata is None or metadata.error is not None or not metadata.partitions:
-                raise KafkaException(f"topic {self._topic} not found ({metadata.error if metadata else 'no metadata'})")
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
-            self._following.set()
-            while not self._stopping.is_set():
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error() or msg.key() != self.model.encode():
-                    continue
-                self._take(msg)
+            with TopicReader(self._settings, self._topic, BEGINNING, name="models") as reader:
+                self._following.set()
+                for msg in reader.follow(self._stopping):
+                    if msg.key() == self.model.encode():
+                        self._take(msg)
         finally:
             self._following.clear()
-            consumer.close()
 
     def _take(self, msg) -> None:
         try:
@@ -96,7 +96,8 @@ class ModelTracker:
             if state.model != self.model:
                 raise InvalidRecord(f"keyed {self.model!r} but names model {state.model!r}")
         except InvalidRecord as exc:
-            self._skipped.skip(self._topic, exc.reason, partition=msg.partition(), offset=msg.offset())
+            self._skipped.skip(MODELS_TOPIC, exc.reason, topic_name=self._topic, partition=msg.partition(),
+                               offset=msg.offset())  # fmt: skip
             return
         with self._lock:
             self._state = state

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import Consumer, TopicPartition
-
 from foundation.settings import Settings
-from streams.client import client_config
+from streams.reader import TopicReader
 from streams.schemas import InvalidRecord, Prediction, parse_label, parse_prediction
 from streams.skips import SkippedRecords
 
@@ -84,15 +81,8 @@ class CanaryWatch:
     def __init__(self, settings: Settings, candidate: int, since: datetime) -> None:
         self.settings = settings
         self.candidate = candidate
-        self._consumer = Consumer(client_config(settings, {"group.id": f"driftloop-canary-{uuid.uuid4().hex[:8]}",
-                                                           "enable.auto.commit": False}))  # fmt: skip
         topics = [settings.kafka.topic("predictions-v1"), settings.kafka.topic("labels-v1")]
-        millis = int(since.timestamp() * 1000)
-        wanted = []
-        for topic in topics:
-            partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            wanted += [TopicPartition(topic, p, millis) for p in partitions]
-        self._consumer.assign(self._consumer.offsets_for_times(wanted, timeout=10))
+        self._reader = TopicReader(settings, topics, since, name="canary")
         self._predictions: dict[str, tuple[str, str]] = {}  # event_id -> (role, label)
         self._labels: dict[str, str] = {}
         self.champion, self.candidate_tally = Tally(), Tally()
@@ -102,9 +92,7 @@ class CanaryWatch:
         """Read for up to ``seconds`` and update the tallies; invalid records are skipped and counted."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for msg in self._consumer.consume(500, timeout=0.2):
-                if msg.error():
-                    continue
+            for msg in self._reader.poll(0.2):
                 self.take(msg.topic(), msg.value(), partition=msg.partition(), offset=msg.offset())
 
     def take(self, topic: str, value: bytes | None, **where: object) -> None:
@@ -153,7 +141,7 @@ class CanaryWatch:
             self._predictions[key] = ("scored", label)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def watch_canary(
