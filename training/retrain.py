@@ -3,12 +3,19 @@
 - Its own consumer group on the drift topic. Firing events of the trigger kinds start a run; one run per model at a
   time: the other alerts of the same batch, and alerts whose drift started before the end of the data the run
   learned from, are folded into it (an alert that started later is one the run could not have seen: a new run).
-- Offsets are committed only when the run has ended, so a crash replays the triggering events. Runs are idempotent
+- Offsets are committed only once the run is recorded (waiting, running or ended): a run the log shows waiting or
+  running is resumed at start, and a crash before it is recorded replays the triggering events. Runs are idempotent
   by drift event id: a version whose metadata names the trigger is not trained again; if it is still the candidate,
   its canary is resumed; otherwise the event is done.
-- The run: labelled events since shortly before the drift started, with point-in-time features → fine-tune from the
-  champion → gate on the fresh holdout → publish as candidate (never promoted directly) → canary on live traffic
-  (``training.canary``) → promote or roll back on the models topic.
+- Labels come late, and a data or prediction alert comes before them: a planned run first waits until
+  ``retrain.min_post_drift_labels`` labelled events since the drift's onset are on the topics (counted every
+  ``retrain.label_poll_s``; state ``waiting_for_labels`` in the run log). It fails after
+  ``retrain.label_wait_timeout_s``, and is ``dropped`` when its alerts resolve first. Alerts that fire meanwhile are
+  folded into it. The onset is the start of the window that fired the run's first alert when that is a data or
+  prediction alert, else the moment it fired (:func:`onset`).
+- The run: labelled events since ``retrain.lookback_s`` before the onset, with point-in-time features →
+  fine-tune from the champion → gate on the fresh holdout → publish as candidate (never promoted directly) → canary
+  on live traffic (``training.canary``) → promote or roll back on the models topic.
 - A run never stops the consumer: any exception in it (a ``TrainingError``, CUDA out of memory, a bug) ends the run
   as ``failed`` with the reason; a candidate that loses the holdout gate against the champion ends it as
   ``rejected``. Either way the drift events are committed and the consumer goes on. Every run is recorded in the
@@ -30,16 +37,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from confluent_kafka import Message
 
 from foundation.settings import Settings
-from streams.schemas import DriftEvent
 from streams.client import KafkaConsumer
-from streams.schemas import InvalidRecord, parse_drift_event
+from streams.schemas import DriftEvent, InvalidRecord, parse_drift_event
 from streams.skips import SkippedRecords
 from training.canary import Verdict, watch_canary
-from training.dataset import CLOCK_SKEW, DataWindow
+from training.dataset import CLOCK_SKEW, DataWindow, read_labelled_events
 from training.evaluation import HoldoutGateRejected
 from training.exceptions import TrainingError
 from training.publish import promote, recover_publish, withdraw
@@ -60,6 +67,7 @@ class RunOutcome:
     ended_at: datetime
     data_end: datetime | None = None  # the end of the window the candidate learned from
     # promoted | rolled_back (the canary withdrew the candidate) | rejected (holdout gate) | failed | skipped
+    # | dropped (the alerts resolved while the run waited for labels)
     status: str = ""
 
     @property
@@ -94,6 +102,50 @@ def triggers(events: list[DriftEvent], model: str, kinds: tuple[str, ...]) -> li
     return sorted(firing, key=lambda e: e.detected_at)
 
 
+def onset(event: DriftEvent, max_lookback: timedelta) -> datetime:
+    """When the drift began, as far as its alert knows.
+
+    A data or prediction alert: the start of the window that fired (its oldest prediction's event time), not after
+    the alert fired and not more than ``max_lookback`` before. A performance alert marks no onset (its window is as
+    old as the labels are late, and holds pre-drift labels): the moment it fired, as before.
+    """
+    if event.kind == "performance":
+        return event.started_at
+    start = min(event.window.start or event.started_at, event.started_at)
+    return max(start, event.started_at - max_lookback)
+
+
+Gate = Literal["train", "wait", "timeout", "drop"]
+
+
+def label_gate(labelled: int, needed: int, waited_s: float, timeout_s: float, still_open: bool) -> Gate:
+    """What a run waiting for post-onset labels does now: ``drop`` when its alerts resolved (even with labels
+    enough: nothing is left to heal), ``train`` with ``needed`` labelled events, ``timeout`` once it waited
+    ``timeout_s``, else ``wait``."""
+    if not still_open:
+        return "drop"
+    if labelled >= needed:
+        return "train"
+    return "timeout" if waited_s >= timeout_s else "wait"
+
+
+@dataclass
+class LabelWait:
+    """A planned run waiting for labelled events since ``onset`` (see :func:`label_gate`)."""
+
+    planned: PlannedRun
+    onset: datetime
+    since: datetime  # when the wait began (wall clock; kept across restarts through the run log)
+    labelled: int = 0  # labelled events since the onset at the last count
+    counted_at: float | None = None  # monotonic time of the last count (None: not counted yet)
+    recorded: int | None = None  # the count last written to the run log
+
+    def detail(self, needed: int, timeout_s: float) -> str:
+        deadline = self.since + timedelta(seconds=timeout_s)
+        return (f"{self.labelled} of {needed} labelled events since the onset {self.onset.isoformat()} "
+                f"(retrain.min_post_drift_labels); gives up at {deadline.isoformat()} (retrain.label_wait_timeout_s)")
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """What to run: alerts (the oldest is the trigger) and the attempt (0 first, then retries)."""
@@ -120,40 +172,71 @@ class RunPlanner:
         self.retry_after_s, self.max_retries = retry_after_s, max_retries
         self.open: dict[str, DriftEvent] = {}  # dedup_key -> the firing event that opened it
         self.covered_until: datetime | None = None
+        self.current: PlannedRun | None = None  # planned (maybe waiting for labels), not ended yet
         self._fresh: list[DriftEvent] = []
         self._retry_at: float | None = None
         self._attempt = 0
 
     def observe(self, events: list[DriftEvent]) -> list[DriftEvent]:
-        """Take a batch of drift events; returns the firing ones folded into the previous run."""
+        """Take a batch of drift events (in topic order); returns the new firing ones folded into the current run
+        (one still waiting for labels) or the previous one. A firing event of an alert already open is no news."""
+        known = {e.id for e in self.open.values()}
+        new: list[DriftEvent] = []
         for event in events:
-            if event.model == self.model and event.status == "resolved":
+            if event.model != self.model:
+                continue
+            if event.status == "resolved":
                 self.open.pop(event.dedup_key, None)
-        firing = triggers(events, self.model, self.kinds)
-        for event in firing:
-            self.open.setdefault(event.dedup_key, event)
-        # An alert whose drift started before the end of the data the last run learned from is folded into that
-        # run; one that started later is something the run could not have seen: it starts a new run.
-        folded = [e for e in firing if self.covered_until is not None and e.started_at <= self.covered_until]
-        self._fresh += [e for e in firing if e not in folded]
+            elif event.status == "firing" and event.kind in self.kinds:
+                self.open.setdefault(event.dedup_key, event)
+                if event.id not in known:
+                    known.add(event.id)
+                    new.append(event)
+        new.sort(key=lambda e: e.detected_at)
+        if self.current is not None:  # a run that has not trained yet takes them in
+            self.current.alerts.extend(new)
+            folded = new
+        else:
+            # An alert whose drift started before the end of the data the last run learned from is folded into
+            # that run; one that started later is something the run could not have seen: it starts a new run.
+            folded = [e for e in new if self.covered_until is not None and e.started_at <= self.covered_until]
+            self._fresh += [e for e in new if e not in folded]
         if not self.open:
             self._retry_at = None
         return folded
 
+    def resume(self, planned: PlannedRun) -> None:
+        """Take back a run a previous process recorded as waiting or running: its alerts are open again."""
+        for event in planned.alerts:
+            self.open.setdefault(event.dedup_key, event)
+        self.current, self._attempt = planned, planned.attempt
+
+    def still_open(self, planned: PlannedRun) -> bool:
+        """Whether an alert (model and kind) of ``planned`` is still open: not resolved since."""
+        return any(e.dedup_key in self.open for e in planned.alerts)
+
     def next_run(self, now: float) -> PlannedRun | None:
-        """Fresh alerts first; else a retry that is due (``now``: a monotonic clock) while alerts stay open."""
+        """Fresh alerts first; else a retry that is due (``now``: a monotonic clock) while alerts stay open. None
+        while a run is current (until :meth:`ended`)."""
+        if self.current is not None:
+            return None
         if self._fresh:
             run, self._fresh, self._attempt, self._retry_at = PlannedRun(self._fresh), [], 0, None
+            self.current = run
             return run
         if self._retry_at is not None and now >= self._retry_at and self.open:
             self._retry_at = None
             self._attempt += 1
-            return PlannedRun(sorted(self.open.values(), key=lambda e: e.detected_at), self._attempt)
+            self.current = PlannedRun(sorted(self.open.values(), key=lambda e: e.detected_at), self._attempt)
+            return self.current
         return None
 
-    def ended(self, promoted: bool, data_end: datetime, now: float) -> None:
-        """After a run: what it covered; schedule a retry when it promoted nothing and alerts stay open."""
-        self.covered_until = data_end
+    def ended(self, promoted: bool, data_end: datetime | None, now: float) -> None:
+        """After a run: what it covered (None: it learned nothing); schedule a retry when it promoted nothing and
+        alerts stay open."""
+        self.current = None
+        if data_end is not None:
+            self.covered_until = data_end
         retry = not promoted and self.open and self.retry_after_s > 0 and self._attempt < self.max_retries
         self._retry_at = now + self.retry_after_s if retry else None
 
@@ -167,9 +250,23 @@ def version_for_trigger(repo: ModelRepository, trigger_ids: set[str]) -> int | N
     return None
 
 
+def count_labelled(settings: Settings, window: DataWindow) -> int:
+    """Labelled events (labels the model knows) with an event time in ``window``, read from the topics.
+
+    Raises:
+        DatasetError: a topic cannot be read.
+    """
+    frame, _ = read_labelled_events(settings, window, timeout_s=60.0)
+    return len(frame)
+
+
+WAITING, RUNNING = "waiting_for_labels", "running"
+
+
 class Retrainer:
     """Args: settings; ``train``: the training function (``training.pipeline.train_version``; injectable for tests
-    of the control flow); ``on_outcome``: called after each run; ``beat``: called on every loop (liveness)."""
+    of the control flow); ``on_outcome``: called after each run; ``beat``: called on every loop (liveness);
+    ``count_labels``: labelled events in a window (default :func:`count_labelled`, from the topics)."""
 
     def __init__(
         self,
@@ -177,10 +274,13 @@ class Retrainer:
         train: Callable | None = None,
         on_outcome: Callable[[RunOutcome], None] | None = None,
         beat: Callable[[], None] | None = None,
+        count_labels: Callable[[Settings, DataWindow], int] | None = None,
     ) -> None:
         self.settings = settings
         self.model = settings.triton.model_name
         self._train = train
+        self._count_labels = count_labels or count_labelled
+        self._wait: LabelWait | None = None  # the run waiting for labels, if any
         self._on_outcome = on_outcome
         self._stop = threading.Event()
         self._beat = beat or (lambda: None)
@@ -214,6 +314,7 @@ class Retrainer:
         consumer = KafkaConsumer(self.settings, config.group_id, [self.settings.kafka.topic(DRIFT_TOPIC)],
                                  {"max.poll.interval.ms": 3_600_000})  # fmt: skip
         planner = RunPlanner(self.model, tuple(config.trigger_kinds), config.retry_after_s, config.max_retries)
+        self.resume(planner)
         try:
             while not self._stop.is_set():
                 self._beat()
@@ -224,14 +325,30 @@ class Retrainer:
             consumer.close()
 
     def step(self, planner: RunPlanner, messages: list[Message]) -> RunOutcome | None:
-        """Take one batch of drift-topic records and run what is due; never raises for a record or a run."""
+        """Take one batch of drift-topic records and run what is due; never raises for a record or a run.
+
+        Returns the outcome of a run that ended in this step; None while nothing ended (a run may be waiting for
+        labels: it is recorded as such before this returns, so the batch may be committed).
+        """
         for event in planner.observe(self.parse(messages)):
-            log.info("drift %s (%s) folded into the previous run", event.id, event.kind)
-        planned = planner.next_run(time.monotonic())
-        if planned is None:
+            log.info("drift %s (%s) folded into the current or previous run", event.id, event.kind)
+        if self._wait is None:
+            planned = planner.next_run(time.monotonic())
+            if planned is None:
+                return None
+            max_lookback = timedelta(days=self.settings.training.window_days)
+            self._wait = LabelWait(planned, onset(planned.alerts[0], max_lookback), datetime.now(UTC))
+        wait = self._wait
+        gate = self._gate(planner, wait)
+        if gate == "wait":
             return None
-        outcome = self.handle(planned)
-        planner.ended(outcome.promoted, outcome.data_end or outcome.ended_at, time.monotonic())
+        self._wait = None
+        if gate == "train":
+            outcome = self.handle(wait.planned, wait)
+            planner.ended(outcome.promoted, outcome.data_end or outcome.ended_at, time.monotonic())
+        else:
+            outcome = self._end_wait(wait, gate)
+            planner.ended(False, None, time.monotonic())
         if self._on_outcome:
             try:
                 self._on_outcome(outcome)
@@ -258,6 +375,87 @@ class Retrainer:
             events.append(event)
         return events
 
+    def _gate(self, planner: RunPlanner, wait: LabelWait) -> Gate:
+        """Count the post-onset labels when due, decide (:func:`label_gate`), record a wait in the run log."""
+        config = self.settings.retrain
+        needed, still_open = config.min_post_drift_labels, planner.still_open(wait.planned)
+        now = time.monotonic()
+        due = wait.counted_at is None or now - wait.counted_at >= config.label_poll_s
+        if needed > 0 and still_open and wait.labelled < needed and due:
+            wait.counted_at = now
+            try:
+                wait.labelled = self._count_labels(self.settings, DataWindow(wait.onset, max(
+                    datetime.now(UTC), wait.onset + timedelta(microseconds=1))))  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - a topic that cannot be read now: counted again later
+                log.warning("could not count the labels of run %s: %s", wait.planned.trigger_id, exc,
+                            extra={"error": type(exc).__name__})  # fmt: skip
+        waited = (datetime.now(UTC) - wait.since).total_seconds()
+        gate = label_gate(wait.labelled, needed, waited, config.label_wait_timeout_s, still_open)
+        if gate == "wait" and wait.recorded != wait.labelled:
+            if wait.recorded is None:
+                log.info("run %s waits for labels: %s", wait.planned.trigger_id,
+                         wait.detail(needed, config.label_wait_timeout_s))  # fmt: skip
+            self._record(self._wait_record(wait, WAITING))
+            wait.recorded = wait.labelled
+        return gate
+
+    def _wait_record(self, wait: LabelWait, status: str) -> dict:
+        """A run-log record that lets a restart resume the run (its alerts, onset and wait)."""
+        config = self.settings.retrain
+        planned = wait.planned
+        record = {
+            "run": planned.trigger_id, "trigger": planned.trigger_id, "folded": [e.id for e in planned.alerts[1:]],
+            "attempt": planned.attempt, "status": status, "onset": wait.onset.isoformat(),
+            "waiting_since": wait.since.isoformat(), "alerts": [e.model_dump(mode="json") for e in planned.alerts],
+            "labels": {"labelled": wait.labelled, "needed": config.min_post_drift_labels},
+        }  # fmt: skip
+        if status == WAITING:
+            record.update(started_at=wait.since.isoformat(),
+                          detail="waiting for labels: " + wait.detail(config.min_post_drift_labels,
+                                                                      config.label_wait_timeout_s))  # fmt: skip
+        return record
+
+    def _end_wait(self, wait: LabelWait, gate: Gate) -> RunOutcome:
+        """The outcome of a run that never trained: dropped (its alerts resolved) or failed (no labels in time)."""
+        config = self.settings.retrain
+        planned = wait.planned
+        counted = wait.detail(config.min_post_drift_labels, config.label_wait_timeout_s)
+        if gate == "drop":
+            status, detail = "dropped", f"dropped: the drift resolved before the run trained ({counted})"
+            log.info("retraining for %s %s", planned.trigger_id, detail)
+        else:
+            status = "failed"
+            detail = f"failed: not enough labels after waiting {config.label_wait_timeout_s:g} s: {counted}"
+            log.error("retraining for %s %s", planned.trigger_id, detail)
+        outcome = RunOutcome(planned.trigger_id, tuple(e.id for e in planned.alerts[1:]), None, None, detail,
+                             wait.since, datetime.now(UTC), status=status)  # fmt: skip
+        self._record({"model": self.model, "run": planned.trigger_id, "attempt": planned.attempt,
+                      **outcome.as_dict()})  # fmt: skip
+        return outcome
+
+    def resume(self, planner: RunPlanner) -> LabelWait | None:
+        """Take back the run the log shows waiting for labels or running when the last process stopped (its drift
+        events may be committed already): it waits or trains again (runs are idempotent by trigger)."""
+        try:
+            last = next((r for r in ModelRepository(self.settings).runs(50) if r.get("model") == self.model), None)
+        except OSError as exc:
+            log.warning("could not read the run log: %s", exc)
+            return None
+        if not last or last.get("status") not in (WAITING, RUNNING) or not last.get("alerts"):
+            return None
+        try:
+            alerts = [DriftEvent.model_validate(a) for a in last["alerts"]]
+            planned = PlannedRun(alerts, int(last.get("attempt") or 0))
+            wait = LabelWait(planned, datetime.fromisoformat(last["onset"]),
+                             datetime.fromisoformat(last.get("waiting_since") or last["started_at"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("cannot resume run %s from the run log: %s", last.get("run"), exc)
+            return None
+        planner.resume(planned)
+        self._wait = wait
+        log.info("resuming run %s (%s when the last consumer stopped)", planned.trigger_id, last["status"])
+        return wait
+
     def recover(self) -> None:
         """Remove stale staging folders; finish or roll back an interrupted publish. A failure is logged (the next
         publish tries again, under the publish lock)."""
@@ -269,19 +467,23 @@ class Retrainer:
         if version is not None:
             log.info("an interrupted publish of version %s is finished", version)
 
-    def handle(self, planned: PlannedRun) -> RunOutcome:
+    def handle(self, planned: PlannedRun, wait: LabelWait | None = None) -> RunOutcome:
         """One run for these alerts (the oldest is the trigger, the others are folded in); a retry (attempt > 0)
-        follows a run that promoted nothing and learns from the window up to now.
+        follows a run that promoted nothing and learns from the window up to now. ``wait``: the label wait it passed,
+        with the drift's onset (default: :func:`onset` of the trigger); the data starts ``retrain.lookback_s`` before
+        the onset.
 
         Never raises (but for BaseException): a failure is the run's outcome, recorded in the run log.
         """
         started = datetime.now(UTC)
-        trigger_id, folded = planned.trigger_id, tuple(e.id for e in planned.alerts[1:])
-        self._record({"run": trigger_id, "trigger": trigger_id, "folded": list(folded), "attempt": planned.attempt,
-                      "status": "running", "started_at": started.isoformat()})  # fmt: skip
+        if wait is None:
+            wait = LabelWait(planned, onset(planned.alerts[0], timedelta(days=self.settings.training.window_days)),
+                             started)  # fmt: skip
+        onset_at, trigger_id, folded = wait.onset, planned.trigger_id, tuple(e.id for e in planned.alerts[1:])
+        self._record({**self._wait_record(wait, RUNNING), "detail": "", "started_at": started.isoformat()})
         self._published = None
         try:
-            outcome = self._run(planned, started)
+            outcome = self._run(planned, started, onset_at)
         except HoldoutGateRejected as exc:
             log.warning("retraining for %s: %s", trigger_id, exc)
             outcome = RunOutcome(trigger_id, folded, None, None, str(exc), started, datetime.now(UTC),
@@ -298,7 +500,7 @@ class Retrainer:
         self._record({"run": trigger_id, "attempt": planned.attempt, **outcome.as_dict()})
         return outcome
 
-    def _run(self, planned: PlannedRun, started: datetime) -> RunOutcome:
+    def _run(self, planned: PlannedRun, started: datetime, onset_at: datetime) -> RunOutcome:
         firing, attempt, trigger_id = planned.alerts, planned.attempt, planned.trigger_id
         trigger, folded = firing[0], tuple(e.id for e in firing[1:])
         repo = ModelRepository(self.settings)
@@ -312,7 +514,7 @@ class Retrainer:
         data_end = None
         version = existing
         if version is None:
-            version, data_end = self._train_candidate(trigger, trigger_id, settle=attempt == 0)
+            version, data_end = self._train_candidate(trigger, trigger_id, onset_at, settle=attempt == 0)
         else:
             log.info("resuming the canary of version %s (trigger %s)", version, trigger_id)
         self._published = version
@@ -343,11 +545,13 @@ class Retrainer:
         except OSError as exc:
             log.warning("could not write the run log: %s", exc)
 
-    def _train_candidate(self, trigger: DriftEvent, trigger_id: str, settle: bool) -> tuple[int, datetime]:
+    def _train_candidate(
+        self, trigger: DriftEvent, trigger_id: str, onset_at: datetime, settle: bool
+    ) -> tuple[int, datetime]:
         config = self.settings.retrain
         if settle and config.settle_s:  # a retry has waited retry_after_s already
             time.sleep(config.settle_s)
-        window = DataWindow(trigger.started_at - timedelta(seconds=config.lookback_s), datetime.now(UTC))
+        window = DataWindow(onset_at - timedelta(seconds=config.lookback_s), datetime.now(UTC))
         train = self._train
         if train is None:
             from training.pipeline import train_version

@@ -23,7 +23,8 @@ def models_group() -> None:
 @pass_ctx
 def list_versions(ctx: CommandContext, as_json: bool, run_count: int) -> None:
     """Every version in the repository, newest first, with its role, Triton state and holdout scores; then the
-    retraining consumer's last runs and how they ended (promoted, rolled back, rejected, failed, running)."""
+    retraining consumer's last runs and how they ended (promoted, rolled back, rejected, failed, dropped) or where
+    they are (waiting_for_labels, running)."""
     from training.exceptions import TrainingError
     from training.publish import TritonControl
     from training.registry import read_state
@@ -68,7 +69,7 @@ def list_versions(ctx: CommandContext, as_json: bool, run_count: int) -> None:
         click.echo("last runs of the retraining consumer:")
     for run in runs:
         version = f"v{run['version']}" if run["version"] is not None else "-"
-        click.echo(f"  {run['started_at'] or '':<32} {run['status'] or '?':<11} {version:<5} trigger {run['run']}  "
+        click.echo(f"  {run['started_at'] or '':<32} {run['status'] or '?':<18} {version:<5} trigger {run['run']}  "
                    f"{(run['detail'] or '')[:160]}")  # fmt: skip
 
 
@@ -102,6 +103,8 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
         "started_at": run.get("started_at"),
         "ended_at": run.get("ended_at"),
         "verdict": run.get("verdict"),
+        "onset": run.get("onset"),
+        "labels": run.get("labels"),  # {"labelled", "needed"}: post-onset labels counted while the run waited
     }
 
 

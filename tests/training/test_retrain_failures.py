@@ -82,7 +82,8 @@ def test_unusable_drift_events_are_named() -> None:
 def test_a_run_that_raises_is_recorded_as_failed_and_retried_up_to_max_retries(tmp_path) -> None:
     settings = load_settings(
         triton={"model_repository": tmp_path, "model_name": MODEL},
-        retrain={"retry_after_s": 0.01, "max_retries": 2, "settle_s": 0, "lookback_s": 60},
+        retrain={"retry_after_s": 0.01, "max_retries": 2, "settle_s": 0, "lookback_s": 60,
+                 "min_post_drift_labels": 0},
     )  # fmt: skip
     train = OutOfMemory()
     outcomes: list[RunOutcome] = []
@@ -120,7 +121,8 @@ def test_a_run_that_raises_is_recorded_as_failed_and_retried_up_to_max_retries(t
 @pytest.mark.unit
 def test_a_candidate_refused_by_the_holdout_gate_ends_the_run_as_rejected(tmp_path) -> None:
     settings = load_settings(triton={"model_repository": tmp_path, "model_name": MODEL},
-                             retrain={"retry_after_s": 0, "holdout_margin": 0.02})  # fmt: skip
+                             retrain={"retry_after_s": 0, "holdout_margin": 0.02,
+                                      "min_post_drift_labels": 0})  # fmt: skip
     margins = []
 
     def worse(settings, *, holdout_margin, **kwargs) -> None:
@@ -166,7 +168,8 @@ cli.add_command(models_group)
 def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_path) -> None:
     settings = settings_factory(
         triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1"},
-        retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0},
+        retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0,
+                 "min_post_drift_labels": 0},
     )  # fmt: skip
     ensure_topics(settings)
     topic = settings.kafka.topic("drift-v1")
