@@ -84,7 +84,8 @@ class KafkaSettings(_Section):
 class TritonSettings(_Section):
     """Where inference goes. ``url`` unset means the local stack's server.
 
-    ``url`` is the HTTP endpoint (``host:port``); ``grpc_url`` defaults to the local stack's gRPC port.
+    ``url`` is the HTTP endpoint (``host:port``); ``grpc_url`` defaults to port 8001 on ``url``'s host, else to the
+    local stack's gRPC port.
     Env: ``DRIFTLOOP_TRITON__URL`` or ``TRITON_URL``.
     """
 
@@ -177,6 +178,12 @@ class RetrainSettings(_Section):
     trigger_kinds: tuple[str, ...] = ("data", "prediction", "performance")
     lookback_s: float = Field(300.0, ge=0)  # the dataset starts this long before the drift was first seen
     settle_s: float = Field(0.0, ge=0)  # wait after the alert, so that post-drift labels accumulate
+    # A run trains only once this many labelled events since the drift's onset are on the topics (labels come late;
+    # a data or prediction alert comes before them); it fails after label_wait_timeout_s, and is dropped when its
+    # alerts resolve first. 0: train at once.
+    min_post_drift_labels: int = Field(50, ge=0)
+    label_wait_timeout_s: float = Field(900.0, gt=0)
+    label_poll_s: float = Field(5.0, gt=0)  # how often the topics are counted while a run waits
     canary_min_labelled: int = Field(100, ge=1)  # labelled answers per role before the canary is judged
     canary_timeout_s: float = Field(300.0, gt=0)
     promote_margin: float = Field(0.0, ge=0, le=1)  # promote when candidate accuracy >= champion's - margin
@@ -198,17 +205,22 @@ class MonitoringSettings(_Section):
     ``window_max_age_s`` before the newest dropped, when set) is compared with the serving version's reference every
     ``check_every_events`` predictions or ``check_interval_s`` seconds, once it holds ``min_window`` predictions.
 
-    Decision policy, per model and drift kind: *data* drift when the share of drifted feature and text-descriptor
-    columns reaches ``data_drift_share``; *prediction* drift when the share of drifted prediction columns (label,
-    max score) reaches ``prediction_drift_share``; *performance* drift when, with at least ``min_labelled`` labels in
-    the window, accuracy falls below ``min_accuracy`` (or ``max_accuracy_drop`` below the reference's), or macro-F1
-    below ``min_macro_f1``. A drift must persist ``hysteresis_checks`` consecutive checks to fire and be absent
-    ``resolve_checks`` consecutive checks to resolve. Severity is critical at ``critical_drift_share`` (or accuracy
-    below ``critical_accuracy``), warning below.
+    Decision policy, per model and drift kind (``monitoring.drift``, ``monitoring.calibration``): *data* drift when
+    the largest standardised statistic over the feature and text-descriptor columns exceeds a threshold calibrated on
+    the version's reference so that clean traffic fires at most ``false_alarms_per_30_days`` pages at one check every
+    ``check_interval_s`` (``calibration_resamples`` simulated null windows of ``window_size``); *prediction* drift
+    likewise over the predicted label and the max score; *performance* drift when, with at least ``min_labelled``
+    labels in the window, the upper confidence bound of the accuracy (one-sided binomial test at the same calibrated
+    level) falls below ``min_accuracy`` or ``max_accuracy_drop`` below the reference's accuracy (or macro-F1 below
+    ``min_macro_f1``, a plain cut). No kind is judged on a window of fewer than ``min_window`` events or
+    ``min_entities`` distinct entities. A drift must persist ``hysteresis_checks`` consecutive checks to fire and be
+    absent ``resolve_checks`` consecutive checks to resolve. Severity is critical when ``critical_drift_share`` of a
+    kind's columns are above its threshold (or accuracy below ``critical_accuracy``), warning below.
 
-    Statistical tests are Evidently's: ``num_stattest`` unset means Evidently's choice by reference size (KS up to
-    1000 rows, Wasserstein above); ``cat_stattest`` is used for categorical columns and for numeric columns with few
-    distinct values. Thresholds unset mean the test's own default.
+    Evidently's tests, for the HTML report only: ``num_stattest`` unset means Evidently's choice by reference size
+    (KS up to 1000 rows, Wasserstein above); ``cat_stattest`` is used for categorical columns and for numeric columns
+    with few distinct values. Thresholds unset mean the test's own default. ``data_drift_share`` is the report's
+    dataset-drift share; ``prediction_drift_share`` is no longer used by the decision.
 
     Delivery: Alertmanager (API v2) at ``alertmanager_url``; PagerDuty Events v2 when ``pagerduty_routing_key`` is
     set; a Slack-compatible incoming webhook at ``slack_webhook_url``. A firing alert is repeated to webhooks at most
@@ -241,6 +253,15 @@ class MonitoringSettings(_Section):
     critical_accuracy: float = Field(default=0.5, ge=0, le=1)
     hysteresis_checks: int = Field(default=3, ge=1)
     resolve_checks: int = Field(default=3, ge=1)
+    # Calibrated decision (monitoring.calibration): the thresholds are set on the reference so that clean traffic
+    # pages at most this often, at one check every check_interval_s; lower it for fewer pages, later detection.
+    false_alarms_per_30_days: float = Field(default=1.0, gt=0)
+    calibration_resamples: int = Field(default=2000, ge=200)
+    calibration_seed: int = 0
+    calibration_tail_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    # A window is judged only when comparable with the reference: at least min_window events (above) from at least
+    # this many distinct entities.
+    min_entities: int = Field(default=10, ge=1)
 
     alertmanager_url: str | None = None
     pagerduty_url: SecretStr = SecretStr("https://events.pagerduty.com/v2/enqueue")
@@ -282,6 +303,13 @@ class StackSettings(_Section):
     ready_timeout_s: float = 90.0
 
 
+class DemoSettings(_Section):
+    """``driftloop demo``: how its ground truth arrives (the ``--label-delay-s`` / ``--label-share`` defaults)."""
+
+    label_delay_s: float = Field(default=30.0, ge=0)  # from an event to its label
+    label_share: float = Field(default=0.5, ge=0, le=1)  # of the events that get a label, drawn at random
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     json_format: bool = False
@@ -306,6 +334,7 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = RetrainSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     stack: StackSettings = StackSettings()
+    demo: DemoSettings = DemoSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -338,6 +367,8 @@ class Settings(BaseSettings):
     def triton_grpc(self) -> str:
         if self.triton.grpc_url:
             return _strip_scheme(self.triton.grpc_url)
+        if self.triton.url:  # an existing server: Triton's default gRPC port on its host
+            return f"{self.triton_http.rsplit(':', 1)[0]}:8001"
         return f"{self.stack.host}:{self.stack.triton_grpc_port}"
 
     @property

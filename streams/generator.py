@@ -1,17 +1,22 @@
-"""What ``driftloop produce`` sends: synthetic labelled events (with malformed ones on request) or a JSONL/CSV file."""
+"""What ``driftloop produce`` sends: synthetic labelled events (with malformed ones on request) or a JSONL/CSV file;
+labels on time, or held back and thinned out as ground truth arrives in practice (``LabelSchedule``)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import heapq
+import itertools
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from foundation.settings import Settings
 from streams.client import KafkaProducer, Record
+from streams.schemas import InvalidRecord, parse_label
 from streams.synthetic import SyntheticStream
 
 _CSV_FIELDS = {"event_id", "entity_id", "event_time", "text", "schema_version"}
@@ -72,15 +77,107 @@ def file_records(settings: Settings, path: Path) -> Iterator[list[Record]]:
             yield [Record(topic, line, key=key)]
 
 
+class LabelSchedule:
+    """When the labels go out: ``delay_s`` after their event, for a random ``share`` of the events (the others never
+    get one). Plain logic: the caller passes the time (``time.monotonic()`` seconds) and sends what is due.
+
+    A label sent late carries the time it is sent as ``labelled_at``.
+
+    Args:
+        topic: the labels topic; records on other topics are not held.
+        delay_s: seconds from an event to its label (default 0: with the event).
+        share: share of the events that get a label, from 0 to 1 (default 1: all).
+        seed: seed of the draw that picks the labelled events.
+
+    Raises:
+        ValueError: ``delay_s`` below 0, or ``share`` outside 0..1.
+    """
+
+    def __init__(self, topic: str, delay_s: float = 0.0, share: float = 1.0, seed: int = 0) -> None:
+        if delay_s < 0:
+            raise ValueError(f"label delay must be >= 0 s, got {delay_s}")
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"label share must lie in 0..1, got {share}")
+        self.topic, self.delay_s, self.share = topic, delay_s, share
+        self.dropped = 0  # labels left out by the share
+        self._pick = random.Random(f"label-share-{seed}")  # not the stream's own draw, which uses the seed
+        self._held: list[tuple[float, int, Record]] = []  # heap of (due, arrival order, record)
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def split(self, records: Iterable[Record], now: float) -> list[Record]:
+        """Hold the labels among ``records`` (or leave them out); return the others, to send now."""
+        others = []
+        for record in records:
+            if record.topic == self.topic:
+                self.hold(record, now)
+            else:
+                others.append(record)
+        return others
+
+    def hold(self, label: Record, now: float) -> None:
+        """Take the label of an event sent at ``now``: held until ``now + delay_s``, or left out (share)."""
+        if self.share < 1.0 and self._pick.random() >= self.share:
+            self.dropped += 1
+            return
+        heapq.heappush(self._held, (now + self.delay_s, next(self._order), label))
+
+    def due(self, now: float) -> list[Record]:
+        """The held labels due at ``now``, oldest first, no longer held."""
+        out = []
+        while self._held and self._held[0][0] <= now:
+            out.append(heapq.heappop(self._held)[2])
+        if out and self.delay_s > 0:
+            at = datetime.now(UTC)
+            out = [_labelled_at(record, at) for record in out]
+        return out
+
+    def next_due(self) -> float | None:
+        """When the next held label is due (None: none held)."""
+        return self._held[0][0] if self._held else None
+
+    def drain(
+        self, send: Callable[[list[Record]], object], clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> int:  # fmt: skip
+        """Send every held label once it is due, waiting for them; returns how many were sent."""
+        sent = 0
+        while (due_at := self.next_due()) is not None:
+            sleep(max(0.0, due_at - clock()))
+            records = self.due(clock())
+            if records:
+                send(records)
+                sent += len(records)
+        return sent
+
+
+def _labelled_at(record: Record, at: datetime) -> Record:
+    """The label record stamped as labelled ``at``; a value that is not a label goes as it is."""
+    try:
+        label = parse_label(record.value)
+    except InvalidRecord:
+        return record
+    return dataclasses.replace(record, value=label.model_copy(update={"labelled_at": at}).to_bytes())
+
+
 def produce(
     producer: KafkaProducer, batches: Iterable[list[Record]], rate: float | None = None, chunk: int = 200,
-    progress=None,
+    progress=None, labels: LabelSchedule | None = None,
 ) -> int:  # fmt: skip
-    """Send at ``rate`` events per second (None: as fast as possible), in acknowledged chunks. Returns events sent."""
+    """Send at ``rate`` events per second (None: as fast as possible), in acknowledged chunks. Returns events sent.
+
+    With ``labels``, the records on its topic go out when it says, the last ones after the events, once due: none
+    is lost when the stream ends before them.
+    """
     started = time.monotonic()
     pending: list[Record] = []
     sent = 0
     for records in batches:
+        if labels is not None:
+            now = time.monotonic()
+            records = labels.split(records, now) + labels.due(now)
         pending += records
         sent += 1
         if rate:
@@ -95,4 +192,6 @@ def produce(
         if progress is not None:
             progress.update(1)
     producer.produce_batch(pending)
+    if labels is not None:
+        labels.drain(producer.produce_batch)
     return sent

@@ -17,10 +17,24 @@ from driftloop.commands.context import CommandContext, pass_ctx
 @click.option("--timeout", default=600.0, show_default=True, help="Give up when no promotion came by then.")
 @click.option("--after-promotion", default=30.0, show_default=True, help="Seconds of traffic after the promotion.")
 @click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--label-delay-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds from an event to its label [default: demo.label_delay_s, 30].",
+)
+@click.option(
+    "--label-share",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Share of the events that get a label [default: demo.label_share, 0.5].",
+)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path(".stack/demo"),
               show_default=True, help="Where the summary, the plot and the workers' logs go.")  # fmt: skip
 @pass_ctx
-def demo_command(ctx: CommandContext, rate, drift_after, timeout, after_promotion, seed, out: Path) -> None:
+def demo_command(
+    ctx: CommandContext, rate, drift_after, timeout, after_promotion, seed, label_delay_s, label_share, out: Path
+) -> None:
     """Start the stack, bootstrap a version on clean traffic, stream events, inject a concept drift and let the loop
     recover."""
     from driftloop.demo import DemoPlan, run_loop, timeline_lines
@@ -42,7 +56,11 @@ def demo_command(ctx: CommandContext, rate, drift_after, timeout, after_promotio
         run = train_version(settings, bootstrap=True, promote_policy="always")
         click.echo(f"version {run.version} serving: holdout accuracy {run.metrics.accuracy:.1%}, "
                    f"macro-F1 {run.metrics.macro_f1:.3f}, trained in {run.seconds:.0f}s")  # fmt: skip
-    plan = DemoPlan(rate=rate, drift_after_s=drift_after, timeout_s=timeout, after_promotion_s=after_promotion, seed=seed)
+    plan = DemoPlan(
+        rate=rate, drift_after_s=drift_after, timeout_s=timeout, after_promotion_s=after_promotion, seed=seed,
+        label_delay_s=settings.demo.label_delay_s if label_delay_s is None else label_delay_s,
+        label_share=settings.demo.label_share if label_share is None else label_share,
+    )  # fmt: skip
     summary = run_loop(settings, plan, ctx.config, out, click.echo)
     click.echo("\ntimeline (seconds since the drift onset):")
     for line in timeline_lines(summary):

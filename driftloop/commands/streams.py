@@ -18,7 +18,7 @@ from tqdm import tqdm
 from driftloop.commands.context import CommandContext, pass_ctx
 from streams.client import KafkaConsumer, KafkaProducer
 from streams.exceptions import StreamsError
-from streams.generator import file_records, produce, synthetic_records
+from streams.generator import LabelSchedule, file_records, produce, synthetic_records
 from streams.schemas import (
     DeadLetter,
     InvalidRecord,
@@ -43,10 +43,26 @@ PREVIEW_CHARS = 300  # of a record that breaks its contract, at most this much o
 @click.option("--malformed-share", default=0.0, show_default=True, help="Share of deliberately broken events.")
 @click.option("--drift-at", type=int, default=None, help="Index of the first drifted event (concept drift).")
 @click.option("--labels/--no-labels", default=True, show_default=True, help="Also send ground truth to labels.")
+@click.option(
+    "--label-delay-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds from an event to its label; labels still held when the events end go out once due.",
+)
+@click.option(
+    "--label-share",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="Share of the events that get a label, drawn at random (seeded).",
+)
 @click.option("--file", "path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Send the events of a JSONL or CSV file instead.")  # fmt: skip
 @pass_ctx
-def produce_command(ctx: CommandContext, count, rate, seed, malformed_share, drift_at, labels, path) -> None:
+def produce_command(
+    ctx: CommandContext, count, rate, seed, malformed_share, drift_at, labels, label_delay_s, label_share, path
+) -> None:
     """Produce events to the events topic: a seeded synthetic stream, or a file."""
     settings = ctx.settings
     batches = (
@@ -54,22 +70,35 @@ def produce_command(ctx: CommandContext, count, rate, seed, malformed_share, dri
         if path
         else synthetic_records(settings, count, seed, malformed_share, drift_at, labels)
     )
+    schedule = None
+    if labels and not path and (label_delay_s > 0 or label_share < 1):
+        schedule = LabelSchedule(settings.kafka.topic("labels-v1"), label_delay_s, label_share, seed=seed)
     try:
-        with KafkaProducer(settings) as producer, tqdm(total=None if path else count, unit="ev", file=sys.stderr) as bar:
-            sent = produce(producer, batches, rate=rate, progress=bar)
+        with (
+            KafkaProducer(settings) as producer,
+            tqdm(total=None if path else count, unit="ev", file=sys.stderr) as bar,
+        ):
+            sent = produce(producer, batches, rate=rate, progress=bar, labels=schedule)
     except StreamsError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"sent {sent} events to {settings.kafka.topic('events-v1')}")
+    if schedule is not None:
+        click.echo(f"left {schedule.dropped} events unlabelled (label share {label_share:g}), "
+                   f"labels {label_delay_s:g} s after their event")  # fmt: skip
 
 
 @click.command(name="tail")
 @click.argument("stream", type=click.Choice(sorted(TAILABLE)))
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the raw JSON values, one per line (a record that is not JSON: a note on stderr).")  # fmt: skip
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the raw JSON values, one per line (a record that is not JSON: a note on stderr).",
+)  # fmt: skip
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the newest.")
 @click.option("--max", "max_records", type=int, default=None, help="Stop after this many records.")
 @pass_ctx
-def tail_command(ctx: CommandContext, stream: str, as_json: bool, from_beginning: bool, max_records: int | None) -> None:
+def tail_command(
+    ctx: CommandContext, stream: str, as_json: bool, from_beginning: bool, max_records: int | None
+) -> None:
     """Follow a topic (Ctrl-C stops). Reads with a throwaway group and commits nothing.
 
     Any record prints as one line: one that breaks its topic's contract (not UTF-8, not JSON, a tombstone, a field
