@@ -19,14 +19,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 from confluent_kafka import Message
 
-from foundation.health import HealthServer
-from foundation.settings import Settings
 from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store
+from foundation.health import HealthServer
+from foundation.settings import Settings
 from streams.canary import route, serving_versions
 from streams.client import KafkaConsumer, KafkaProducer, Record
 from streams.exceptions import DeliveryError, StreamsError
@@ -89,6 +90,38 @@ def feature_matrix(features: dict[str, list], names: Sequence[str]) -> np.ndarra
     """Rows of the model's FP32 feature input; a feature never pushed for an entity is 0 (recorded as null)."""
     columns = [[0.0 if v is None else float(v) for v in features[name]] for name in names]
     return np.asarray(columns, dtype=np.float32).T.reshape(len(features[names[0]]) if names else 0, len(names))
+
+
+def checked_event(msg: Message) -> Event:
+    """The record's event, keyed by its entity id.
+
+    Raises:
+        InvalidEvent: the value breaks the event contract, or the key is not the event's ``entity_id``.
+    """
+    event = parse_event(msg.value())
+    if msg.key() != event.entity_id.encode():
+        key = msg.key()
+        raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got "
+                           f"{key if key is None else key[:64]!r}")  # fmt: skip
+    return event
+
+
+class Stamps(NamedTuple):
+    """When a batch was read, its features fetched and its answers received (epoch seconds)."""
+
+    read_at: float
+    started: float
+    features_done: float
+    inference_done: float
+
+    def timings(self, broker_ts: float, now: float) -> Timings:
+        """Per-stage milliseconds of one event written by the broker at ``broker_ts``, predicted at ``now``."""
+        return Timings(
+            queue=round((self.started - broker_ts) * 1000, 3),
+            features=round((self.features_done - self.started) * 1000, 3),
+            inference=round((self.inference_done - self.features_done) * 1000, 3),
+            end_to_end=round((now - broker_ts) * 1000, 3),
+        )
 
 
 class InferenceWorker:
@@ -236,14 +269,27 @@ class InferenceWorker:
         served = await self._until_available(
             "triton", lambda: self._classify(classifier, tracker, ids, texts, matrix), classifier
         )
-        inference_done = time.time()
-        stamps = (batch.read_at, started, features_done, inference_done)
+        stamps = Stamps(batch.read_at, started, features_done, time.time())
+        self._answer(batch, events, served, features, feature_names, stamps)
+
+    def _answer(
+        self,
+        batch: Batch,
+        events: list[tuple[Message, Event]],
+        served: Served,
+        features: dict[str, list],
+        feature_names: Sequence[str],
+        stamps: Stamps,
+    ) -> None:
+        """Add a prediction per answer to the batch's outputs; an event whose answer failed (or whose prediction
+        cannot be built) becomes a dead letter, a failed shadow answer is dropped."""
         for i, result, role in served.answers():
             msg, event = events[i]
             try:
                 if isinstance(result, TritonRequestError):
                     raise result
-                batch.outputs.append(self._prediction(msg, event, result, role, features, i, feature_names, stamps))
+                row = {name: _plain(features[name][i]) for name in feature_names}
+                batch.outputs.append(self._prediction(msg, event, result, role, row, stamps))
                 batch.predicted += role != "shadow"
             except Exception as exc:  # noqa: BLE001 - this record's fault or not, the rest of the batch goes on
                 if role == "shadow":
@@ -258,12 +304,7 @@ class InferenceWorker:
         events: list[tuple[Message, Event]] = []
         for msg in batch.messages:
             try:
-                event = parse_event(msg.value())
-                if msg.key() != event.entity_id.encode():
-                    key = msg.key()
-                    raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got "
-                                       f"{key if key is None else key[:64]!r}")  # fmt: skip
-                events.append((msg, event))
+                events.append((msg, checked_event(msg)))
             except InvalidEvent as exc:
                 batch.outputs.append(dead_letter(self.settings, msg, "validate", exc.reason))
                 batch.dead += 1
@@ -296,11 +337,19 @@ class InferenceWorker:
                 log.warning("shadow version %s unavailable: %s", candidate, exc)
         return Served(results, shadow, candidate)
 
-    def _prediction(self, msg: Message, event: Event, result, role: str, features, i: int, feature_names, stamps):
+    def _prediction(
+        self,
+        msg: Message,
+        event: Event,
+        result: tuple[np.ndarray, int],
+        role: str,
+        features: dict[str, float | None],
+        stamps: Stamps,
+    ) -> Record:
+        """The prediction record of one answer ``(probabilities, version)``, keyed like the event."""
         probs, served_version = result
-        read_at, started, features_done, inference_done = stamps
         now = time.time()
-        broker_ts = msg.timestamp()[1] / 1000 if msg.timestamp()[1] > 0 else read_at
+        broker_ms = msg.timestamp()[1]
         prediction = Prediction(
             event_id=event.event_id,
             entity_id=event.entity_id,
@@ -309,13 +358,8 @@ class InferenceWorker:
             scores={label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
             model=ModelRef(name=self.settings.triton.model_name, version=served_version),
             role=role,
-            features={name: _plain(features[name][i]) for name in feature_names},
-            timings_ms=Timings(
-                queue=round((started - broker_ts) * 1000, 3),
-                features=round((features_done - started) * 1000, 3),
-                inference=round((inference_done - features_done) * 1000, 3),
-                end_to_end=round((now - broker_ts) * 1000, 3),
-            ),
+            features=features,
+            timings_ms=stamps.timings(broker_ms / 1000 if broker_ms > 0 else stamps.read_at, now),
             trace_id=trace_id(msg),
             text_stats=text_stats(event.text, self._vocab(served_version)),
             predicted_at=datetime.fromtimestamp(now, UTC),

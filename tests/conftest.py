@@ -18,11 +18,15 @@ from pathlib import Path
 import pytest
 
 import features  # noqa: F401 - before any feast import: keeps prometheus_client in-process (see features/__init__)
-from foundation.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import triton as local_triton
 from foundation.paths import REPO_ROOT
+from foundation.settings import Settings, load_settings
 from tests.helpers import free_port
+
+# Fixtures shared across folders, found by every test that names them: the keyword model and a pipeline
+# (tests/streams, tests/chaos), and the closed loop's settings (tests/e2e, tests/chaos).
+pytest_plugins = ("tests.streams.support", "tests.e2e.loop")
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +113,7 @@ def triton_server(stack_settings: Settings, tmp_path_factory: pytest.TempPathFac
         yield TritonEndpoint(http, grpc, None)
         return
     repository = tmp_path_factory.mktemp("triton_repo")
-    settings = load_settings(
-        stack=stack_settings.stack.model_dump(), triton={"model_repository": repository}
-    )
+    settings = load_settings(stack=stack_settings.stack.model_dump(), triton={"model_repository": repository})
     proc = local_triton.server(settings)
     local_triton.start(settings)
     try:

@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from foundation.settings import TrainingSettings
 from training.dataset import feature_matrix, label_ids
-from training.evaluation import evaluate
+from training.evaluation import Metrics, evaluate
 from training.exceptions import TrainingError
 from training.servable import runtime
 
@@ -132,67 +132,23 @@ def fit(
     seed_everything(options.seed)
     device = resolve_device(options.device)
     started = time.perf_counter()
-    texts = train["text"].tolist()
-    features = torch.from_numpy(feature_matrix(train))
-    targets = torch.from_numpy(label_ids(train, labels))
-    model.scaler.fit(features.numpy())
+    rows = _TrainingRows.of(train, labels)
+    model.scaler.fit(rows.features.numpy())
     model.to(device)
-
-    head_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
-    decay = [p for name, p in model.encoder.named_parameters() if p.ndim > 1]
-    no_decay = [p for name, p in model.encoder.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "lr": options.learning_rate, "weight_decay": options.weight_decay},
-            {"params": no_decay, "lr": options.learning_rate, "weight_decay": 0.0},
-            {"params": head_params, "lr": options.head_learning_rate, "weight_decay": options.weight_decay},
-        ]
-    )
-    steps_per_epoch = math.ceil(len(texts) / options.batch_size)
-    # A drift window is small: a few batches per epoch. min_steps adds epochs until the optimiser has taken that many.
-    epochs = max(options.epochs, math.ceil(options.min_steps / steps_per_epoch))
-    total_steps = steps_per_epoch * epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * options.warmup_fraction), total_steps)
+    steps_per_epoch, epochs = plan_epochs(len(rows.texts), options)
+    stepper = _Stepper.create(model, options, device, total_steps=steps_per_epoch * epochs)
     generator = torch.Generator().manual_seed(options.seed)
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     report = FitReport(device=str(device), train_samples=len(train), validation_samples=len(validation))
     best_score, best_state = -1.0, None
 
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(texts), generator=generator)
-        running, seen = 0.0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch",
                    disable=not options.progress, leave=False)  # fmt: skip
-        for start in range(0, len(texts), options.batch_size):
-            index = order[start : start + options.batch_size]
-            ids, mask = text_encoder([texts[i] for i in index.tolist()])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(ids.to(device), mask.to(device), features[index].to(device))
-            loss = F.cross_entropy(logits.float(), targets[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            report.steps += 1
-            running += loss.item() * len(index)
-            seen += len(index)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-            bar.update()
-        bar.close()
-        model.eval()
-        predictor = runtime.Predictor(model, text_encoder, labels, runtime.FEATURE_NAMES, device)
-        probs = predictor.predict_proba(validation["text"].tolist(), feature_matrix(validation))
-        scores = evaluate(probs, label_ids(validation, labels), labels)
-        report.epochs.append(
-            {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": scores.log_loss,
-             "val_accuracy": scores.accuracy, "val_macro_f1": scores.macro_f1}
-        )  # fmt: skip
-        log.info(
-            "epoch %d/%d: train loss %.4f, validation accuracy %.3f, macro-F1 %.3f",
-            epoch, epochs, running / max(1, seen), scores.accuracy, scores.macro_f1,
-        )  # fmt: skip
+        train_loss = _train_epoch(stepper, text_encoder, rows, torch.randperm(len(rows.texts), generator=generator),
+                                  options.batch_size, bar)  # fmt: skip
+        report.steps += steps_per_epoch
+        scores = _validate(model, text_encoder, validation, labels, device)
+        _record_epoch(report, epoch, epochs, train_loss, scores)
         if scores.macro_f1 > best_score:
             best_score, report.best_epoch = scores.macro_f1, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -203,3 +159,118 @@ def fit(
     model.eval()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def plan_epochs(rows: int, options: FitOptions) -> tuple[int, int]:
+    """Steps per epoch and epochs for ``rows`` training rows: ``options.epochs``, or more to reach ``min_steps``."""
+    steps_per_epoch = math.ceil(rows / options.batch_size)
+    # A drift window is small: a few batches per epoch. min_steps adds epochs until the optimiser has taken that many.
+    return steps_per_epoch, max(options.epochs, math.ceil(options.min_steps / steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class _TrainingRows:
+    """The training set as the model takes it: texts, feature matrix, label ids."""
+
+    texts: list[str]
+    features: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, labels: tuple[str, ...]) -> _TrainingRows:
+        return cls(
+            frame["text"].tolist(), torch.from_numpy(feature_matrix(frame)), torch.from_numpy(label_ids(frame, labels))
+        )
+
+
+@dataclass(frozen=True)
+class _Stepper:
+    """One optimisation step: forward (bf16 autocast on a GPU that has it), loss, clipped backward, AdamW, schedule."""
+
+    model: runtime.Classifier
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    autocast: bool
+
+    @classmethod
+    def create(cls, model: runtime.Classifier, options: FitOptions, device: torch.device, total_steps: int) -> _Stepper:
+        optimizer = _optimizer(model, options)
+        warmup = int(total_steps * options.warmup_fraction)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+        autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return cls(model, optimizer, scheduler, device, autocast)
+
+    def step(self, ids: torch.Tensor, mask: torch.Tensor, features: torch.Tensor, targets: torch.Tensor) -> float:
+        """Take one step on a batch; returns its mean loss."""
+        device = self.device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(ids.to(device), mask.to(device), features.to(device))
+        loss = F.cross_entropy(logits.float(), targets.to(device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+
+def _optimizer(model: runtime.Classifier, options: FitOptions) -> torch.optim.AdamW:
+    """AdamW: the encoder at ``learning_rate`` (no weight decay on biases and norms), the new layers at ``head_*``."""
+    head_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    decay = [p for name, p in model.encoder.named_parameters() if p.ndim > 1]
+    no_decay = [p for name, p in model.encoder.named_parameters() if p.ndim <= 1]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "lr": options.learning_rate, "weight_decay": options.weight_decay},
+            {"params": no_decay, "lr": options.learning_rate, "weight_decay": 0.0},
+            {"params": head_params, "lr": options.head_learning_rate, "weight_decay": options.weight_decay},
+        ]
+    )
+
+
+def _train_epoch(
+    stepper: _Stepper,
+    text_encoder: runtime.TextEncoder,
+    rows: _TrainingRows,
+    order: torch.Tensor,
+    batch_size: int,
+    bar: Any,
+) -> float:
+    """One pass over ``rows`` in ``order``, a step per batch; returns the mean training loss."""
+    stepper.model.train()
+    running, seen = 0.0, 0
+    for start in range(0, len(rows.texts), batch_size):
+        index = order[start : start + batch_size]
+        ids, mask = text_encoder([rows.texts[i] for i in index.tolist()])
+        running += stepper.step(ids, mask, rows.features[index], rows.targets[index]) * len(index)
+        seen += len(index)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+        bar.update()
+    bar.close()
+    return running / max(1, seen)
+
+
+def _validate(
+    model: runtime.Classifier,
+    text_encoder: runtime.TextEncoder,
+    validation: pd.DataFrame,
+    labels: tuple[str, ...],
+    device: torch.device,
+) -> Metrics:
+    """Score the model (put in eval mode) on the validation rows."""
+    model.eval()
+    predictor = runtime.Predictor(model, text_encoder, labels, runtime.FEATURE_NAMES, device)
+    probs = predictor.predict_proba(validation["text"].tolist(), feature_matrix(validation))
+    return evaluate(probs, label_ids(validation, labels), labels)
+
+
+def _record_epoch(report: FitReport, epoch: int, epochs: int, train_loss: float, scores: Metrics) -> None:
+    report.epochs.append(
+        {"epoch": epoch, "train_loss": train_loss, "val_loss": scores.log_loss,
+         "val_accuracy": scores.accuracy, "val_macro_f1": scores.macro_f1}
+    )  # fmt: skip
+    log.info(
+        "epoch %d/%d: train loss %.4f, validation accuracy %.3f, macro-F1 %.3f",
+        epoch, epochs, train_loss, scores.accuracy, scores.macro_f1,
+    )  # fmt: skip

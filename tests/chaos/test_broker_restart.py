@@ -27,7 +27,7 @@ from tests.chaos.accounting import (
     settle,
     warm_up,
 )
-from tests.streams.support import group_caught_up, keyword_model, open_pipeline  # noqa: F401 - fixtures
+from tests.streams.support import group_caught_up, open_pipeline
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -36,7 +36,7 @@ WARMUP, EVENTS = 20, 800  # 8 s of stream at 100 events/s; the broker goes down 
 
 @pytest.mark.parametrize("down_s", [0, 60], ids=["restart", "outage-60s"])
 def test_broker_restart_mid_stream_loses_no_event(
-    down_s, private_broker, settings_factory, triton_server, keyword_model, tmp_path, monkeypatch,  # noqa: F811
+    down_s, private_broker, settings_factory, triton_server, keyword_model, tmp_path, monkeypatch,
     chaos_ledger,
 ):  # fmt: skip
     base = settings_factory(kafka={"bootstrap_servers": private_broker.kafka_bootstrap})
@@ -90,7 +90,7 @@ def test_broker_restart_mid_stream_loses_no_event(
 
 
 def test_sigterm_with_the_broker_down_ends_the_inference_worker_in_time(
-    private_broker, settings_factory, triton_server, keyword_model, tmp_path, monkeypatch,  # noqa: F811
+    private_broker, settings_factory, triton_server, keyword_model, tmp_path, monkeypatch,
 ):  # fmt: skip
     grace_s = 8.0
     base = settings_factory(kafka={"bootstrap_servers": private_broker.kafka_bootstrap})

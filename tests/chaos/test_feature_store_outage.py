@@ -20,7 +20,6 @@ import pytest
 from features.store import ONLINE_STORE_FILE, open_store, push_stream_features
 from streams.generator import synthetic_records
 from tests.chaos.accounting import Outputs, Producer, read_events, settle, warm_up
-from tests.streams.support import keyword_model, pipeline  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -36,7 +35,7 @@ def _entities(settings, count: int, seed: int) -> set[str]:
     return entities
 
 
-def test_locked_online_store_is_waited_out_without_wrong_features(pipeline, chaos_ledger):  # noqa: F811
+def test_locked_online_store_is_waited_out_without_wrong_features(pipeline, chaos_ledger):
     settings = pipeline.settings
     entities = _entities(settings, WARMUP, 140) | _entities(settings, EVENTS, 141)
     rows = pd.DataFrame([{"entity_id": e, "event_timestamp": datetime.now(UTC), **PUSHED} for e in sorted(entities)])

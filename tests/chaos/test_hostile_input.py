@@ -34,7 +34,6 @@ from tests.chaos.corpus import (
     HostileRecord,
     hostile_corpus,
 )
-from tests.streams.support import keyword_model, pipeline  # noqa: F401 - fixtures
 
 HOSTILE = 1200
 VALID = 600
@@ -176,7 +175,7 @@ def _source_index(settings: Settings, expected: int) -> dict[tuple[int, int], in
 
 @pytest.mark.chaos
 @pytest.mark.integration
-def test_hostile_records_all_reach_the_dlq_and_valid_events_keep_flowing(pipeline, chaos_ledger):  # noqa: F811
+def test_hostile_records_all_reach_the_dlq_and_valid_events_keep_flowing(pipeline, chaos_ledger):
     settings = pipeline.settings
     topic = settings.kafka.topic("events-v1")
     warmup, warmup_ids = _valid_records(settings, WARMUP, seed=100, first_id=0)

@@ -36,7 +36,6 @@ from streams.schemas import InvalidEvent, parse_event
 from tests.chaos import fuzz_corpus
 from tests.chaos.accounting import FOREIGN_HEADER, Outputs, account, read_events
 from tests.chaos.fuzz_corpus import Hostile
-from tests.e2e.loop import loop_settings  # noqa: F401 - fixture
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -137,7 +136,7 @@ def tracebacks(logs: Path) -> dict[str, int]:
 
 @pytest.mark.timeout(900)  # start-up of the workers (up to 180 s), the plan's own timeout (300 s), the accounting
 def test_hostile_records_on_every_topic_stop_nothing_and_the_loop_still_heals(
-    loop_settings, tmp_path, chaos_ledger,  # noqa: F811
+    loop_settings, tmp_path, chaos_ledger,
 ):  # fmt: skip
     from training.pipeline import train_version
 

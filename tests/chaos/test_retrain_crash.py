@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from driftloop.demo import DemoPlan, run_loop
-from tests.e2e.loop import loop_settings  # noqa: F401 - fixture
 from training.repository import ModelRepository
 
 pytestmark = pytest.mark.chaos
@@ -68,7 +67,7 @@ class RetrainKiller(threading.Thread):
 
 
 @pytest.mark.timeout(600)
-def test_killing_the_retraining_consumer_mid_run_heals_once_and_loses_nothing(loop_settings, tmp_path, chaos_ledger):  # noqa: F811
+def test_killing_the_retraining_consumer_mid_run_heals_once_and_loses_nothing(loop_settings, tmp_path, chaos_ledger):
     from training.pipeline import train_version
 
     settings, config_file = loop_settings

@@ -25,7 +25,7 @@ from tests.chaos.accounting import (
     settle,
     warm_up,
 )
-from tests.streams.support import group_caught_up, keyword_model, pipeline  # noqa: F401 - fixtures
+from tests.streams.support import group_caught_up
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -35,7 +35,7 @@ FEATURE_RATE = 150.0  # ~6 s of stream for the feature worker, which commits abo
 WARMUP = 30
 
 
-def test_sigkill_of_the_inference_worker_mid_batch_loses_no_event(pipeline, chaos_ledger):  # noqa: F811
+def test_sigkill_of_the_inference_worker_mid_batch_loses_no_event(pipeline, chaos_ledger):
     settings = pipeline.settings
     worker = pipeline.start("run", "--role", "inference")
     outputs = Outputs(settings)
@@ -65,7 +65,7 @@ def test_sigkill_of_the_inference_worker_mid_batch_loses_no_event(pipeline, chao
     assert counts["lost"] == 0 and counts["wrong"] == 0, counts
 
 
-def test_sigkill_of_the_feature_worker_replays_its_events_once(pipeline, chaos_ledger):  # noqa: F811
+def test_sigkill_of_the_feature_worker_replays_its_events_once(pipeline, chaos_ledger):
     settings = pipeline.settings
     events_topic, group = settings.kafka.topic("events-v1"), settings.workers.features_group
     features = pipeline.start("run", "--role", "features")

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from foundation.health import HealthServer, main, probe
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -207,12 +208,17 @@ def test_head_requests_answer_without_a_body(health_factory) -> None:
 
 
 def test_concurrent_requests_are_served_while_a_check_is_slow(health_factory) -> None:
-    release = threading.Event()
-    health = health_factory(check_timeout_s=5).add_check("slow", lambda: release.wait(5))
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_check() -> bool:
+        entered.set()
+        return release.wait(5)
+
+    health = health_factory(check_timeout_s=5).add_check("slow", slow_check)
     slow = threading.Thread(target=get, args=(health.url + "/readyz",))
     slow.start()
     try:
-        time.sleep(0.1)
+        wait_until(entered.is_set, 5, "the slow readiness check running")
         started = time.monotonic()
         assert get(health.url + "/healthz")[0] == 200
         assert time.monotonic() - started < 1

@@ -9,13 +9,12 @@ from __future__ import annotations
 import pytest
 
 from driftloop.demo import DemoPlan, run_loop
-from tests.e2e.loop import loop_settings  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.timeout(600)  # the plan's own timeout (300 s) after up to 180 s of worker start-up
-def test_drift_is_detected_retrained_canaried_and_promoted(loop_settings, tmp_path):  # noqa: F811
+def test_drift_is_detected_retrained_canaried_and_promoted(loop_settings, tmp_path):
     from training.pipeline import train_version
 
     settings, config_file = loop_settings

@@ -1,8 +1,8 @@
 """What the worker-process tests share: the keyword model on Triton, one pipeline's settings and worker
 processes, and helpers that produce events and collect what the workers wrote.
 
-The fixtures are imported by the test modules that use them (``tests/streams/test_workers.py``,
-``tests/chaos/test_hostile_input.py``); pytest finds them in the importing module.
+The fixtures are registered for the whole suite by ``pytest_plugins`` in ``tests/conftest.py``; tests name them
+without importing them.
 """
 
 from __future__ import annotations
