@@ -161,6 +161,10 @@ class InferenceWorker:
         in_flight: deque[tuple[Batch, asyncio.Task]] = deque()
         log.info("inference worker started", extra={"replica": self.replica, "group": workers.inference_group})
         try:
+            # Route nothing before the announced champion and candidate are known.
+            while not self._stop.is_set() and not await asyncio.to_thread(tracker.wait_caught_up, 1.0):
+                if self.health:
+                    self.health.beat()
             while not self._stop.is_set():
                 if self.health:
                     self.health.beat()

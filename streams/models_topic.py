@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MODELS_TOPIC = "models-v1"  # the contract name skipped records are counted under, as every reader of it does
 RESTART_BACKOFF_MAX_S = 10.0
+CATCH_UP_TIMEOUT_S = 60.0  # reading a compacted topic of model states to its end; longer is a failure, restarted
 
 
 class ModelTracker:
@@ -36,6 +37,7 @@ class ModelTracker:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._following = threading.Event()
+        self._caught_up = threading.Event()  # the state of the topic as it was at start is read
         self.restarts = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._supervise, name="models-topic", daemon=True)
@@ -50,6 +52,11 @@ class ModelTracker:
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5)
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until the follower has read the topic up to where it stood when it started: until then the current
+        state may be an older one (e.g. no candidate yet), so a worker must not route by it. True once caught up."""
+        return self._caught_up.wait(timeout_s)
 
     def check(self) -> str:
         """Readiness: a detail while following; raises while the follower is (re)starting after a failure."""
@@ -84,6 +91,10 @@ class ModelTracker:
         try:
             with TopicReader(self._settings, self._topic, BEGINNING, name="models") as reader:
                 self._following.set()
+                for msg in reader.catch_up(timeout_s=CATCH_UP_TIMEOUT_S):
+                    if msg.key() == self.model.encode():
+                        self._take(msg)
+                self._caught_up.set()
                 for msg in reader.follow(self._stopping):
                     if msg.key() == self.model.encode():
                         self._take(msg)
