@@ -1,24 +1,25 @@
-"""One drift check: a window compared with a reference sample, with Evidently's statistical tests.
+"""One drift check: a window compared with a reference sample, decided by calibrated family-wise rules.
 
-Three kinds of drift are measured, each decided on its own:
+Three kinds of drift are decided, each by one rule (``decide``):
 
-- ``data``: the numeric features and the text descriptors; drifted when the share of drifted columns reaches
-  ``data_drift_share``.
-- ``prediction``: the predicted label and the highest score; drifted when their share of drifted columns reaches
-  ``prediction_drift_share``.
-- ``performance``: accuracy and macro-F1 on the window's labelled predictions; undecided below ``min_labelled``.
+- ``data``: the numeric features and the text descriptors; ``prediction``: the predicted label and the highest score.
+  A kind drifts when the largest standardised column statistic (Kolmogorov-Smirnov distance for numeric columns,
+  Jensen-Shannon distance for the label) exceeds the threshold calibrated on the version's reference to the
+  false-alarm budget (``monitoring.calibration``): clean traffic fires a kind with probability ``alpha`` per check
+  whatever the number of columns. ``drifted_columns`` are the columns above the threshold (the kind's culprits).
+- ``performance``: a one-sided exact binomial test on the window's labelled predictions: drifted when the upper
+  ``1 - alpha`` Clopper-Pearson bound of the window's accuracy is below the floor, the reference accuracy less
+  ``max_accuracy_drop`` (or ``min_accuracy``, whichever is higher); undecided below ``min_labelled`` labels. Labels
+  may be late and partial: only the labelled part of the window counts.
 
-The per-column tests are Evidently's (``evidently.legacy.calculations.stattests``, the functions its
-``DataDriftPreset`` and ``ValueDrift`` call), chosen as Evidently chooses them, with one change: Evidently's default for
-categorical and few-valued numeric columns is its chi-square test, which treats the reference proportions as exact and
-so flags drift on most windows much larger than the reference even when nothing changed (measured: 72 % of 10,000-row
-windows against a 1,000-row reference of the same distribution). Those columns get ``cat_stattest`` instead
-(Jensen-Shannon distance by default), as do numeric columns for which Evidently picks a categorical-only test (its
-z-test, for two distinct values), which its ``Report`` would then refuse. The HTML report (``monitoring.report``) is
-run with the methods resolved here, so its numbers match the decision's.
+No kind is decided on a window that is not comparable with the reference: fewer than ``min_window`` events or fewer
+than ``min_entities`` distinct entities (a fresh store, a short window) leave every kind undecided.
 
-A check runs the tests only, without Evidently's ``Report``: building a report renders plotly figures for every column
-(about 0.5 s for a 10,000-row window on two cores), which the monitor pays only when a report is saved.
+Evidently still tests each column (``columns``: its ``DataDriftPreset`` tests, chosen as Evidently chooses them, for
+the HTML report of ``monitoring.report``), with one change: Evidently's default for categorical and few-valued numeric
+columns is its chi-square test, which treats the reference proportions as exact and flags most windows much larger
+than the reference; those columns get ``cat_stattest`` instead (Jensen-Shannon by default), as do numeric columns for
+which Evidently picks a categorical-only test. Those per-column verdicts are shown, not decided on.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ import numpy as np
 import pandas as pd
 from evidently.legacy.calculations.stattests.registry import StatTest, get_stattest
 from evidently.legacy.core import ColumnType
+from scipy.stats import beta
 
 from foundation.settings import MonitoringSettings
+from monitoring.calibration import Calibration, calibrate, column_statistic, standardised
 from monitoring.exceptions import DriftCheckError
 from monitoring.reference import PREDICTION_COLUMNS, ReferenceSample
-from monitoring.window import TRUE_LABEL, WindowBounds
+from monitoring.window import ENTITY_ID, TRUE_LABEL, WindowBounds
 from streams.schemas import Kind, Severity
 
 KINDS: tuple[Kind, ...] = ("data", "prediction", "performance")
@@ -62,6 +65,13 @@ class DriftPolicy:
     critical_accuracy: float = 0.5
     hysteresis_checks: int = 3
     resolve_checks: int = 3
+    window_size: int = 5000
+    min_entities: int = 10
+    check_interval_s: float = 60.0
+    false_alarms_per_30_days: float = 1.0
+    calibration_resamples: int = 2000
+    calibration_seed: int = 0
+    calibration_tail_fraction: float = 0.1
 
     @classmethod
     def from_settings(cls, settings: MonitoringSettings) -> DriftPolicy:
@@ -97,8 +107,48 @@ class KindResult:
 
 
 @dataclass(frozen=True)
+class ColumnStatistic:
+    """One column's calibrated statistic in a check.
+
+    Attributes:
+        column: the column.
+        method: ``ks`` or ``jensenshannon``.
+        statistic: the raw statistic between reference and window.
+        standardised: the statistic over its null scale at these sample sizes (what the kind's rule compares).
+        threshold: the raw statistic at which this column alone would reach the kind's threshold.
+        drifted: the column is above the kind's threshold.
+    """
+
+    column: str
+    method: str
+    statistic: float
+    standardised: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The calibrated verdict on one window: a ``KindResult`` per kind and the statistics behind it.
+
+    ``comparable`` is False when the window is too small or has too few entities to be judged (``reason`` says why);
+    every kind is then undecided.
+    """
+
+    kinds: dict[Kind, KindResult]
+    statistics: dict[str, ColumnStatistic]
+    comparable: bool
+    reason: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DriftResult:
-    """The outcome of one check of a model's window against its serving version's reference."""
+    """The outcome of one check of a model's window against its serving version's reference.
+
+    ``kinds`` and ``statistics`` are the calibrated decision; ``columns`` are Evidently's per-column tests, shown in the
+    HTML report.
+    """
 
     model: str
     version: int
@@ -108,22 +158,30 @@ class DriftResult:
     kinds: dict[Kind, KindResult]
     skipped_columns: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    statistics: dict[str, ColumnStatistic] = field(default_factory=dict)
+    comparable: bool = True
+    calibration: Calibration | None = field(default=None, repr=False)
 
     def column_scores(self, names: tuple[str, ...] | list[str]) -> dict[str, ColumnDrift]:
         return {n: self.columns[n] for n in names if n in self.columns}
 
 
 def check_drift(
-    current: pd.DataFrame, reference: ReferenceSample, policy: DriftPolicy, window: WindowBounds | None = None
+    current: pd.DataFrame,
+    reference: ReferenceSample,
+    policy: DriftPolicy,
+    window: WindowBounds | None = None,
+    calibration: Calibration | None = None,
 ) -> DriftResult:
-    """Compare a window frame (``SlidingWindow.frame``) with a reference sample.
+    """Compare a window frame (``SlidingWindow.frame``) with a reference sample: the decision and Evidently's tests.
 
     Args:
         current: the window: the reference's feature and descriptor columns, ``label``, ``max_score`` and
-            optionally ``true_label``.
+            optionally ``true_label`` and ``entity_id``.
         reference: the serving version's reference sample.
-        policy: thresholds and test choices.
+        policy: thresholds, budget and test choices.
         window: the window's bounds, reported in the result (derived from ``current`` when omitted).
+        calibration: the reference's calibration; calibrated here (seconds) when omitted.
 
     Raises:
         DriftCheckError: the window is empty, or no data column can be compared.
@@ -132,6 +190,7 @@ def check_drift(
     if current.empty:
         raise DriftCheckError(f"{reference.model}: the window is empty")
     window = window or WindowBounds(None, None, len(current), _labelled(current))
+    calibration = calibration or calibrate(reference, policy)
 
     data_columns = [*reference.feature_names, *reference.descriptor_columns]
     columns: dict[str, ColumnDrift] = {}
@@ -147,22 +206,104 @@ def check_drift(
     if not any(name in columns for name in data_columns):
         raise DriftCheckError(f"{reference.model} v{reference.version}: no data column could be compared: {skipped}")
 
-    data_tested = [columns[n] for n in data_columns if n in columns]
-    prediction_tested = [columns[n] for n in PREDICTION_COLUMNS if n in columns]
-    kinds: dict[Kind, KindResult] = {
-        "data": _share_kind("data", data_tested, policy.data_drift_share, policy),
-        "prediction": _share_kind("prediction", prediction_tested, policy.prediction_drift_share, policy),
-        "performance": _performance(current, reference, policy),
-    }
+    decision = decide(current, reference, calibration, policy)
     return DriftResult(
         model=reference.model,
         version=reference.version,
         window=window,
         reference_size=len(reference.frame),
         columns=columns,
-        kinds=kinds,
-        skipped_columns=skipped,
+        kinds=decision.kinds,
+        skipped_columns={**skipped, **decision.skipped},
         duration_s=time.perf_counter() - started,
+        statistics=decision.statistics,
+        comparable=decision.comparable,
+        calibration=calibration,
+    )
+
+
+def decide(
+    current: pd.DataFrame, reference: ReferenceSample, calibration: Calibration, policy: DriftPolicy | None = None
+) -> Decision:
+    """The calibrated decision on a window frame (see the module docstring).
+
+    Args:
+        current: the window: the reference's columns, ``label``, ``max_score``, optionally ``true_label`` (NaN when
+            not labelled) and ``entity_id`` (for the comparability check).
+        reference: the serving version's reference sample.
+        calibration: ``calibrate(reference, settings)`` (or the one stored with the version).
+        policy: ``min_window``, ``min_entities``, the performance settings and ``critical_*``; defaults when omitted.
+    """
+    policy = policy or DriftPolicy()
+    statistics: dict[str, ColumnStatistic] = {}
+    skipped: dict[str, str] = {}
+    kinds: dict[Kind, KindResult] = {}
+    for kind in ("data", "prediction"):
+        kinds[kind] = _calibrated_kind(kind, current, reference, calibration, policy, statistics, skipped)
+    kinds["performance"] = _performance(current, reference, policy, calibration.alpha)
+
+    reason = _not_comparable(current, policy)
+    if reason is not None:
+        kinds = {k: KindResult(k, None, "warning", {**v.metrics, "comparable": 0.0}, ()) for k, v in kinds.items()}
+    return Decision(kinds, statistics, reason is None, reason, skipped)
+
+
+def _not_comparable(current: pd.DataFrame, policy: DriftPolicy) -> str | None:
+    if len(current) < policy.min_window:
+        return f"{len(current)} events in the window, fewer than min_window ({policy.min_window})"
+    if ENTITY_ID in current.columns:
+        entities = current[ENTITY_ID].nunique(dropna=True)
+        if entities < policy.min_entities:
+            return f"{entities} distinct entities in the window, fewer than min_entities ({policy.min_entities})"
+    return None
+
+
+def _calibrated_kind(
+    kind: Kind,
+    current: pd.DataFrame,
+    reference: ReferenceSample,
+    calibration: Calibration,
+    policy: DriftPolicy,
+    statistics: dict[str, ColumnStatistic],
+    skipped: dict[str, str],
+) -> KindResult:
+    threshold = calibration.thresholds.get(kind)
+    names = calibration.kinds.get(kind, ())
+    tested: list[ColumnStatistic] = []
+    for name in names:
+        if name not in current.columns or name not in reference.frame.columns:
+            skipped.setdefault(name, "not in the window")
+            continue
+        method = calibration.tests[name]
+        try:
+            raw, n_ref, n_cur = column_statistic(method, reference.frame[name], current[name])
+        except ValueError as exc:
+            skipped.setdefault(name, str(exc))
+            continue
+        scale = calibration.scales[name]
+        z = standardised(method, raw, n_ref, n_cur) / scale
+        raw_threshold = math.inf if threshold is None else threshold * scale * math.sqrt(1 / n_ref + 1 / n_cur)
+        stat = ColumnStatistic(name, method, raw, z, raw_threshold, threshold is not None and z > threshold)
+        statistics[name] = stat
+        tested.append(stat)
+    if not tested or threshold is None:
+        return KindResult(kind, None, "warning", {"column_count": float(len(tested))})
+    top = max(s.standardised for s in tested)
+    drifted = tuple(s.column for s in sorted(tested, key=lambda s: -s.standardised) if s.drifted)
+    share = len(drifted) / len(tested)
+    return KindResult(
+        kind=kind,
+        detected=top > threshold,
+        severity="critical" if share >= policy.critical_drift_share else "warning",
+        metrics={
+            "statistic": top,
+            "threshold": threshold,
+            "alpha": calibration.alpha,
+            "drift_share": share,
+            "drifted_count": float(len(drifted)),
+            "column_count": float(len(tested)),
+        },
+        drifted_columns=drifted,
     )
 
 
@@ -223,28 +364,15 @@ def _labelled(frame: pd.DataFrame) -> int:
     return int(frame[TRUE_LABEL].notna().sum()) if TRUE_LABEL in frame.columns else 0
 
 
-def _share_kind(kind: Kind, tested: list[ColumnDrift], share_threshold: float, policy: DriftPolicy) -> KindResult:
-    if not tested:
-        return KindResult(kind, None, "warning", {"column_count": 0.0})
-    drifted = tuple(c.column for c in tested if c.drifted)
-    share = len(drifted) / len(tested)
-    return KindResult(
-        kind=kind,
-        detected=share >= share_threshold,
-        severity="critical" if share >= policy.critical_drift_share else "warning",
-        metrics={"drift_share": share, "drifted_count": float(len(drifted)), "column_count": float(len(tested))},
-        drifted_columns=drifted,
-    )
-
-
-def _performance(current: pd.DataFrame, reference: ReferenceSample, policy: DriftPolicy) -> KindResult:
+def _performance(current: pd.DataFrame, reference: ReferenceSample, policy: DriftPolicy, alpha: float) -> KindResult:
     if TRUE_LABEL not in current.columns:
         return KindResult("performance", None, "warning", {"labelled": 0.0})
     labelled = current[current[TRUE_LABEL].notna()]
     metrics: dict[str, float] = {"labelled": float(len(labelled))}
     if labelled.empty:
         return KindResult("performance", None, "warning", metrics)
-    accuracy, macro_f1 = classification_scores(labelled[TRUE_LABEL].to_numpy(), labelled["label"].to_numpy())
+    truth = labelled[TRUE_LABEL].to_numpy()
+    accuracy, macro_f1 = classification_scores(truth, labelled["label"].to_numpy())
     metrics.update(accuracy=accuracy, macro_f1=macro_f1)
     reference_accuracy = reference.metrics.get("accuracy")
     if reference_accuracy is not None:
@@ -252,15 +380,17 @@ def _performance(current: pd.DataFrame, reference: ReferenceSample, policy: Drif
     if len(labelled) < policy.min_labelled:
         return KindResult("performance", None, "warning", metrics)
 
-    reasons = []
-    if policy.min_accuracy is not None and accuracy < policy.min_accuracy:
-        reasons.append("accuracy")
-    if (
-        policy.max_accuracy_drop is not None
-        and reference_accuracy is not None
-        and reference_accuracy - accuracy > policy.max_accuracy_drop
-    ):
-        reasons.append("accuracy_drop")
+    floors = []
+    if policy.min_accuracy is not None:
+        floors.append(("accuracy", policy.min_accuracy))
+    if policy.max_accuracy_drop is not None and reference_accuracy is not None:
+        floors.append(("accuracy_drop", reference_accuracy - policy.max_accuracy_drop))
+    correct = int(round(accuracy * len(labelled)))
+    upper = accuracy_upper_bound(correct, len(labelled), alpha)
+    metrics.update(accuracy_upper_bound=upper, alpha=alpha)
+    reasons = [name for name, floor in floors if upper < floor]
+    if floors:
+        metrics["accuracy_floor"] = max(floor for _, floor in floors)
     if policy.min_macro_f1 is not None and macro_f1 < policy.min_macro_f1:
         reasons.append("macro_f1")
     return KindResult(
@@ -270,6 +400,13 @@ def _performance(current: pd.DataFrame, reference: ReferenceSample, policy: Drif
         metrics=metrics,
         drifted_columns=tuple(reasons),
     )
+
+
+def accuracy_upper_bound(correct: int, labelled: int, alpha: float) -> float:
+    """The one-sided ``1 - alpha`` Clopper-Pearson upper bound of an accuracy of ``correct`` out of ``labelled``."""
+    if correct >= labelled:
+        return 1.0
+    return float(beta.ppf(1 - alpha, correct + 1, labelled - correct))
 
 
 def classification_scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:

@@ -2,14 +2,16 @@
 
 ``Monitor`` is fed predictions, labels and champion changes, says which models are due for a check (every
 ``check_every_events`` predictions or ``check_interval_s`` seconds, once the window holds ``min_window``), and runs a
-check: Evidently's tests, the hysteresis of each drift kind, an HTML report when an alert opens or closes, and the
-``DriftEvent`` records to publish and deliver. ``monitoring.worker`` wires it to Kafka and the receivers.
+check: the calibrated decision of each drift kind (``monitoring.drift``), its hysteresis, an HTML report when an
+alert opens or closes, and the ``DriftEvent`` records to publish and deliver. ``monitoring.worker`` wires it to Kafka
+and the receivers.
 
 Which version is served: the models topic's champion when the monitor has seen one; else the highest version seen in
 champion predictions. Predictions of other versions, and of candidate or shadow roles, are not in the window. When the
-champion changes the window is emptied, the new version's reference is read, and the streaks start again; an open
-alert stays open until checks against the new reference clear it. Open alerts survive a restart: the worker reopens
-them from the drift topic (``restore_alerts``).
+champion changes the window is emptied, the new version's reference is read with its calibration (computed here, in
+seconds, when the version has none or one made for other settings), and the streaks start again; an open alert stays
+open until checks against the new reference clear it. Open alerts survive a restart: the worker reopens them from the
+drift topic (``restore_alerts``).
 
 A record that keeps its contract but cannot be used raises ``UnusableRecord`` (the worker dead-letters such a
 prediction and skips such a label): a predicted or true label that is not one of the serving version's labels (once
@@ -19,26 +21,25 @@ window.
 
 from __future__ import annotations
 
-import math
-
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from foundation.settings import Settings
+from monitoring.calibration import Calibration, calibrate, stored_calibration
 from monitoring.drift import KINDS, DriftPolicy, DriftResult, Kind, KindResult, check_drift
-from streams.schemas import ColumnScore, DriftEvent, WindowInfo, dedup_key
 from monitoring.exceptions import DriftCheckError, ReferenceSampleError, ReportError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.policy import DriftState
 from monitoring.reference import PREDICTION_COLUMNS, ReferenceSample, load_reference
 from monitoring.report import save_report
 from monitoring.window import PendingLabels, SlidingWindow
-from streams.schemas import Label, Prediction
+from streams.schemas import ColumnScore, DriftEvent, Label, Prediction, WindowInfo, dedup_key
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ModelTrack:
     serving_version: int | None = None
     from_models_topic: bool = False
     reference: ReferenceSample | None = None
+    calibration: Calibration | None = None
     events_since_check: int = 0
     labels_since_check: int = 0
     last_check_at: float = 0.0
@@ -231,7 +233,11 @@ class Monitor:
             return None
         current = track.window.frame(reference.feature_names)
         try:
-            result = check_drift(current, reference, self.policy, track.window.bounds())
+            # Forced (an on-demand report, which pages nobody): a window below min_window is judged all the same.
+            policy = self.policy
+            if force:
+                policy = replace(policy, min_window=min(policy.min_window, len(current)))
+            result = check_drift(current, reference, policy, track.window.bounds(), self._calibration(track))
         except DriftCheckError as exc:
             log.warning("drift check skipped", extra={"model": model, "reason": str(exc)})
             return None
@@ -299,6 +305,7 @@ class Monitor:
         track.serving_version = version
         track.from_models_topic = from_models_topic
         track.reference = None
+        track.calibration = None
         track.window.clear()
         track.events_since_check = 0
         for state in track.states.values():
@@ -360,12 +367,31 @@ class Monitor:
                     track.missing_reference = track.serving_version
                 return None
             track.missing_reference = None
+            track.calibration = None
             log.info(
                 "reference loaded",
                 extra={"model": track.model, "version": track.serving_version, "rows": len(track.reference.frame),
                        "path": str(track.reference.path)},
             )  # fmt: skip
         return track.reference
+
+    def _calibration(self, track: ModelTrack) -> Calibration:
+        """The serving reference's calibration: the stored one when made for these settings, else computed once."""
+        reference = track.reference
+        assert reference is not None
+        if track.calibration is None:
+            track.calibration = stored_calibration(reference, self.policy)
+            source = "stored"
+            if track.calibration is None:
+                track.calibration = calibrate(reference, self.policy)
+                source = "computed"
+            log.info(
+                "calibration ready",
+                extra={"model": track.model, "version": reference.version, "source": source,
+                       "alpha": track.calibration.alpha, "thresholds": track.calibration.thresholds,
+                       "duration_s": round(track.calibration.duration_s, 3)},
+            )  # fmt: skip
+        return track.calibration
 
     def _save_report(self, result: DriftResult, current, reference: ReferenceSample) -> Path | None:
         try:
@@ -390,7 +416,7 @@ class Monitor:
         outcome: KindResult = result.kinds[kind]
         columns = {"data": None, "prediction": PREDICTION_COLUMNS, "performance": ()}[kind]
         if columns is None:
-            columns = [c for c in result.columns if c not in PREDICTION_COLUMNS]
+            columns = [c for c in result.statistics if c not in PREDICTION_COLUMNS]
         window = result.window
         return DriftEvent(
             id=event_id or str(uuid.uuid4()),
@@ -404,10 +430,13 @@ class Monitor:
             # JSON has no NaN: a statistic that is not a number (e.g. a test on an empty column) is left out.
             metrics={name: value for name, value in outcome.metrics.items() if math.isfinite(value)},
             drifted_columns=list(outcome.drifted_columns),
+            # The calibrated statistics the decision compared (Evidently's per-column tests are in the HTML report).
             scores={
-                name: ColumnScore(method=d.method, score=d.score, threshold=d.threshold, drifted=d.drifted)
-                for name, d in result.column_scores(list(columns)).items()
-                if math.isfinite(d.score) and math.isfinite(d.threshold)
+                name: ColumnScore(method=s.method, score=s.statistic, threshold=s.threshold, drifted=s.drifted)
+                for name in columns
+                if (s := result.statistics.get(name)) is not None
+                and math.isfinite(s.statistic)
+                and math.isfinite(s.threshold)
             },
             started_at=state.started_at or now,
             detected_at=now,
@@ -442,7 +471,13 @@ def result_summary(result: DriftResult, report_path: Path | None = None) -> dict
             }
             for kind, k in result.kinds.items()
         },
+        "comparable": result.comparable,
+        # The calibrated statistics the decision compared; Evidently's per-column tests (the HTML report's) apart.
         "columns": {
+            name: {"method": s.method, "score": s.statistic, "threshold": s.threshold, "drifted": s.drifted}
+            for name, s in result.statistics.items()
+        },
+        "evidently_columns": {
             name: {"method": d.method, "score": d.score, "threshold": d.threshold, "drifted": d.drifted}
             for name, d in result.columns.items()
         },

@@ -6,7 +6,8 @@
      "feature_names": ["amount", "items"],
      "metrics": {"accuracy": 0.93, "macro_f1": 0.92},          # optional: the evaluation of this version
      "reference": [{"amount": 54.6, "items": 3.0, "text_length": 41, "word_count": 7, "oov_share": 0.0,
-                    "label": "positive", "max_score": 0.97}, ...]}
+                    "label": "positive", "max_score": 0.97}, ...],
+     "calibration": {...}}                                       # optional: monitoring.calibration.Calibration
 
 ``reference_row`` builds one such row from a prediction, so the training stage and the monitor agree on the shape.
 """
@@ -22,9 +23,9 @@ from typing import Any
 import pandas as pd
 
 from foundation.settings import Settings
-from streams.text_stats import TEXT_STATS_COLUMNS
 from monitoring.exceptions import ReferenceSampleError
 from streams.schemas import Prediction
+from streams.text_stats import TEXT_STATS_COLUMNS
 
 #: Text descriptor columns of a window and a reference.
 DESCRIPTOR_COLUMNS = tuple(TEXT_STATS_COLUMNS.values())
@@ -45,6 +46,7 @@ class ReferenceSample:
             ``max_score``.
         metrics: the version's evaluation metrics (``accuracy``, ``macro_f1``) when recorded, else empty.
         path: where it was read from.
+        calibration: the stored ``Calibration.to_dict()`` of the version's thresholds, when recorded.
     """
 
     model: str
@@ -54,6 +56,7 @@ class ReferenceSample:
     frame: pd.DataFrame = field(repr=False)
     metrics: dict[str, float]
     path: Path
+    calibration: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def descriptor_columns(self) -> tuple[str, ...]:
@@ -120,6 +123,7 @@ def reference_from_metadata(metadata: Any, model: str, version: int, path: Path)
         frame=frame,
         metrics=metrics,
         path=path,
+        calibration=metadata["calibration"] if isinstance(metadata.get("calibration"), dict) else None,
     )
 
 

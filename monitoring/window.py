@@ -9,17 +9,20 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from streams.text_stats import TEXT_STATS_COLUMNS
 from monitoring.reference import DESCRIPTOR_COLUMNS
 from streams.schemas import Prediction
+from streams.text_stats import TEXT_STATS_COLUMNS
 
 #: The column of the ground-truth label in a window frame (NaN until the label arrives).
 TRUE_LABEL = "true_label"
+#: The column of the event's entity in a window frame (the comparability check counts distinct entities).
+ENTITY_ID = "entity_id"
 
 
 @dataclass(slots=True)
 class WindowRow:
     event_id: str
+    entity_id: str
     event_time: datetime
     version: int
     features: dict[str, float | None]
@@ -70,6 +73,7 @@ class SlidingWindow:
         stats = prediction.text_stats or {}
         row = WindowRow(
             event_id=prediction.event_id,
+            entity_id=prediction.entity_id,
             event_time=prediction.event_time,
             version=prediction.model.version,
             features=prediction.features,
@@ -108,7 +112,8 @@ class SlidingWindow:
         return WindowBounds(min(times), max(times), len(self._rows), self._labelled)
 
     def frame(self, feature_names: tuple[str, ...] | list[str]) -> pd.DataFrame:
-        """The window as columns: ``feature_names``, the descriptors, ``label``, ``max_score``, ``true_label``."""
+        """The window as columns: ``feature_names``, the descriptors, ``label``, ``max_score``, ``true_label``,
+        ``entity_id``."""
         rows = self._rows
         data: dict[str, object] = {}
         for name in feature_names:
@@ -122,6 +127,7 @@ class SlidingWindow:
         data["label"] = pd.array([r.label for r in rows], dtype="object")
         data["max_score"] = np.fromiter((r.max_score for r in rows), dtype="float64", count=len(rows))
         data[TRUE_LABEL] = pd.array([r.true_label for r in rows], dtype="object")
+        data[ENTITY_ID] = pd.array([r.entity_id for r in rows], dtype="object")
         return pd.DataFrame(data)
 
     def _trim(self) -> None:

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import torch
 
-from foundation.settings import Settings
+from foundation.settings import Settings, TrainingSettings
+from monitoring.calibration import version_calibration
 from streams.text_stats import load_vocab
-from training.dataset import DataWindow, Dataset, bootstrap_dataset, label_ids, load_dataset, split_by_time
+from training.dataset import Dataset, DataWindow, bootstrap_dataset, label_ids, load_dataset, split_by_time
 from training.encoders import InitialModel, from_version, initial_model
 from training.evaluation import HoldoutGateRejected, Metrics, evaluate, evaluate_version
 from training.exceptions import DatasetError, TrainingError
@@ -34,7 +37,7 @@ from training.publish import Publication, promote, publish_version
 from training.registry import ModelState, read_state
 from training.repository import ModelRepository
 from training.servable import runtime
-from training.trainer import FitOptions, fit
+from training.trainer import FitOptions, FitReport, fit
 
 log = logging.getLogger(__name__)
 
@@ -98,63 +101,151 @@ def build_version(
     """
     config = settings.training
     labels = tuple(config.labels)
-    if len(dataset.frame) < config.min_samples:
-        raise DatasetError(
-            f"{len(dataset.frame)} labelled events in {dataset.window.as_dict()}; at least {config.min_samples} needed "
-            "(settings.training.min_samples)"
-        )
-    train, holdout = split_by_time(dataset.frame, config.validation_fraction)
-    if absent := sorted(set(labels) - set(train["label"])):
-        log.warning("labels %s have no training example in this window", absent)
-
+    train, holdout = _split(dataset, config.min_samples, config.validation_fraction, labels)
     use_champion = config.warm_start if warm_start is None else warm_start
     init = _initial(settings, champion_dir if use_champion else None, champion)
+    fitted = _fine_tune(init, train, holdout, labels, config, progress=progress, source=dataset.source)
+    metadata = _draft_metadata(
+        settings, dataset, init, fitted, train, holdout, champion=champion, trigger_id=trigger_id
+    )
+    export_version(
+        init.model, encoder_config=init.encoder_config, tokenizer_dir=init.tokenizer_dir, dest=dest, metadata=metadata
+    )
+    scores = _score(dest, fitted.predictor, holdout, labels, champion_dir)
+    metadata = _complete_metadata(metadata, dest, scores, holdout, labels, config, champion=champion)
+    # The drift monitor's thresholds, calibrated on the reference now, so the monitor need not at its first check.
+    metadata = metadata.model_copy(
+        update={"calibration": version_calibration(metadata.model_dump(mode="json"), settings.monitoring)}
+    )
+    write_metadata(dest, metadata)
+    reason = _reason(dataset, len(train), scores, champion=champion, trigger_id=trigger_id)
+    return BuiltVersion(dest, metadata, scores.metrics, scores.champion_metrics, reason)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """The fine-tuned model's encoder settings, training report and in-memory predictor."""
+
+    max_len: int
+    report: FitReport
+    predictor: runtime.Predictor
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """The exported candidate's holdout probabilities and metrics, and the champion's on the same holdout."""
+
+    probs: np.ndarray
+    metrics: Metrics
+    champion_metrics: Metrics | None
+
+
+def _split(
+    dataset: Dataset, min_samples: int, validation_fraction: float, labels: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``dataset`` by time into train and holdout, refusing a dataset under ``min_samples`` events."""
+    if len(dataset.frame) < min_samples:
+        raise DatasetError(
+            f"{len(dataset.frame)} labelled events in {dataset.window.as_dict()}; at least {min_samples} needed "
+            "(settings.training.min_samples)"
+        )
+    train, holdout = split_by_time(dataset.frame, validation_fraction)
+    if absent := sorted(set(labels) - set(train["label"])):
+        log.warning("labels %s have no training example in this window", absent)
+    return train, holdout
+
+
+def _fine_tune(
+    init: InitialModel,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    labels: tuple[str, ...],
+    config: TrainingSettings,
+    *,
+    progress: bool,
+    source: str,
+) -> _Fitted:
+    """Fit ``init.model`` in place on ``train`` (early stopping on ``holdout``)."""
     max_len = min(config.max_seq_len, int(init.encoder_config["max_position_embeddings"]))
     text_encoder = runtime.TextEncoder(init.tokenizer_dir / runtime.TOKENIZER_FILE, max_len)
-    log.info("training on %d events, validating on %d (%s, %s)", len(train), len(holdout), init.base, dataset.source)
+    log.info("training on %d events, validating on %d (%s, %s)", len(train), len(holdout), init.base, source)
     report = fit(init.model, text_encoder, train, holdout, labels, FitOptions.from_settings(config, progress))
-    trained = runtime.Predictor(init.model, text_encoder, labels, runtime.FEATURE_NAMES, torch.device("cpu"))
+    predictor = runtime.Predictor(init.model, text_encoder, labels, runtime.FEATURE_NAMES, torch.device("cpu"))
+    return _Fitted(max_len, report, predictor)
 
-    metadata = VersionMetadata(
+
+def _draft_metadata(
+    settings: Settings,
+    dataset: Dataset,
+    init: InitialModel,
+    fitted: _Fitted,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    champion: int | None,
+    trigger_id: str | None,
+) -> VersionMetadata:
+    """The metadata known before export: lineage, encoder, data window, sample counts and the training report."""
+    config = settings.training
+    return VersionMetadata(
         model=settings.triton.model_name,
         parent_version=champion,
-        labels=list(labels),
-        max_seq_len=max_len,
+        labels=list(config.labels),
+        max_seq_len=fitted.max_len,
         encoder={"kind": init.kind, "base": init.base, "initialised_from_version": init.parent_version,
                  **{k: init.encoder_config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}},
         data_window={**dataset.window.as_dict(), "source": dataset.source},
         samples={"train": len(train), "validation": len(holdout),
                  "train_per_label": train["label"].value_counts().to_dict(),
                  "validation_per_label": holdout["label"].value_counts().to_dict(), "dataset": dataset.stats},
-        training=report.as_dict() | {"options": _options(config)},
+        training=fitted.report.as_dict() | {"options": _options(config)},
         trigger_id=trigger_id,
         code_revision=code_revision(),
     )  # fmt: skip
-    export_version(
-        init.model, encoder_config=init.encoder_config, tokenizer_dir=init.tokenizer_dir, dest=dest, metadata=metadata
-    )
+
+
+def _score(
+    dest: Path, trained: runtime.Predictor, holdout: pd.DataFrame, labels: tuple[str, ...], champion_dir: Path | None
+) -> _Scores:
+    """Check the export in ``dest`` reproduces ``trained``, then score it and the champion on ``holdout``."""
     probs = check_export(dest, trained, holdout)
     metrics = evaluate(probs, label_ids(holdout, labels), labels)
     compared = evaluate_version(champion_dir, holdout, labels) if champion_dir is not None else None
-    champion_metrics = compared[0] if compared else None
-    metadata = metadata.model_copy(
+    return _Scores(probs, metrics, compared[0] if compared else None)
+
+
+def _complete_metadata(
+    metadata: VersionMetadata,
+    dest: Path,
+    scores: _Scores,
+    holdout: pd.DataFrame,
+    labels: tuple[str, ...],
+    config: TrainingSettings,
+    *,
+    champion: int | None,
+) -> VersionMetadata:
+    """Add the scores, the drift reference sample and the smoke sample of the exported version."""
+    champion_metrics = scores.champion_metrics
+    vocab = load_vocab(dest / runtime.TOKENIZER_DIR)
+    return metadata.model_copy(
         update={
-            "metrics": metrics.model_dump(),
+            "metrics": scores.metrics.model_dump(),
             "champion_metrics": {"version": champion, **champion_metrics.model_dump()} if champion_metrics else None,
-            "reference": reference_sample(
-                holdout, probs, labels, config.reference_size, config.seed, load_vocab(dest / runtime.TOKENIZER_DIR)
-            ),
+            "reference": reference_sample(holdout, scores.probs, labels, config.reference_size, config.seed, vocab),
             "smoke": smoke_sample(runtime.Predictor.load(dest), holdout),
         }
     )
-    write_metadata(dest, metadata)
-    reason = (
-        f"trained on {len(train)} events of {dataset.window.start:%Y-%m-%d %H:%M} .. "
-        f"{dataset.window.end:%Y-%m-%d %H:%M} ({dataset.source}); holdout macro-F1 {metrics.macro_f1:.3f}"
+
+
+def _reason(dataset: Dataset, train_size: int, scores: _Scores, *, champion: int | None, trigger_id: str | None) -> str:
+    """The publication reason: data window, holdout score against the champion's, trigger."""
+    champion_metrics = scores.champion_metrics
+    return (
+        f"trained on {train_size} events of {dataset.window.start:%Y-%m-%d %H:%M} .. "
+        f"{dataset.window.end:%Y-%m-%d %H:%M} ({dataset.source}); holdout macro-F1 {scores.metrics.macro_f1:.3f}"
         + (f" vs champion v{champion} {champion_metrics.macro_f1:.3f}" if champion_metrics else "")
         + (f"; trigger {trigger_id}" if trigger_id else "")
     )
-    return BuiltVersion(dest, metadata, metrics, champion_metrics, reason)
 
 
 def train_version(

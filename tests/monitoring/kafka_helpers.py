@@ -32,6 +32,18 @@ def produce_predictions(settings: Settings, pairs: list[tuple[Prediction, str]],
         producer.produce_batch(records)
 
 
+def produce_labels(settings: Settings, pairs: list[tuple[Prediction, str]]) -> None:
+    """The ground truth of ``pairs`` alone, sent after their predictions (late labels)."""
+    now = datetime.now(UTC)
+    records = [
+        Record(settings.kafka.topic("labels-v1"), Label(event_id=p.event_id, label=label, labelled_at=now).to_bytes(),
+               key=p.event_id.encode())
+        for p, label in pairs
+    ]  # fmt: skip
+    with KafkaProducer(settings) as producer:
+        producer.produce_batch(records)
+
+
 def produce_champion(settings: Settings, model: str, champion: int) -> None:
     value = {"model": model, "champion": champion, "candidate": None, "previous_champion": None,
              "event": "promoted", "at": datetime.now(UTC).isoformat(), "reason": "test"}  # fmt: skip

@@ -1,4 +1,4 @@
-"""One drift check: Evidently's tests per column, the three kinds, the thresholds of the policy."""
+"""One drift check: the calibrated decision of the three kinds, and Evidently's tests per column for the report."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from monitoring.window import SlidingWindow
 pytestmark = pytest.mark.unit
 
 
+def _policy(**overrides):
+    """A policy for windows of 200-1000 events, calibrated quickly."""
+    return DriftPolicy(**{"min_window": 200, "window_size": 1000, "calibration_resamples": 1000, **overrides})
+
+
 def _window(setup, n, seed, drift_at=None, labelled=True):
     window = SlidingWindow(max_size=n)
     for prediction, label in setup.predictions(n, seed, drift_at):
@@ -24,7 +29,7 @@ def _window(setup, n, seed, drift_at=None, labelled=True):
 
 def _check(setup, window, policy=None):
     reference = setup.reference()
-    return check_drift(window.frame(reference.feature_names), reference, policy or DriftPolicy(), window.bounds())
+    return check_drift(window.frame(reference.feature_names), reference, policy or _policy(), window.bounds())
 
 
 def test_stable_window_has_no_drift_of_any_kind(synthetic_factory):
@@ -35,7 +40,12 @@ def test_stable_window_has_no_drift_of_any_kind(synthetic_factory):
         "prediction": False,
         "performance": False,
     }
-    assert result.kinds["data"].metrics == {"drift_share": 0.0, "drifted_count": 0.0, "column_count": 5.0}
+    data = result.kinds["data"]
+    assert data.metrics["statistic"] < data.metrics["threshold"] and not data.drifted_columns
+    assert {k: data.metrics[k] for k in ("drift_share", "drifted_count", "column_count")} == {
+        "drift_share": 0.0, "drifted_count": 0.0, "column_count": 5.0}  # fmt: skip
+    assert result.comparable and set(result.statistics) == set(result.columns)
+    assert result.statistics["amount"].method == "ks" and result.statistics["label"].method == "jensenshannon"
     assert result.kinds["performance"].metrics["accuracy"] > 0.95
     assert set(result.columns) == {"amount", "items", "text_length", "word_count", "oov_share", "label", "max_score"}
     assert result.window.size == 1000 and result.window.labelled == 1000 and result.reference_size == 600
@@ -56,15 +66,27 @@ def test_shifted_features_and_text_are_data_prediction_and_performance_drift(syn
     assert result.columns["amount"].method == "ks" and result.columns["amount"].threshold == 0.05
 
 
-def test_share_thresholds_decide_each_kind(synthetic_factory):
+def test_one_calibrated_threshold_per_kind_names_the_columns_above_it(synthetic_factory):
     setup = synthetic_factory()
-    window = _window(setup, 600, seed=3, drift_at=0)
-    strict = _check(
-        setup, window, DriftPolicy(data_drift_share=1.0, prediction_drift_share=1.0, critical_drift_share=1.0)
-    )
-    assert strict.kinds["data"].detected is (strict.kinds["data"].metrics["drift_share"] == 1.0)
-    assert strict.kinds["prediction"].detected is False  # label did not drift, max_score did: 1 of 2
-    assert strict.kinds["prediction"].severity == "warning"
+    result = _check(setup, _window(setup, 600, seed=3, drift_at=0), _policy(critical_drift_share=1.0))
+    prediction = result.kinds["prediction"]
+    assert prediction.detected and prediction.drifted_columns == ("max_score",)  # the label's mix did not move
+    assert prediction.severity == "warning"  # 1 of 2 columns, below a critical share of 1.0
+    assert prediction.metrics["statistic"] == result.statistics["max_score"].standardised
+    threshold = prediction.metrics["threshold"]
+    for name in ("label", "max_score"):
+        stat = result.statistics[name]
+        assert stat.drifted is (stat.standardised > threshold) is (stat.statistic > stat.threshold)
+
+
+def test_a_window_not_comparable_with_the_reference_is_not_judged(synthetic_factory):
+    setup = synthetic_factory()
+    drifted = _window(setup, 300, seed=3, drift_at=0)
+    short = _check(setup, drifted, _policy(min_window=301))
+    assert not short.comparable and all(k.detected is None for k in short.kinds.values())
+    few_entities = _check(setup, drifted, _policy(min_entities=10_000))
+    assert not few_entities.comparable and all(k.detected is None for k in few_entities.kinds.values())
+    assert _check(setup, drifted).kinds["data"].detected
 
 
 def test_performance_is_undecided_below_min_labelled_and_uses_every_rule(synthetic_factory):
@@ -72,17 +94,16 @@ def test_performance_is_undecided_below_min_labelled_and_uses_every_rule(synthet
     unlabelled = _check(setup, _window(setup, 300, seed=3, labelled=False))
     assert unlabelled.kinds["performance"].detected is None
     assert unlabelled.kinds["performance"].metrics == {"labelled": 0.0}
-    few = _check(setup, _window(setup, 300, seed=3, drift_at=0), DriftPolicy(min_labelled=301))
+    few = _check(setup, _window(setup, 300, seed=3, drift_at=0), _policy(min_labelled=301))
     assert few.kinds["performance"].detected is None and few.kinds["performance"].metrics["accuracy"] < 0.5
 
     stable = _window(setup, 300, seed=3)
     assert (
-        _check(setup, stable, DriftPolicy(min_accuracy=None, max_accuracy_drop=None)).kinds["performance"].detected
-        is False
+        _check(setup, stable, _policy(min_accuracy=None, max_accuracy_drop=None)).kinds["performance"].detected is False
     )
-    by_f1 = _check(setup, stable, DriftPolicy(min_accuracy=None, max_accuracy_drop=None, min_macro_f1=1.01))
+    by_f1 = _check(setup, stable, _policy(min_accuracy=None, max_accuracy_drop=None, min_macro_f1=1.01))
     assert by_f1.kinds["performance"].drifted_columns == ("macro_f1",)
-    by_drop = _check(setup, stable, DriftPolicy(min_accuracy=None, max_accuracy_drop=-0.1))
+    by_drop = _check(setup, stable, _policy(min_accuracy=None, max_accuracy_drop=-0.1))
     assert by_drop.kinds["performance"].drifted_columns == ("accuracy_drop",)
 
 
@@ -111,7 +132,7 @@ def test_categorical_and_few_valued_columns_avoid_evidentlys_chi_square(syntheti
 
 def test_configured_tests_and_thresholds_are_used(synthetic_factory):
     setup = synthetic_factory()
-    policy = DriftPolicy(num_stattest="wasserstein", num_threshold=0.5, cat_stattest="psi", cat_threshold=0.2)
+    policy = _policy(num_stattest="wasserstein", num_threshold=0.5, cat_stattest="psi", cat_threshold=0.2)
     result = _check(setup, _window(setup, 400, seed=3), policy)
     assert result.columns["amount"].method == "wasserstein" and result.columns["amount"].threshold == 0.5
     assert result.columns["label"].method == "psi" and result.columns["label"].threshold == 0.2
@@ -122,7 +143,7 @@ def test_columns_without_values_are_skipped_not_fatal(synthetic_factory):
     reference = setup.reference()
     frame = _window(setup, 300, seed=3).frame(reference.feature_names)
     frame["amount"] = np.nan
-    result = check_drift(frame.drop(columns=["max_score"]), reference, DriftPolicy())
+    result = check_drift(frame.drop(columns=["max_score"]), reference, _policy())
     assert result.skipped_columns == {"amount": "no values in the window", "max_score": "not in the window"}
     assert result.kinds["prediction"].metrics["column_count"] == 1.0
 
@@ -132,9 +153,9 @@ def test_an_empty_window_or_no_comparable_column_is_an_error(synthetic_factory):
     reference = setup.reference()
     frame = _window(setup, 300, seed=3).frame(reference.feature_names)
     with pytest.raises(DriftCheckError, match="empty"):
-        check_drift(frame.iloc[:0], reference, DriftPolicy())
+        check_drift(frame.iloc[:0], reference, _policy())
     with pytest.raises(DriftCheckError, match="no data column"):
-        check_drift(frame[["label", "max_score"]], reference, DriftPolicy())
+        check_drift(frame[["label", "max_score"]], reference, _policy())
 
 
 def test_classification_scores_match_scikit_learn():

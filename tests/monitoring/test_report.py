@@ -22,7 +22,8 @@ def checked(synthetic_factory):
     for prediction, label in setup.predictions(400, seed=3, drift_at=200):
         window.add(prediction, true_label=label)
     frame = window.frame(reference.feature_names)
-    return check_drift(frame, reference, DriftPolicy(), window.bounds()), frame, reference
+    policy = DriftPolicy(min_window=300, window_size=400, calibration_resamples=500)
+    return check_drift(frame, reference, policy, window.bounds()), frame, reference
 
 
 def test_the_report_runs_evidentlys_preset_with_the_checks_methods_and_thresholds(checked):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from monitoring.window import TRUE_LABEL, PendingLabels, SlidingWindow
+from monitoring.window import ENTITY_ID, TRUE_LABEL, PendingLabels, SlidingWindow
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +57,8 @@ def test_frame_has_features_descriptors_prediction_and_truth(predictions):
         window.add(prediction, true_label=label)
     frame = window.frame(("amount", "items", "missing"))
     assert list(frame.columns) == ["amount", "items", "missing", "text_length", "word_count", "oov_share", "label",
-                                   "max_score", TRUE_LABEL]  # fmt: skip
+                                   "max_score", TRUE_LABEL, ENTITY_ID]  # fmt: skip
+    assert frame[ENTITY_ID].tolist() == [p.entity_id for p, _ in predictions]
     assert frame["missing"].isna().all()
     assert frame["amount"].tolist() == [p.features["amount"] for p, _ in predictions]
     assert frame[TRUE_LABEL].tolist() == [label for _, label in predictions]

@@ -13,22 +13,21 @@ import uuid
 import pytest
 
 from monitoring import MonitorWorker
+from monitoring.drift import KINDS
 from monitoring.sources import read_tail
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import DeadLetter
-from tests.helpers import free_port
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, running
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
+from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_labels, produce_predictions, running
 
 pytestmark = pytest.mark.integration
 
 K = 400  # events before the shift
 DRIFTED = 600
 CLEARING = 800
-# Windows of 300 checked every 100 events overlap: at KS's default p < 0.05 a stable stream alerts now and then
-# (the partitions interleave differently on every run). p < 0.01 keeps the stable phases quiet, the shifts still fire.
+# Windows of 300 checked every 100 events overlap; the calibrated thresholds keep the stable phases quiet.
 SMALL = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 3600,
-         "num_threshold": 0.01, "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100, "reports_keep": 10,
+         "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100, "reports_keep": 10,
          "retry_backoff_s": 0.05, "delivery_timeout_s": 2.0, "cooldown_s": 3600}  # fmt: skip
 
 
@@ -149,3 +148,39 @@ def test_a_stable_stream_of_the_same_length_alerts_nobody(monitored, alertmanage
     assert dead.source.topic == settings.kafka.topic("predictions-v1")
     assert hooks.bodies() == []
     assert not settings.monitoring.reports_dir.exists()
+
+
+def test_with_late_partial_labels_it_pages_on_a_real_drift_and_not_before(monitored):
+    """Labels come after their predictions and for half of them: data and prediction drift page on the shift alone,
+    performance once the late labels of the drifted events are in and traffic goes on; nothing pages before."""
+    settings, setup, model, hooks = monitored
+    monitoring = settings.monitoring.model_copy(update={"window_size": 600, "check_interval_s": 1.0})
+    settings = settings.model_copy(update={"monitoring": monitoring})  # late labels alone also start a check
+    drift = DriftTopic(settings)
+    worker = MonitorWorker(settings)
+    stable = setup.predictions(600, seed=21)
+    shifted = setup.predictions(800, seed=22, drift_at=0)
+    try:
+        with running(worker):
+            produce_predictions(settings, stable, labels=False)
+            wait_until(lambda: worker.monitor.observed["predictions"] >= 600, what="stable predictions consumed")
+            produce_labels(settings, stable[::2])
+            track = worker.monitor.tracks[model]
+            wait_until(lambda: track.last_result is not None and track.last_result.window.labelled == 300,
+                       what="a check of the stable window with its late labels")  # fmt: skip
+            assert track.last_result.kinds["performance"].detected is False
+            assert drift.poll() == [] and hooks.bodies("/v2/enqueue") == []
+
+            produce_predictions(settings, shifted[:600], labels=False)
+            events = drift.wait_for(lambda ev: {"data", "prediction"} <= {e.kind for e in ev})
+            assert "performance" not in {e.kind for e in events}  # no label of a drifted event yet
+            produce_labels(settings, shifted[:600:2])
+            produce_predictions(settings, shifted[600:], labels=False)  # the drifted traffic goes on
+            events = drift.wait_for(lambda ev: "performance" in {e.kind for e in ev})
+            performance = next(e for e in events if e.kind == "performance")
+            assert performance.status == "firing" and 100 <= performance.window.labelled < performance.window.size
+            assert performance.metrics["accuracy_upper_bound"] < performance.metrics["accuracy_floor"]
+            triggers = hooks.wait_for(lambda b: len(b) == 3, path="/v2/enqueue")
+            assert {t["dedup_key"] for t in triggers} == {f"driftloop/{model}/{k}" for k in KINDS}
+    finally:
+        drift.close()
