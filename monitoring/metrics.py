@@ -18,7 +18,7 @@ class MonitorMetrics:
     Gauges (labels):
         ``driftloop_drift_share`` (model, kind): share of drifted columns of the kind (data, prediction).
         ``driftloop_drift_score`` (model, column, method): Evidently's score of each column (p-value or distance).
-        ``driftloop_drift_column_drifted`` (model, column): 1 when the column's test flagged drift.
+        ``driftloop_drift_column_drifted`` (model, column): 1 when the column is above its kind's calibrated threshold.
         ``driftloop_drift_window_size`` (model): predictions in the window.
         ``driftloop_drift_window_labelled`` (model): of which labelled.
         ``driftloop_live_accuracy`` / ``driftloop_live_macro_f1`` (model): on the window's labelled predictions.
@@ -40,7 +40,7 @@ class MonitorMetrics:
             "driftloop_drift_score", "Evidently drift score per column", ["model", "column", "method"], registry=r
         )
         self.column_drifted = Gauge(
-            "driftloop_drift_column_drifted", "1 when the column's test detects drift", ["model", "column"], registry=r
+            "driftloop_drift_column_drifted", "1 when the column is above its kind's calibrated threshold", ["model", "column"], registry=r
         )
         self.window_size = Gauge("driftloop_drift_window_size", "Predictions in the window", ["model"], registry=r)
         self.window_labelled = Gauge(
@@ -87,7 +87,8 @@ class MonitorMetrics:
                 self.drift_score.remove(model, column, previous)
             self._methods[(model, column)] = drift.method
             self.drift_score.labels(model, column, drift.method).set(drift.score)
-            self.column_drifted.labels(model, column).set(1.0 if drift.drifted else 0.0)
+        for column, statistic in result.statistics.items():  # the calibrated decision, not Evidently's own tests
+            self.column_drifted.labels(model, column).set(1.0 if statistic.drifted else 0.0)
         performance = result.kinds["performance"].metrics
         if "accuracy" in performance:
             self.accuracy.labels(model).set(performance["accuracy"])
