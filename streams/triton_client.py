@@ -1,4 +1,7 @@
-"""Async Triton client for the classifier contract: TEXT (BYTES) + FEATURES (FP32) in, PROBS (FP32) out.
+"""The one place that talks to Triton (tritonclient, gRPC): :class:`TritonClassifier`, the async client of the
+inference workers, and :class:`TritonAdmin`, the synchronous calls of the stack, publishing and readiness checks
+(health, repository index, load and unload). The classifier contract: TEXT (BYTES) + FEATURES (FP32) in, PROBS
+(FP32) out.
 
 A batch goes to Triton as one request, always for an explicit model version (never Triton's default, which is the
 highest loaded version: possibly a candidate). When a request fails, the batch is bisected; only an event that fails
@@ -22,15 +25,16 @@ is the cure.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import InferenceServerClient as SyncClient
 from tritonclient.utils import InferenceServerException
 
+from foundation.retry import async_policy
 from foundation.settings import Settings
 from streams.exceptions import StreamsError
 
@@ -42,6 +46,8 @@ _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "Statu
 _SERVER_FAULTS = ("out of memory", "outofmemoryerror", "cuda error", "cudnn_status", "cublas_status", "bad_alloc",
                   "memoryerror", "internal error", "resource_exhausted", "resource exhausted")  # fmt: skip
 SERVED_TTL_S = 2.0  # how long the list of served versions is trusted
+# The classifier contract (triton_repo/classifier/config.pbtxt).
+TEXT_INPUT, FEATURES_INPUT, PROBS_OUTPUT = "TEXT", "FEATURES", "PROBS"
 
 
 class TritonUnavailable(StreamsError):
@@ -145,39 +151,125 @@ class TritonClassifier:
         return probs[0], served
 
     async def _infer_with_retries(self, texts, features, version: int) -> tuple[np.ndarray, int]:
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                return await self._infer(texts, features, version)
-            except InferenceServerException as exc:
-                message = str(exc)
-                lowered = message.lower()
-                if "unknown model" in lowered or "is not found" in lowered:
-                    self.forget_served()
-                    raise VersionNotServed(f"{self.model} version {version} is not served: {message}") from exc
-                if "Stub process" in message and "not healthy" in message:
-                    raise TritonModelUnhealthy(f"{self.model}: {message}") from exc
-                if any(marker in lowered for marker in _SERVER_FAULTS):
-                    raise TritonServerFault(f"{self.model} version {version}: {message}") from exc
-                if not any(marker in message for marker in _UNAVAILABLE):
-                    raise TritonRequestError(message) from exc
-                if attempt == self.retries:
-                    raise TritonUnavailable(f"Triton unavailable after {self.retries} retries: {message}") from exc
-                log.warning("Triton call failed (%s); retry %d in %.1fs", message, attempt + 1, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+        """``_infer``, its error classified (:func:`classify_error`); only an unreachable server is retried."""
+        async for attempt in async_policy(
+            retry_on=_is_unreachable, attempts=self.retries + 1, initial_s=0.2, max_s=5.0,
+            what=f"Triton infer {self.model} version {version}",
+        ):  # fmt: skip
+            with attempt:
+                try:
+                    return await self._infer(texts, features, version)
+                except InferenceServerException as exc:
+                    error = classify_error(exc, self.model, version)
+                    if isinstance(error, VersionNotServed):
+                        self.forget_served()
+                    raise error from exc
+        raise AssertionError("unreachable: the policy returns or raises")
 
     async def _infer(self, texts, features, version) -> tuple[np.ndarray, int]:
-        text = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1))
-        feats = grpcclient.InferInput("FEATURES", list(features.shape), "FP32")
-        feats.set_data_from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         result = await self._client.infer(
-            self.model,
-            [text, feats],
-            model_version=str(version),
-            outputs=[grpcclient.InferRequestedOutput("PROBS")],
-            client_timeout=self.timeout_s,
-        )
-        return result.as_numpy("PROBS"), int(result.get_response().model_version)
+            self.model, _inputs(texts, features), model_version=str(version),
+            outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=self.timeout_s,
+        )  # fmt: skip
+        return result.as_numpy(PROBS_OUTPUT), int(result.get_response().model_version)
+
+
+def classify_error(exc: InferenceServerException, model: str, version: int) -> StreamsError:
+    """What a failed infer call means: the version is not served, the model's stub crashed, a server fault, the
+    server is unreachable (:class:`TritonUnavailable` itself: the only kind worth retrying the same call for), or
+    else the request's own error."""
+    message = str(exc)
+    lowered = message.lower()
+    if "unknown model" in lowered or "is not found" in lowered:
+        return VersionNotServed(f"{model} version {version} is not served: {message}")
+    if "Stub process" in message and "not healthy" in message:
+        return TritonModelUnhealthy(f"{model}: {message}")
+    if any(marker in lowered for marker in _SERVER_FAULTS):
+        return TritonServerFault(f"{model} version {version}: {message}")
+    if any(marker in message for marker in _UNAVAILABLE):
+        return TritonUnavailable(f"Triton unavailable: {message}")
+    return TritonRequestError(message)
+
+
+def _is_unreachable(error: BaseException) -> bool:
+    return type(error) is TritonUnavailable
+
+
+def _inputs(texts: Sequence[str], features: np.ndarray) -> list[grpcclient.InferInput]:
+    """The classifier's request tensors (the gRPC and gRPC-aio clients share these classes)."""
+    text = grpcclient.InferInput(TEXT_INPUT, [len(texts), 1], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1))
+    feats = grpcclient.InferInput(FEATURES_INPUT, list(features.shape), "FP32")
+    feats.set_data_from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    return [text, feats]
+
+
+class TritonAdmin:
+    """The synchronous calls to Triton (gRPC, safe to share between threads): server health and metadata, the
+    repository index, load and unload (explicit model-control mode), model readiness, and one-off classifier
+    requests (publishing's smoke test). A failure raises tritonclient's ``InferenceServerException`` (an unreachable
+    server included: ``StatusCode.UNAVAILABLE``), like the async classifier's calls.
+
+    Args:
+        url: the gRPC endpoint, ``host:port`` (``settings.triton_grpc``).
+        timeout_s: the deadline of each call.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url, self.timeout_s = url, timeout_s
+        self._client = SyncClient(url)
+
+    def __enter__(self) -> TritonAdmin:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def is_live(self) -> bool:
+        return self._client.is_server_live(client_timeout=self.timeout_s)
+
+    def is_ready(self) -> bool:
+        return self._client.is_server_ready(client_timeout=self.timeout_s)
+
+    def metadata(self) -> dict:
+        """The server's name, version and extensions."""
+        return self._client.get_server_metadata(as_json=True, client_timeout=self.timeout_s)
+
+    def repository_index(self) -> list[dict]:
+        """Every model of the repository: ``name``, ``version`` (when loaded), ``state`` (``READY``, ...)."""
+        return self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s).get("models", [])
+
+    def loaded(self) -> list[str]:
+        """``name:version`` of every ready model version."""
+        return [f"{m['name']}:{m.get('version', '?')}" for m in self.repository_index() if m.get("state") == "READY"]
+
+    def load(self, model: str) -> None:
+        """Load (or reload) ``model`` from the repository: versions already loaded keep serving."""
+        self._client.load_model(model, client_timeout=self.timeout_s)
+
+    def unload(self, model: str) -> None:
+        self._client.unload_model(model, client_timeout=self.timeout_s)
+
+    def model_ready(self, model: str, version: int | None = None) -> bool:
+        return self._client.is_model_ready(model, "" if version is None else str(version),
+                                           client_timeout=self.timeout_s)  # fmt: skip
+
+    def infer(self, model: str, version: int, texts: Sequence[str], features: np.ndarray) -> np.ndarray:
+        """``PROBS`` of one version for a batch of texts and their features."""
+        result = self._client.infer(
+            model, _inputs(texts, features), model_version=str(version),
+            outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=self.timeout_s,
+        )  # fmt: skip
+        return result.as_numpy(PROBS_OUTPUT)
+
+
+def server_ready(settings: Settings, timeout_s: float = 2.0) -> bool:
+    """Whether the Triton of ``settings`` answers "ready" (False when it cannot be reached)."""
+    try:
+        with TritonAdmin(settings.triton_grpc, timeout_s) as admin:
+            return admin.is_ready()
+    except InferenceServerException:
+        return False

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 
 from foundation.health import HealthServer
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
-from driftloop.stack.triton import is_ready as triton_ready
+from foundation.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,12 @@ def run_worker(settings: Settings, role: str, replica: int) -> None:
 
             run(settings, replica, health)
         else:
-            health.add_check("triton", lambda: triton_ready(settings))
-            asyncio.run(_run_inference(settings, replica, health))
+            from streams.triton_client import TritonAdmin
+
+            # One client for every probe: the gRPC client is thread-safe (probes run in the health server's threads).
+            with TritonAdmin(settings.triton_grpc, timeout_s=2.0) as triton:
+                health.add_check("triton", triton.is_ready)
+                asyncio.run(_run_inference(settings, replica, health))
     finally:
         health.stop()
 
@@ -64,49 +66,15 @@ def supervise(
     child_argv: Sequence[str], roles: Sequence[str], replicas: int, restart_delay_s: float = 2.0,
     grace_s: float = 30.0,
 ) -> int:  # fmt: skip
-    """Start ``replicas`` processes per role (``child_argv + [--role R --replica I]``), restart any that dies,
-    and stop them all on SIGTERM/SIGINT: SIGTERM, then SIGKILL for any still running ``grace_s`` later.
-    Returns 0 after a clean stop."""
-    procs: dict[tuple[str, int], subprocess.Popen] = {}
-    stopping = False
-    kill_at = float("inf")
-
-    def spawn(role: str, replica: int) -> None:
-        argv = [*child_argv, "--role", role, "--replica", str(replica)]
-        procs[(role, replica)] = subprocess.Popen(argv)  # noqa: S603 - our own command line
-        log.info("started %s worker %d", role, replica, extra={"pid": procs[(role, replica)].pid})
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping, kill_at
-        if not stopping:
-            kill_at = time.monotonic() + grace_s
-        stopping = True
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for role in roles:
-        for replica in range(replicas):
-            spawn(role, replica)
-    while True:
-        time.sleep(0.5)
-        if stopping:
-            running = [proc for proc in procs.values() if proc.poll() is None]
-            if not running:
-                return 0
-            if time.monotonic() >= kill_at:
-                for proc in running:
-                    log.error("worker %d did not stop within %.0fs; SIGKILL", proc.pid, grace_s)
-                    proc.kill()
-                kill_at = float("inf")
-            continue
-        for (role, replica), proc in list(procs.items()):
-            if proc.poll() is not None:
-                log.error("%s worker %d exited with %s; restarting", role, replica, proc.returncode)
-                time.sleep(restart_delay_s)
-                spawn(role, replica)
+    """Start ``replicas`` processes per role (``child_argv + [--role R --replica I]``), restart any that dies (after
+    ``restart_delay_s``, doubled for each quick exit in a row), and stop them all on SIGTERM/SIGINT: SIGTERM, then
+    SIGKILL for any still running ``grace_s`` later. Returns 0 after a clean stop."""
+    children = [
+        Child(f"{role}-{replica}", [*child_argv, "--role", role, "--replica", str(replica)])
+        for role in roles
+        for replica in range(replicas)
+    ]
+    return Supervisor(children, restart_delay_s=restart_delay_s, grace_s=grace_s).run()
 
 
 def child_argv(config: str | None) -> list[str]:

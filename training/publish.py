@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from foundation.settings import Settings
+from streams.triton_client import InferenceServerException, TritonAdmin
 from training.exceptions import PublishError, RegistryError, VersionRejected
 from training.export import read_metadata, write_metadata
 from training.registry import ModelState, announce, read_state
 from training.repository import ModelRepository
-from training.servable import runtime
 
 log = logging.getLogger(__name__)
 
@@ -53,55 +53,46 @@ class Publication:
 
 
 class TritonControl:
-    """The few Triton calls publishing needs (HTTP; the server runs in explicit model control mode)."""
+    """The few Triton calls publishing needs (:class:`~streams.triton_client.TritonAdmin`, gRPC; the server runs in
+    explicit model control mode). ``error`` is the exception type a refused call raises."""
+
+    error = InferenceServerException
 
     def __init__(self, settings: Settings) -> None:
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException
-
-        self.url = settings.triton_http
+        self.url = settings.triton_grpc
         self.timeout_s = settings.training.load_timeout_s
-        self._http = httpclient
-        self.error = InferenceServerException
-        self.client = httpclient.InferenceServerClient(
-            self.url, connection_timeout=10.0, network_timeout=self.timeout_s
-        )
+        self.client = TritonAdmin(self.url, timeout_s=self.timeout_s)
 
     def check_live(self) -> None:
         """Raises PublishError when the server does not answer."""
         try:
-            live = self.client.is_server_live()
+            live = self.client.is_live()
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, DNS: all mean "not reachable"
             raise PublishError(f"Triton at {self.url} is not reachable: {exc}") from exc
         if not live:
             raise PublishError(f"Triton at {self.url} is not live")
 
     def load(self, model: str) -> None:
-        self.client.load_model(model)
+        self.client.load(model)
 
     def unload(self, model: str) -> None:
-        self.client.unload_model(model)
+        self.client.unload(model)
 
     def wait_ready(self, model: str, version: int, timeout_s: float | None = None) -> None:
         """Raises PublishError when the version is not ready within the timeout."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        while not self.client.is_model_ready(model, str(version)):
+        while not self.client.model_ready(model, version):
             if time.monotonic() > deadline:
                 raise PublishError(f"{model} version {version} is not ready after {timeout_s or self.timeout_s:.0f}s")
             time.sleep(0.2)
 
     def infer(self, model: str, version: int, texts: list[str], features: np.ndarray) -> np.ndarray:
         """``PROBS`` for a batch of texts and features from one version."""
-        text = self._http.InferInput(runtime.TEXT_INPUT, [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_).reshape(len(texts), 1))
-        feats = self._http.InferInput(runtime.FEATURES_INPUT, list(features.shape), "FP32")
-        feats.set_data_from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        result = self.client.infer(model, [text, feats], model_version=str(version))
-        return result.as_numpy(runtime.PROBS_OUTPUT)
+        return self.client.infer(model, version, texts, features)
 
     def states(self, model: str) -> dict[int, str]:
         """Version -> Triton state (``READY``, ``UNAVAILABLE``, ...) from the repository index."""
-        index = self.client.get_model_repository_index()
+        index = self.client.repository_index()
         return {int(m["version"]): m.get("state", "") for m in index if m.get("name") == model and m.get("version")}
 
     def close(self) -> None:
@@ -138,7 +129,7 @@ class Publisher:
     Args:
         settings: Triton (``triton.*``), the models topic (``kafka.*``) and ``training.*`` (labels,
             ``keep_versions``, ``smoke_atol``, ``load_timeout_s``, ``retire_grace_s``).
-        triton: the Triton control to use (tests may pass another); default: HTTP to ``settings.triton_http``.
+        triton: the Triton control to use (tests may pass another); default: gRPC to ``settings.triton_grpc``.
     """
 
     def __init__(self, settings: Settings, triton: TritonControl | None = None) -> None:

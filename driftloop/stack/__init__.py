@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from foundation.settings import Settings
 from driftloop.stack import kafka, triton
 from driftloop.stack.exceptions import ComponentNotFound, StackError
 from driftloop.stack.process import ServerProcess
+from foundation.settings import Settings
 
 COMPONENTS = ("kafka", "triton", "feast")
 

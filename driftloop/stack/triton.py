@@ -12,15 +12,15 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundation.settings import Settings
 from driftloop.stack.exceptions import ComponentNotFound
 from driftloop.stack.process import ServerProcess
+from foundation.settings import Settings
+from streams.triton_client import TritonAdmin, server_ready
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +137,17 @@ def start(settings: Settings) -> int:
     return server(settings).start(argv, env=env)
 
 
-def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - http to a configured server
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def is_ready(settings: Settings) -> bool:
-    status, _ = _get(f"http://{settings.triton_http}/v2/health/ready")
-    return status == 200
+    """Whether the server answers "ready" over gRPC and its HTTP endpoint takes connections (False when either cannot
+    be reached: Triton opens its gRPC endpoint before its HTTP one)."""
+    if not server_ready(settings):
+        return False
+    host, port = settings.triton_http.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+            return True
+    except OSError:
+        return False
 
 
 def up(settings: Settings) -> list[str]:
@@ -155,25 +155,32 @@ def up(settings: Settings) -> list[str]:
     proc = server(settings)
     if proc.pid() is None:
         start(settings)
-    proc.wait_ready(lambda: is_ready(settings), settings.stack.ready_timeout_s, f"http://{settings.triton_http}")
-    return [f"{m['name']}:{m.get('version', '?')}" for m in repository_index(settings) if m.get("state") == "READY"]
+    proc.wait_ready(lambda: is_ready(settings), settings.stack.ready_timeout_s, f"grpc://{settings.triton_grpc}")
+    return loaded(settings)
+
+
+def loaded(settings: Settings) -> list[str]:
+    """``name:version`` of every model version the server has ready."""
+    with TritonAdmin(settings.triton_grpc) as admin:
+        return admin.loaded()
 
 
 def repository_index(settings: Settings) -> list[dict]:
-    request = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/index", data=b"{}", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
-        return json.loads(resp.read())
+    with TritonAdmin(settings.triton_grpc) as admin:
+        return admin.repository_index()
 
 
 def describe(settings: Settings) -> str:
-    """One line on the server's health: readiness and the models it has loaded. Raises on failure."""
-    status, body = _get(f"http://{settings.triton_http}/v2")
-    if status != 200:
-        raise ConnectionError(f"GET /v2 answered {status}")
-    meta = json.loads(body)
-    ready = is_ready(settings)
-    loaded = [f"{m['name']}:{m.get('version', '?')}" for m in repository_index(settings) if m.get("state") == "READY"]
+    """One line on the server's health: readiness and the models it has loaded.
+
+    Raises:
+        InferenceServerException: the server does not answer.
+    """
+    with TritonAdmin(settings.triton_grpc) as admin:
+        version = admin.metadata().get("version", "?")
+        ready = admin.is_ready()
+        models = admin.loaded()
     return (
-        f"triton {meta.get('version', '?')} at {settings.triton_http} ({'ready' if ready else 'NOT ready'}), "
-        f"models loaded: {', '.join(loaded) or 'none'}"
+        f"triton {version} at {settings.triton_grpc} ({'ready' if ready else 'NOT ready'}), "
+        f"models loaded: {', '.join(models) or 'none'}"
     )

@@ -33,6 +33,7 @@ def test_conventional_variables_point_at_existing_servers(monkeypatch):
     settings = load_settings()
     assert settings.kafka_bootstrap == "broker-1:9092,broker-2:9092"
     assert settings.triton_http == "triton:8000"
+    assert settings.triton_grpc == "triton:8001"  # Triton's default gRPC port on that host
 
 
 def test_prefixed_variables_win_over_conventional_ones(monkeypatch):

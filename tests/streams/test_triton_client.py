@@ -16,10 +16,12 @@ from tritonclient.utils import InferenceServerException
 from foundation.settings import load_settings
 from streams.triton_client import (
     TritonClassifier,
+    TritonModelUnhealthy,
     TritonRequestError,
     TritonServerFault,
     TritonUnavailable,
     VersionNotServed,
+    classify_error,
 )
 
 pytestmark = pytest.mark.unit
@@ -30,8 +32,8 @@ OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 class Scripted(TritonClassifier):
     """Answers like a server that runs out of memory above ``max_rows`` and refuses texts containing ``POISON``."""
 
-    def __init__(self, max_rows: int = 64, flaky: int = 0, fault: str = OOM) -> None:
-        super().__init__(load_settings(triton={"url": "127.0.0.1:1"}, workers={"triton_retries": 0}))
+    def __init__(self, max_rows: int = 64, flaky: int = 0, fault: str = OOM, retries: int = 0) -> None:
+        super().__init__(load_settings(triton={"url": "127.0.0.1:1"}, workers={"triton_retries": retries}))
         self.max_rows, self.flaky, self.fault, self.calls = max_rows, flaky, fault, []
 
     async def _infer(self, texts, features, version):
@@ -81,7 +83,8 @@ def test_only_the_event_that_fails_alone_twice_is_reported():
 
 
 def test_a_transient_refusal_of_one_event_is_retried_not_reported():
-    results = classify(lambda: Scripted(flaky=2), ["one", "two"])  # the batch, then the first half alone, refused once each
+    # The batch, then the first half alone, are refused once each.
+    results = classify(lambda: Scripted(flaky=2), ["one", "two"])
     assert not any(isinstance(r, TritonRequestError) for r in results)
 
 
@@ -92,3 +95,81 @@ def test_unknown_version_is_version_not_served():
 
     with pytest.raises(VersionNotServed):
         classify(Gone, ["a"])
+
+
+UNREACHABLE = "[StatusCode.UNAVAILABLE] failed to connect to all addresses; last error: Connection refused"
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("Request for unknown model: 'classifier' version 3 is not found", VersionNotServed),
+        ("Failed to process the request(s) for model 'classifier', message: Stub process 'x' is not healthy.",
+         TritonModelUnhealthy),
+        (OOM, TritonServerFault),
+        ("[StatusCode.INTERNAL] Internal error: the backend crashed", TritonServerFault),
+        ("[StatusCode.RESOURCE_EXHAUSTED] resource exhausted", TritonServerFault),
+        (UNREACHABLE, TritonUnavailable),
+        ("[StatusCode.DEADLINE_EXCEEDED] Deadline Exceeded", TritonUnavailable),
+        ("[StatusCode.INVALID_ARGUMENT] unexpected shape for input 'FEATURES'", TritonRequestError),
+        ("poisoned text", TritonRequestError),
+    ],
+)  # fmt: skip
+def test_an_infer_error_is_classified_by_whose_failure_it_is(message, kind):
+    error = classify_error(InferenceServerException(message), "classifier", 3)
+    assert type(error) is kind
+    assert message in str(error)
+
+
+class Unreachable(Scripted):
+    """Unreachable for the first ``down`` calls, then answers."""
+
+    def __init__(self, down: int, retries: int, message: str = UNREACHABLE) -> None:
+        super().__init__(retries=retries)
+        self.down, self.message = down, message
+
+    async def _infer(self, texts, features, version):
+        self.calls.append(len(texts))
+        if self.down:
+            self.down -= 1
+            raise InferenceServerException(self.message)
+        return np.full((len(texts), 3), 1 / 3, dtype=np.float32), version
+
+
+def test_an_unreachable_server_is_retried_within_the_configured_retries():
+    calls: list[int] = []
+    results = classify(lambda: Unreachable(down=2, retries=2), ["a", "b"], calls=calls)
+    assert len(results) == 2 and calls == [2, 2, 2]
+
+
+def test_an_unreachable_server_after_the_retries_is_an_outage_not_a_dead_letter():
+    calls: list[int] = []
+    with pytest.raises(TritonUnavailable) as raised:
+        classify(lambda: Unreachable(down=5, retries=1), ["a", "b"], calls=calls)
+    assert type(raised.value) is TritonUnavailable and calls == [2, 2]  # the batch was held, never bisected
+
+
+def test_a_crashed_stub_is_raised_at_once_without_retries():
+    calls: list[int] = []
+    stub = "Stub process 'classifier_0_0' is not healthy."
+    with pytest.raises(TritonModelUnhealthy):
+        classify(lambda: Unreachable(down=5, retries=3, message=stub), ["a", "b"], calls=calls)
+    assert calls == [2]
+
+
+def test_an_unknown_version_makes_the_client_read_the_served_versions_again():
+    class Gone(Scripted):
+        async def _infer(self, texts, features, version):
+            raise InferenceServerException("Request for unknown model: 'classifier' version 3 is not found")
+
+    async def run():
+        client = Gone()
+        client._served_at = 0.0  # as if the served versions had just been read
+        try:
+            with pytest.raises(VersionNotServed):
+                await client.classify(["a"], np.zeros((1, 6), np.float32), 3)
+            return client._served_at
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()) == float("-inf")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -18,11 +17,12 @@ import tritonclient.http as httpclient
 
 from foundation.settings import Settings
 from streams import KafkaProducer
-from streams.generator import produce, synthetic_records
 from streams.client import Record
+from streams.generator import produce, synthetic_records
 from streams.schemas import DeadLetter, ModelState, Prediction
 from streams.windows import features_at
-from tests.streams.support import MODEL, MODEL_DIR, keyword_model, pipeline  # noqa: F401 - fixtures
+from tests.helpers import wait_until
+from tests.streams.support import MODEL, MODEL_DIR
 from tests.streams.support import collect as _collect
 from tests.streams.support import group_caught_up as _group_caught_up
 from tests.streams.support import produce_synthetic as _produce
@@ -108,7 +108,7 @@ def test_workers_follow_the_champion_announced_on_the_models_topic(pipeline, tri
     client = httpclient.InferenceServerClient(triton_server.http)
     client.load_model(MODEL)  # version_policy all: versions 1 and 2 served side by side
     try:
-        start("run", "--role", "inference")
+        worker = start("run", "--role", "inference")
         _produce(settings, 20, malformed_share=0.0, seed=41)
         first = _collect(settings, "predictions-v1", lambda r: len(r) >= 20)
         assert {json.loads(v)["model"]["version"] for v in first} == {2}  # no announcement: the newest version
@@ -116,7 +116,7 @@ def test_workers_follow_the_champion_announced_on_the_models_topic(pipeline, tri
         state = ModelState(model=MODEL, champion=1, candidate=None, event="rolled_back", at=datetime.now(UTC))
         with KafkaProducer(settings) as producer:
             producer.produce_batch([Record(settings.kafka.topic("models-v1"), state.to_bytes(), key=MODEL.encode())])
-        time.sleep(2)  # the worker follows the topic in the background
+        wait_until(lambda: "event=rolled_back" in pipeline.log(worker), 30, "the worker to follow the rollback")
         ids, _ = _produce(settings, 20, malformed_share=0.0, seed=42)
         later = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 40)]
         assert {p["model"]["version"] for p in later if p["event_id"] in set(ids)} == {1}
@@ -136,7 +136,9 @@ def test_sigterm_finishes_in_flight_batches_and_commits_them(pipeline):
 
     start("run", "--role", "inference")
     _collect(settings, "predictions-v1", lambda r: len(r) >= len(valid))
-    time.sleep(3)  # let a late duplicate arrive, if there were one
+    # Predictions are written before their events are committed: once the group is caught up, a duplicate is there.
+    events = settings.kafka.topic("events-v1")
+    wait_until(lambda: _group_caught_up(settings, settings.workers.inference_group, events), 60, "commits")
     seen = [json.loads(v)["event_id"] for v in _collect(settings, "predictions-v1", lambda r: False, 5)]
     assert set(seen) == set(valid)
     assert len(seen) == len(valid), f"{len(seen) - len(valid)} duplicates after a graceful stop"
@@ -164,7 +166,7 @@ def test_canary_share_goes_to_the_candidate_and_a_missing_candidate_falls_back(p
     settings, start = pipeline.settings, pipeline.start
     monkeypatch.setenv("DRIFTLOOP_WORKERS__CANARY_SHARE", "0.5")
     _announce(settings, champion=1, candidate=2)
-    start("run", "--role", "inference")
+    worker = start("run", "--role", "inference")
     ids, _ = _produce(settings, 200, malformed_share=0.0, seed=61)
     predictions = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 200)]
     by_role = Counter((p["role"], p["model"]["version"]) for p in predictions)
@@ -172,7 +174,7 @@ def test_canary_share_goes_to_the_candidate_and_a_missing_candidate_falls_back(p
     assert 60 < by_role[("candidate", 2)] < 140
 
     _announce(settings, champion=1, candidate=7)  # announced but not served: its share falls back to the champion
-    time.sleep(2)
+    wait_until(lambda: "candidate=7" in pipeline.log(worker), 30, "the worker to follow the announcement")
     more, _ = _produce(settings, 100, malformed_share=0.0, seed=62)
     later = [json.loads(v) for v in _collect(settings, "predictions-v1", lambda r: len(r) >= 300)]
     answered = [p for p in later if p["event_id"] in set(more)]
