@@ -24,6 +24,11 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
     AdminClient,
     ClusterMetadata,
     ScramCredentialInfo,
@@ -36,6 +41,7 @@ from driftloop.stack import kafka_jars, kafka_roles, toolchain
 from driftloop.stack.exceptions import ComponentNotFound, StackError
 from driftloop.stack.process import ServerProcess
 from foundation.paths import DEPLOY_DIR
+from foundation.retry import policy
 from foundation.settings import Settings
 from streams.client import client_config
 from streams.topics import ensure_topics
@@ -297,9 +303,20 @@ def upsert_scram_user(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 def apply_acls(admin: AdminClient, grants: list[kafka_roles.Grant], timeout_s: float = 30.0) -> None:
-    """Create ``grants`` (creating an ACL that exists is a no-op)."""
-    for future in admin.create_acls([grant.binding() for grant in grants], request_timeout=timeout_s).values():
+    """Create ``grants`` (creating an ACL that exists is a no-op) and wait until the broker enforces them: ACLs
+    reach the authorizer through the metadata log, a moment after the controller accepted them."""
+    wanted = {grant.binding() for grant in grants}
+    for future in admin.create_acls(list(wanted), request_timeout=timeout_s).values():
         future.result()
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                                  AclPermissionType.ANY)  # fmt: skip
+
+    def enforced() -> None:
+        missing = wanted - set(admin.describe_acls(everything, request_timeout=timeout_s).result())
+        if missing:
+            raise StackError(f"{len(missing)} ACLs not enforced yet")
+
+    policy(retry_on=StackError, deadline_s=timeout_s, initial_s=0.1, max_s=1.0, what="ACLs to apply")(enforced)
 
 
 def role_client_settings(settings: Settings, role: str, mechanism: str = "SCRAM-SHA-512") -> Settings:
