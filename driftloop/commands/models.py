@@ -55,7 +55,7 @@ def list_versions(ctx: CommandContext, as_json: bool, run_count: int) -> None:
         + (f" (last: {state.event} at {state.at:%Y-%m-%d %H:%M:%S}: {state.reason[:80]})" if state.event else "")
     )
     if triton_states is None:
-        click.echo(f"  (Triton at {settings.triton_http} is not reachable)")
+        click.echo(f"  (Triton at {settings.triton_grpc} is not reachable)")
     if not rows:
         click.echo("  no versions yet: `driftloop train --bootstrap` makes the first")
     for row in rows:

@@ -167,7 +167,7 @@ cli.add_command(models_group)
 @pytest.mark.timeout(180)
 def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_path) -> None:
     settings = settings_factory(
-        triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1"},
+        triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1", "grpc_url": "127.0.0.1:1"},
         retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0,
                  "min_post_drift_labels": 0},
     )  # fmt: skip
@@ -212,6 +212,7 @@ def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_pat
         "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "DRIFTLOOP_TRITON__URL": "127.0.0.1:1",
+        "DRIFTLOOP_TRITON__GRPC_URL": "127.0.0.1:1",
         "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
         "DRIFTLOOP_TRITON__MODEL_NAME": MODEL,
     }

@@ -55,7 +55,7 @@ cli.add_command(models_group)
 
 def _settings(settings_factory, tmp_path) -> Settings:
     settings = settings_factory(
-        triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1"},
+        triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1", "grpc_url": "127.0.0.1:1"},
         retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0, "lookback_s": 10,
                  "min_post_drift_labels": NEEDED, "label_poll_s": 0.5, "label_wait_timeout_s": 180},
     )  # fmt: skip
@@ -111,6 +111,7 @@ def _models_list(settings: Settings) -> str:
         "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "DRIFTLOOP_TRITON__URL": "127.0.0.1:1",
+        "DRIFTLOOP_TRITON__GRPC_URL": "127.0.0.1:1",
         "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
         "DRIFTLOOP_TRITON__MODEL_NAME": MODEL,
     }
