@@ -47,8 +47,18 @@ def run(pytest_args: list[str], workdir: Path) -> dict:
     """Run ``pytest -m chaos`` and return the summary."""
     ledger, junit = workdir / "ledger.jsonl", workdir / "junit.xml"
     ledger.touch()
-    argv = [sys.executable, "-m", "pytest", "-m", "chaos", "-p", "no:cacheprovider", "-q", f"--junitxml={junit}",
-            *pytest_args]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "chaos",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={junit}",
+        *pytest_args,
+    ]
     started = time.monotonic()
     env = {**os.environ, LEDGER_ENV: str(ledger)}
     # pytest reports on stderr: stdout carries the one summary line.

@@ -41,9 +41,14 @@ BUDGET_S = 0.5
 def _monitor(repository: Path, window: int, reports: Path) -> Monitor:
     settings = load_settings(
         triton={"model_repository": repository},
-        monitoring={"window_size": window, "min_window": min(window, 500), "hysteresis_checks": 3,
-                    "reports_dir": reports, "metrics_port": 0},
-    )  # fmt: skip
+        monitoring={
+            "window_size": window,
+            "min_window": min(window, 500),
+            "hysteresis_checks": 3,
+            "reports_dir": reports,
+            "metrics_port": 0,
+        },
+    )
     return Monitor(settings)
 
 

@@ -456,8 +456,14 @@ def injections(pools: dict[str, Pool], settings_labels: tuple[str, ...]) -> list
     base = pools["base"]
     out = []
     for size, factor in (("subtle", 1.5), ("clear", 4.0)):
-        out.append(Injection("covariate", size, f"entities send {factor}x as often (window features shift)",
-                             lambda n, f=factor: Segment(n, base, rate_factor=f)))  # fmt: skip
+        out.append(
+            Injection(
+                "covariate",
+                size,
+                f"entities send {factor}x as often (window features shift)",
+                lambda n, f=factor: Segment(n, base, rate_factor=f),
+            )
+        )
     for size, key in (("subtle", "vocab_subtle"), ("clear", "vocab_clear")):
         what = "30 % of texts get 1 unseen word" if size == "subtle" else "every text gets 3 unseen words"
         out.append(Injection("vocabulary", size, what, lambda n, k=key: Segment(n, pools[k])))
@@ -466,16 +472,34 @@ def injections(pools: dict[str, Pool], settings_labels: tuple[str, ...]) -> list
         flip = rng.random(len(base)) < share
         truth = np.array([SWAP.get(t, t) if f else t for t, f in zip(base.truth, flip, strict=True)], dtype=object)
         swapped = base.with_truth(truth)
-        out.append(Injection("concept", size, f"true labels positive<->negative for {share:.0%} of events",
-                             lambda n, p=swapped: Segment(n, p)))  # fmt: skip
+        out.append(
+            Injection(
+                "concept",
+                size,
+                f"true labels positive<->negative for {share:.0%} of events",
+                lambda n, p=swapped: Segment(n, p),
+            )
+        )
     for size, first in (("subtle", 0.45), ("clear", 0.7)):
         mix = {settings_labels[0]: first, **{label: (1 - first) / 2 for label in settings_labels[1:]}}
         weights = np.array([mix.get(t, 0.0) for t in base.truth])
-        out.append(Injection("prior", size, "class shares " + "/".join(f"{v:.2f}" for v in mix.values()),
-                             lambda n, w=weights: Segment(n, base, weights=w)))  # fmt: skip
+        out.append(
+            Injection(
+                "prior",
+                size,
+                "class shares " + "/".join(f"{v:.2f}" for v in mix.values()),
+                lambda n, w=weights: Segment(n, base, weights=w),
+            )
+        )
     for size, top in (("subtle", 0.3), ("clear", 1.0)):
-        out.append(Injection("gradual", size, f"the generator's concept drift ramps to {top:.0%} over the horizon",
-                             lambda n, t=top: Segment(n, base, ramp=(pools["drifted"], t))))  # fmt: skip
+        out.append(
+            Injection(
+                "gradual",
+                size,
+                f"the generator's concept drift ramps to {top:.0%} over the horizon",
+                lambda n, t=top: Segment(n, base, ramp=(pools["drifted"], t)),
+            )
+        )
     return out
 
 
@@ -546,11 +570,16 @@ def word_reference(scorer: WordScorer, settings: Settings) -> ReferenceSample:
     _, holdout = split_by_time(dataset.frame, settings.training.validation_fraction)
     features = np.nan_to_num(holdout[list(FEATURE_NAMES)].to_numpy(dtype=np.float64), nan=0.0)
     probs = scorer.probs(list(holdout["text"]), features)
-    rows = reference_sample(holdout, probs, scorer.labels, settings.training.reference_size, settings.training.seed,
-                            scorer.vocab)  # fmt: skip
+    rows = reference_sample(
+        holdout, probs, scorer.labels, settings.training.reference_size, settings.training.seed, scorer.vocab
+    )
     metrics = {"accuracy": float(np.mean(np.array(scorer.labels)[probs.argmax(1)] == holdout["label"].to_numpy()))}
-    metadata = {"labels": list(scorer.labels), "feature_names": list(FEATURE_NAMES), "reference": rows,
-                "metrics": metrics}  # fmt: skip
+    metadata = {
+        "labels": list(scorer.labels),
+        "feature_names": list(FEATURE_NAMES),
+        "reference": rows,
+        "metrics": metrics,
+    }
     return reference_from_metadata(metadata, "classifier", 1, Path("<word model>"))
 
 
@@ -594,8 +623,9 @@ def run(config: Config, settings: Settings, progress: Callable[[str], None] = la
     policy = DriftPolicy.from_settings(monitoring)
     decision = MonitorDecision(reference, policy)
     preset = EvidentlyPreset(reference)
-    preset_hysteresis = EvidentlyPreset(reference, policy.hysteresis_checks, policy.resolve_checks,
-                                        name="evidently defaults + monitor hysteresis")  # fmt: skip
+    preset_hysteresis = EvidentlyPreset(
+        reference, policy.hysteresis_checks, policy.resolve_checks, name="evidently defaults + monitor hysteresis"
+    )
     decisions: list[Decision] = [decision, preset, preset_hysteresis]
     names = [d.name for d in decisions]
     feature_names = reference.feature_names
@@ -629,8 +659,14 @@ def run(config: Config, settings: Settings, progress: Callable[[str], None] = la
         progress(f"stationary replay {r + 1}/{config.replays}: {checks} checks ({time.perf_counter() - started:.0f} s)")
 
     def stationary_row(name: str, n_checks: int) -> dict[str, Any]:
-        kinds = {k: {**arl0(n_checks, totals[name][k]), "fresh_store_alarms": fresh[name][k],
-                     "flag_rate": round(flagged[name][k] / n_checks, 4)} for k in totals[name]}  # fmt: skip
+        kinds = {
+            k: {
+                **arl0(n_checks, totals[name][k]),
+                "fresh_store_alarms": fresh[name][k],
+                "flag_rate": round(flagged[name][k] / n_checks, 4),
+            }
+            for k in totals[name]
+        }
         any_alarms = sum(totals[name].values())
         return {"decision": name, "kinds": kinds, "any": arl0(n_checks, any_alarms)}
 
@@ -682,7 +718,7 @@ def run(config: Config, settings: Settings, progress: Callable[[str], None] = la
             "events_per_s": round(traffic.rate, 5),
             "entities": traffic.entities,
             "pool": config.pool,
-        },  # fmt: skip
+        },
         "target_arl0": TARGET_ARL0,
         "horizon_windows": config.horizon * shape.every / shape.window,
         "stationary": stationary,
@@ -700,7 +736,7 @@ def run(config: Config, settings: Settings, progress: Callable[[str], None] = la
             name: any(r["missed"] == 0 and r["max_events"] <= 2 * shape.window for r in row["monitor"].values())
             for name, row in drifts.items()
             if name.endswith("/clear")
-        },  # fmt: skip
+        },
         "check_ms": round(1000 * float(np.mean(check_s)), 2) if check_s else None,
         "seconds": round(time.perf_counter() - started, 1),
         "evidently": version("evidently"),
@@ -732,14 +768,22 @@ def plot(line: dict[str, Any], path: Path) -> None:
     rows = [(f"{k}", v) for k, v in stationary["monitor"]["kinds"].items()] + [
         ("any (monitor)", stationary["monitor"]["any"])
     ]
-    rows += [("Evidently preset", stationary["baseline_evidently"]["kinds"]["dataset"]),
-             ("Evidently + hysteresis", stationary["baseline_evidently_hysteresis"]["kinds"]["dataset"])]  # fmt: skip
+    rows += [
+        ("Evidently preset", stationary["baseline_evidently"]["kinds"]["dataset"]),
+        ("Evidently + hysteresis", stationary["baseline_evidently_hysteresis"]["kinds"]["dataset"]),
+    ]
     for i, (_, row) in enumerate(rows):
         low, high = row["arl0_ci95"]
         point = row["arl0"] if row["arl0"] is not None else low
         top = high if high is not None else point * 3
-        left.errorbar([i], [point], yerr=[[point - low], [top - point]], fmt="o" if row["arl0"] else "^", capsize=4,
-                      color="tab:blue" if i < len(rows) - 2 else "tab:gray")  # fmt: skip
+        left.errorbar(
+            [i],
+            [point],
+            yerr=[[point - low], [top - point]],
+            fmt="o" if row["arl0"] else "^",
+            capsize=4,
+            color="tab:blue" if i < len(rows) - 2 else "tab:gray",
+        )
     left.axhline(TARGET_ARL0, color="red", linestyle="--", label=f"target {TARGET_ARL0} checks")
     left.set_yscale("log")
     left.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=30, ha="right")
@@ -786,17 +830,29 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=Config.trials, help="trials per injected drift and size")
     parser.add_argument("--horizon", type=int, default=Config.horizon, help="checks after an onset before a miss")
     parser.add_argument("--pool", type=int, default=Config.pool, help="events scored once by the model")
-    parser.add_argument("--baseline-replays", type=int, default=Config.baseline_replays,
-                        help="stationary replays the Evidently baseline runs on (its tests are slow)")  # fmt: skip
+    parser.add_argument(
+        "--baseline-replays",
+        type=int,
+        default=Config.baseline_replays,
+        help="stationary replays the Evidently baseline runs on (its tests are slow)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of ARL0 and detection delays here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args()
     if args.plot:
         _pyplot()  # fail before the benchmark runs
-    config = Config(model=args.model, version_dir=args.version_dir, replays=args.replays, checks=args.checks,
-                    trials=args.trials, horizon=args.horizon, pool=args.pool, baseline_replays=args.baseline_replays,
-                    seed=args.seed)  # fmt: skip
+    config = Config(
+        model=args.model,
+        version_dir=args.version_dir,
+        replays=args.replays,
+        checks=args.checks,
+        trials=args.trials,
+        horizon=args.horizon,
+        pool=args.pool,
+        baseline_replays=args.baseline_replays,
+        seed=args.seed,
+    )
     settings = load_settings(training=TINY_TRAINING)
     line = run(config, settings, progress=(lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     if args.plot:

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from foundation.settings import Settings, load_settings
 from features.store import apply_repo
+from foundation.settings import Settings, load_settings
 from streams import KafkaConsumer, KafkaProducer, ensure_topics
 from streams.generator import produce, synthetic_records
 from streams.schemas import Prediction
@@ -58,8 +58,12 @@ def raw_throughput(settings: Settings, version: int, texts: list[str], batch: in
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "driftloop.cli", "workers", "run", "--role", "inference"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "driftloop.cli", "workers", "run", "--role", "inference"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def collect(settings: Settings, count: int, timeout_s: float) -> list[tuple[float, Prediction]]:
@@ -123,14 +127,20 @@ def main() -> None:
         worker.wait(timeout=60)
 
     result = {
-        "bench": "pipeline", "encoder": args.encoder, "model_version": version, "batch": batch,
-        "events": events, "raw_seq_per_s": round(raw, 1), "pipeline_events_per_s": round(saturated, 1),
+        "bench": "pipeline",
+        "encoder": args.encoder,
+        "model_version": version,
+        "batch": batch,
+        "events": events,
+        "raw_seq_per_s": round(raw, 1),
+        "pipeline_events_per_s": round(saturated, 1),
         "ratio": round(saturated / raw, 3) if raw else None,
-        "fixed_rate_per_s": round(rate, 1), "fixed_rate_events": len(latencies),
+        "fixed_rate_per_s": round(rate, 1),
+        "fixed_rate_events": len(latencies),
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1) if len(latencies) else None,
         "latency_ms_p99": round(float(np.percentile(latencies, 99)), 1) if len(latencies) else None,
         "cpus": os.cpu_count(),
-    }  # fmt: skip
+    }
     print(json.dumps(result))
     if args.plot and len(latencies):
         import matplotlib

@@ -17,8 +17,12 @@ from driftloop.commands.train import train_command
 
 
 @click.group()
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), envvar="DRIFTLOOP_CONFIG",
-              help="TOML settings file (default: ./driftloop.toml when present).")  # fmt: skip
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="DRIFTLOOP_CONFIG",
+    help="TOML settings file (default: ./driftloop.toml when present).",
+)
 @click.option("--log-json/--no-log-json", default=None, help="Log one JSON object per line.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR.")
 @click.version_option(package_name="driftloop")
@@ -28,8 +32,18 @@ def main(ctx: click.Context, config: Path | None, log_json: bool | None, log_lev
     ctx.obj = CommandContext(config, log_json, log_level)
 
 
-COMMANDS = (stack_group, produce_command, tail_command, workers_group, train_command, models_group, monitor_command,
-            drift_group, retrain_command, demo_command)  # fmt: skip
+COMMANDS = (
+    stack_group,
+    produce_command,
+    tail_command,
+    workers_group,
+    train_command,
+    models_group,
+    monitor_command,
+    drift_group,
+    retrain_command,
+    demo_command,
+)
 for command in COMMANDS:
     main.add_command(command)
 

@@ -12,7 +12,9 @@ import os
 # imported first (its value class is chosen then), and the variables feast set are removed again, so that processes
 # started from this one do not inherit them. This package is the only way into feast in driftloop.
 _PROMETHEUS_ENV = {name: os.environ.get(name) for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")}
-import prometheus_client  # noqa: E402, F401
+import prometheus_client  # noqa: E402, F401 - before feast (see above)
+
+# isort: split
 import feast  # noqa: E402, F401
 
 for _name, _value in _PROMETHEUS_ENV.items():
@@ -20,8 +22,13 @@ for _name, _value in _PROMETHEUS_ENV.items():
         os.environ.pop(_name, None)
 del _name, _value
 
-from features.exceptions import FeatureRowsInvalid, FeaturesError, FeatureStoreConfigError, FeatureStoreNotReady
-from features.store import (
+from features.exceptions import (  # noqa: E402 - after the environment fix above
+    FeatureRowsInvalid,
+    FeaturesError,
+    FeatureStoreConfigError,
+    FeatureStoreNotReady,
+)
+from features.store import (  # noqa: E402
     apply_repo,
     check_health,
     historical_features,

@@ -258,8 +258,13 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Data
     # The feature worker replaces a parquet file (atomic rename) while DuckDB reads it, and DuckDB opens the path again
     # between footer and row groups: "TProtocolException: Invalid data" or "Could not read enough bytes" (seen in the
     # retrain-crash scenario). A new read sees one whole file.
-    reads = policy(retry_on=duckdb.Error, attempts=HISTORICAL_READ_ATTEMPTS, initial_s=0.2, what="offline store read",
-                   on_retry=_read_again)  # fmt: skip
+    reads = policy(
+        retry_on=duckdb.Error,
+        attempts=HISTORICAL_READ_ATTEMPTS,
+        initial_s=0.2,
+        what="offline store read",
+        on_retry=_read_again,
+    )
     joined = reads(lambda: store.get_historical_features(entity_df=ordered, features=definitions.inference_v1).to_df())
     return joined.sort_values(_ROW_ORDER).drop(columns=_ROW_ORDER).reset_index(drop=True)
 

@@ -51,9 +51,7 @@ def _plain(value: object) -> str:
 def configure_logging(settings: LogSettings) -> None:
     """Send logs to stderr, as JSON lines or plain text, at ``settings.level``."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if settings.json_format else HumanFormatter()
-    )
+    handler.setFormatter(JsonFormatter() if settings.json_format else HumanFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())

@@ -61,8 +61,11 @@ def _arguments(
         log.log(
             logging.WARNING if state.attempt_number >= 3 else logging.DEBUG,
             "%s failed (attempt %d), retrying in %.2fs: %s",
-            what, state.attempt_number, state.upcoming_sleep, error,
-        )  # fmt: skip
+            what,
+            state.attempt_number,
+            state.upcoming_sleep,
+            error,
+        )
 
     return {
         "retry": retry,

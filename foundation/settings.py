@@ -392,7 +392,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ValueError(f"config file {path} does not exist")
 
     # A subclass is how pydantic-settings takes a TOML path chosen at run time; named like its base for errors.
-    from_file = type("Settings", (Settings,), {"__module__": __name__, "model_config": SettingsConfigDict(toml_file=path)})
+    from_file = type(
+        "Settings", (Settings,), {"__module__": __name__, "model_config": SettingsConfigDict(toml_file=path)}
+    )
     try:
         return from_file(**overrides)
     except ValueError as exc:

@@ -16,8 +16,9 @@ def exit_after(grace_s: float, what: str) -> threading.Thread:
 
     def watchdog() -> None:
         time.sleep(grace_s)
-        log.error("%s did not stop within %.0fs of the signal; exiting (uncommitted records are redelivered)",
-                  what, grace_s)  # fmt: skip
+        log.error(
+            "%s did not stop within %.0fs of the signal; exiting (uncommitted records are redelivered)", what, grace_s
+        )
         logging.shutdown()
         os._exit(1)
 

@@ -180,8 +180,10 @@ class Supervisor:
         no child is restarted afterwards. Returns name -> exit code (None: it never started)."""
         self._stopped = True
         procs = {name: r.proc for name, r in self._running.items() if r.proc is not None}
-        stop_all([(name, proc.pid, False, _popen_alive(proc)) for name, proc in procs.items() if proc.poll() is None],
-                 self.grace_s if grace_s is None else grace_s)  # fmt: skip
+        stop_all(
+            [(name, proc.pid, False, _popen_alive(proc)) for name, proc in procs.items() if proc.poll() is None],
+            self.grace_s if grace_s is None else grace_s,
+        )
         codes = {name: None for name in self._running}
         codes.update({name: proc.wait() for name, proc in procs.items()})
         return codes
@@ -254,8 +256,10 @@ class DetachedServer:
             except Exception as exc:  # noqa: BLE001 - a probe error means "not ready yet"
                 last_error = f"{type(exc).__name__}: {exc}"
             if time.monotonic() - started > timeout_s:
-                raise self.error(f"{self.name} not ready after {timeout_s:.0f}s ({what}; last probe: {last_error}).\n"
-                                 f"{self.log_tail()}")  # fmt: skip
+                raise self.error(
+                    f"{self.name} not ready after {timeout_s:.0f}s ({what}; last probe: {last_error}).\n"
+                    f"{self.log_tail()}"
+                )
             time.sleep(0.25)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -284,8 +288,12 @@ def spawn(
 ) -> subprocess.Popen:
     """Start ``argv``; with ``log_file`` its output is appended there after a header line, stdin is closed."""
     if log_file is None:
-        return subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,  # noqa: S603
-                                start_new_session=new_session)  # fmt: skip
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,  # noqa: S603
+            start_new_session=new_session,
+        )
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())

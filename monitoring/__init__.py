@@ -23,7 +23,6 @@ if TYPE_CHECKING:
         build_receivers,
     )
     from monitoring.drift import ColumnDrift, DriftPolicy, DriftResult, KindResult, check_drift
-    from streams.schemas import DriftEvent, dedup_key
     from monitoring.exceptions import (
         DeliveryFailed,
         DriftCheckError,
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from monitoring.reference import ReferenceSample, load_reference, reference_path, reference_row
     from monitoring.report import prune_reports, save_report
     from monitoring.worker import MonitorWorker, run_monitor
+    from streams.schemas import DriftEvent, dedup_key
 
 _EXPORTS = {
     "AlertDispatcher": "monitoring.alerts",

@@ -80,8 +80,14 @@ class RetryPolicy:
 
     def retrying(self, what: str, sleep: Callable[[float], None] = time.sleep) -> tenacity.Retrying:
         """The retries of one delivery: :class:`_Retriable` failures, ``retries`` more times."""
-        return policy(retry_on=_Retriable, attempts=self.retries + 1, initial_s=self.backoff_s,
-                      max_s=self.backoff_max_s, what=what, sleep=sleep)  # fmt: skip
+        return policy(
+            retry_on=_Retriable,
+            attempts=self.retries + 1,
+            initial_s=self.backoff_s,
+            max_s=self.backoff_max_s,
+            what=what,
+            sleep=sleep,
+        )
 
 
 class _Retriable(Exception):  # noqa: N818 - a signal to the retry policy, never seen outside ``deliver``
@@ -217,10 +223,13 @@ class SlackReceiver(Receiver):
         fields = [
             {"title": "Model", "value": f"{event.model} v{event.version}", "short": True},
             {"title": "Kind", "value": event.kind, "short": True},
-            {"title": "Window", "value": f"{event.window.size} predictions ({event.window.labelled} labelled)",
-             "short": True},
+            {
+                "title": "Window",
+                "value": f"{event.window.size} predictions ({event.window.labelled} labelled)",
+                "short": True,
+            },
             {"title": "Metrics", "value": _metrics_text(event.metrics), "short": True},
-        ]  # fmt: skip
+        ]
         if event.drifted_columns and not resolved:
             fields.append({"title": "Drifted columns", "value": ", ".join(event.drifted_columns), "short": False})
         if event.report_path:
@@ -358,8 +367,12 @@ class AlertDispatcher:
         return outcomes
 
     def _send(self, receiver: Receiver, event: DriftEvent) -> str:
-        context = {"receiver": receiver.name, "dedup_key": event.dedup_key, "status": event.status,
-                   "event_id": event.id}  # fmt: skip
+        context = {
+            "receiver": receiver.name,
+            "dedup_key": event.dedup_key,
+            "status": event.status,
+            "event_id": event.id,
+        }
         try:
             attempts = deliver(receiver, event, self.retry, self._transport, self._sleep)
         except DeliveryFailed as exc:

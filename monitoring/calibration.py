@@ -242,9 +242,13 @@ def version_calibration(metadata: dict[str, Any], settings: CalibrationSettings)
     calibration = calibrate(reference, settings)
     log.info(
         "calibration computed",
-        extra={"model": reference.model, "alpha": calibration.alpha, "thresholds": calibration.thresholds,
-               "duration_s": round(calibration.duration_s, 3)},
-    )  # fmt: skip
+        extra={
+            "model": reference.model,
+            "alpha": calibration.alpha,
+            "thresholds": calibration.thresholds,
+            "duration_s": round(calibration.duration_s, 3),
+        },
+    )
     return calibration.to_dict()
 
 

@@ -40,7 +40,10 @@ class MonitorMetrics:
             "driftloop_drift_score", "Evidently drift score per column", ["model", "column", "method"], registry=r
         )
         self.column_drifted = Gauge(
-            "driftloop_drift_column_drifted", "1 when the column is above its kind's calibrated threshold", ["model", "column"], registry=r
+            "driftloop_drift_column_drifted",
+            "1 when the column is above its kind's calibrated threshold",
+            ["model", "column"],
+            registry=r,
         )
         self.window_size = Gauge("driftloop_drift_window_size", "Predictions in the window", ["model"], registry=r)
         self.window_labelled = Gauge(
@@ -60,7 +63,9 @@ class MonitorMetrics:
             "driftloop_alert_deliveries", "Alert notifications by outcome", ["receiver", "outcome"], registry=r
         )
         self.check_errors = Counter(
-            "driftloop_drift_check_errors", "Drift checks that raised (logged; the worker goes on)", ["model", "error"],
+            "driftloop_drift_check_errors",
+            "Drift checks that raised (logged; the worker goes on)",
+            ["model", "error"],
             registry=r,
         )
         self.skipped = SkippedRecords(registry=r)

@@ -187,8 +187,11 @@ class Monitor:
             track = self._track(event.model)
             state = track.states[event.kind]
             state.firing, state.started_at, state.severity, state.event_id = (
-                True, event.started_at, event.severity, event.id,
-            )  # fmt: skip
+                True,
+                event.started_at,
+                event.severity,
+                event.id,
+            )
             track.report_paths[event.kind] = event.report_path
             self.metrics.firing.labels(event.model, event.kind).set(1.0)
         return reopened
@@ -278,16 +281,30 @@ class Monitor:
         for event in events:
             self.metrics.events.labels(model, event.kind, event.status).inc()
             log.log(
-                logging.WARNING if event.status == "firing" else logging.INFO, "drift alert %s", event.status,
-                extra={"model": model, "version": event.version, "kind": event.kind, "severity": event.severity,
-                       "drifted_columns": event.drifted_columns, "metrics": event.metrics, "event_id": event.id},
-            )  # fmt: skip
+                logging.WARNING if event.status == "firing" else logging.INFO,
+                "drift alert %s",
+                event.status,
+                extra={
+                    "model": model,
+                    "version": event.version,
+                    "kind": event.kind,
+                    "severity": event.severity,
+                    "drifted_columns": event.drifted_columns,
+                    "metrics": event.metrics,
+                    "event_id": event.id,
+                },
+            )
         log.info(
             "drift check",
-            extra={"model": model, "version": result.version, "window": result.window.size,
-                   "labelled": result.window.labelled, "duration_s": round(result.duration_s, 4),
-                   **{f"{k}_drift": v.detected for k, v in result.kinds.items()}},
-        )  # fmt: skip
+            extra={
+                "model": model,
+                "version": result.version,
+                "window": result.window.size,
+                "labelled": result.window.labelled,
+                "duration_s": round(result.duration_s, 4),
+                **{f"{k}_drift": v.detected for k, v in result.kinds.items()},
+            },
+        )
         return CheckOutcome(result, events, repeats, report_path)
 
     # -- internals --------------------------------------------------------------------------------------------
@@ -370,9 +387,13 @@ class Monitor:
             track.calibration = None
             log.info(
                 "reference loaded",
-                extra={"model": track.model, "version": track.serving_version, "rows": len(track.reference.frame),
-                       "path": str(track.reference.path)},
-            )  # fmt: skip
+                extra={
+                    "model": track.model,
+                    "version": track.serving_version,
+                    "rows": len(track.reference.frame),
+                    "path": str(track.reference.path),
+                },
+            )
         return track.reference
 
     def _calibration(self, track: ModelTrack) -> Calibration:
@@ -387,18 +408,27 @@ class Monitor:
                 source = "computed"
             log.info(
                 "calibration ready",
-                extra={"model": track.model, "version": reference.version, "source": source,
-                       "alpha": track.calibration.alpha, "thresholds": track.calibration.thresholds,
-                       "duration_s": round(track.calibration.duration_s, 3)},
-            )  # fmt: skip
+                extra={
+                    "model": track.model,
+                    "version": reference.version,
+                    "source": source,
+                    "alpha": track.calibration.alpha,
+                    "thresholds": track.calibration.thresholds,
+                    "duration_s": round(track.calibration.duration_s, 3),
+                },
+            )
         return track.calibration
 
     def _save_report(self, result: DriftResult, current, reference: ReferenceSample) -> Path | None:
         try:
             return save_report(
-                result, current, reference, self.config.reports_dir, self.config.reports_keep,
+                result,
+                current,
+                reference,
+                self.config.reports_dir,
+                self.config.reports_keep,
                 drift_share=self.policy.data_drift_share,
-            )  # fmt: skip
+            )
         except ReportError as exc:
             log.error("drift report not saved: %s", exc, extra={"model": result.model, "reason": str(exc)})
             return None

@@ -53,9 +53,10 @@ def check_now(
     predictions = predictions[-window_size:]
     if not predictions:
         raise MonitoringError(
-            f"no champion predictions of {model}" + (f" v{version}" if version is not None else "")
+            f"no champion predictions of {model}"
+            + (f" v{version}" if version is not None else "")
             + f" on {settings.kafka.topic('predictions-v1')}"
-        )  # fmt: skip
+        )
 
     load_reference(settings, model, predictions[0].model.version)  # fail early, naming the missing file
 

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.text_stats import text_stats
 from monitoring.reference import reference_row
 from streams.schemas import Event, ModelRef, Prediction, Timings
 from streams.synthetic import LabelledEvent
+from streams.text_stats import text_stats
 
 _SHARPNESS = 4.0
 _TIMINGS = Timings(queue=1.0, features=1.0, inference=2.0, end_to_end=5.0)
@@ -65,8 +65,10 @@ class WordModel:
         words = [w for w in _words(text) if w in self.vocab]
         # The mean log-likelihood per known word (times a sharpness): confident, not saturated, scores.
         scale = _SHARPNESS / max(1, len(words))
-        logits = {label: self._log_prior[label] + scale * sum(self._log_likelihood[label][w] for w in words)
-                  for label in self.labels}  # fmt: skip
+        logits = {
+            label: self._log_prior[label] + scale * sum(self._log_likelihood[label][w] for w in words)
+            for label in self.labels
+        }
         top = max(logits.values())
         exp = {label: math.exp(v - top) for label, v in logits.items()}
         total = sum(exp.values())

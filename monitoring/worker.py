@@ -45,13 +45,20 @@ from foundation.health import HealthServer
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from monitoring.alerts import AlertDispatcher, build_dispatcher
-from streams.schemas import DriftEvent
 from monitoring.exceptions import UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor
 from monitoring.sources import ModelStatesReader, read_tail
 from streams.client import KafkaConsumer, KafkaProducer, Record
-from streams.schemas import DeadLetter, InvalidRecord, Source, parse_drift_event, parse_label, parse_prediction
+from streams.schemas import (
+    DeadLetter,
+    DriftEvent,
+    InvalidRecord,
+    Source,
+    parse_drift_event,
+    parse_label,
+    parse_prediction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +153,12 @@ class MonitorWorker:
                 log.info("open alerts restored", extra={"alerts": [f"{e.model}/{e.kind}" for e in reopened]})
             log.info(
                 "monitor running",
-                extra={"group": config.group_id, "receivers": [r.name for r in self.dispatcher.receivers],
-                       "models": sorted(self.monitor.tracks)},
-            )  # fmt: skip
+                extra={
+                    "group": config.group_id,
+                    "receivers": [r.name for r in self.dispatcher.receivers],
+                    "models": sorted(self.monitor.tracks),
+                },
+            )
             self.ready.set()
             while not self._stop.is_set():
                 if health is not None:
@@ -183,7 +193,10 @@ class MonitorWorker:
         except InvalidRecord as exc:
             self.metrics.skipped.skip("drift-v1", exc.reason)
             return None
-        if event.model not in self.monitor.tracks and not (self.settings.triton.model_repository / event.model).is_dir():
+        if (
+            event.model not in self.monitor.tracks
+            and not (self.settings.triton.model_repository / event.model).is_dir()
+        ):
             self.metrics.skipped.skip("drift-v1", f"unknown model: {event.model!r} is neither followed nor published")
             return None
         return event

@@ -118,9 +118,14 @@ class KafkaProducer:
         # partition whichever client produced it (the feature worker's table changelog relies on it).
         config = client_config(
             settings,
-            {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
-             "partitioner": "murmur2_random"},
-        )  # fmt: skip
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "partitioner": "murmur2_random",
+            },
+        )
         config.update(overrides or {})
         log.debug("producer config %s", redacted(config))
         self._producer = Producer(config)
@@ -175,8 +180,9 @@ class KafkaProducer:
             self._producer.poll(0)
         remaining = self._producer.flush(timeout_s)
         while remaining and not failures and keep_waiting is not None and keep_waiting():
-            log.warning("%d records not acknowledged within %.0fs (broker unreachable?); still waiting", remaining,
-                        timeout_s)  # fmt: skip
+            log.warning(
+                "%d records not acknowledged within %.0fs (broker unreachable?); still waiting", remaining, timeout_s
+            )
             remaining = self._producer.flush(timeout_s)
         if failures or remaining:
             raise DeliveryError(

@@ -1,10 +1,10 @@
 """Errors of the streams stage.
 
-    StreamsError
-    ├── KafkaClientError    (the client reported a fatal error, or the broker is unreachable)
-    ├── DeliveryError       (a produced record was not acknowledged by the broker)
-    ├── TopicError          (a topic is missing or has the wrong shape)
-    └── CatchUpTimeout      (a reader did not reach the end of its topics in time)
+StreamsError
+├── KafkaClientError    (the client reported a fatal error, or the broker is unreachable)
+├── DeliveryError       (a produced record was not acknowledged by the broker)
+├── TopicError          (a topic is missing or has the wrong shape)
+└── CatchUpTimeout      (a reader did not reach the end of its topics in time)
 """
 
 

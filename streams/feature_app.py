@@ -102,8 +102,11 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
             started = time.monotonic()
             rows = fold_batch(windows, batch, SKIPPED)
             if not await pusher.push(rows):
-                log.warning("stopping with a batch unpushed: %d events left unacknowledged, redelivered later",
-                            len(batch), extra={"events": len(batch)})  # fmt: skip
+                log.warning(
+                    "stopping with a batch unpushed: %d events left unacknowledged, redelivered later",
+                    len(batch),
+                    extra={"events": len(batch)},
+                )
                 return
             for event in batch:
                 await stream.ack(event)
@@ -146,9 +149,12 @@ def fold_batch(windows: faust.Table, batch: list, skipped: SkippedRecords) -> li
 
 
 def fold(
-    windows: faust.Table, key: bytes | None, value: bytes | None, skipped: SkippedRecords | None = None,
+    windows: faust.Table,
+    key: bytes | None,
+    value: bytes | None,
+    skipped: SkippedRecords | None = None,
     **where: object,
-) -> dict | None:  # fmt: skip
+) -> dict | None:
     """Fold one raw event into its entity's window and return its feature row (plus ``event_id``, not pushed).
 
     None for an event the contract refuses (the inference worker dead-letters it) and for a record that cannot be
@@ -289,8 +295,13 @@ class FeaturePusher:
     def _outage(self, outage: BaseException, attempts: int, delay: float, rows: int) -> None:
         error = outage.error if isinstance(outage, _Outage) else outage
         self.metrics.outage("feast")
-        log.warning("feast unavailable (attempt %d, next in %.1fs): %s", attempts, delay, error,
-                    extra={"attempt": attempts, "rows": rows, "dependency": "feast"})  # fmt: skip
+        log.warning(
+            "feast unavailable (attempt %d, next in %.1fs): %s",
+            attempts,
+            delay,
+            error,
+            extra={"attempt": attempts, "rows": rows, "dependency": "feast"},
+        )
         if self.health is not None:
             self.health.beat()  # waiting on purpose, not stuck
 
@@ -355,6 +366,7 @@ def run(settings: Settings, replica: int = 0, health: HealthServer | None = None
         app.feature_pusher.stop()
         exit_after(settings.workers.shutdown_grace_s, "the feature worker")
 
-    worker = FeatureWorker(app, on_stop_requested=stop_requested, loglevel=settings.log.level.lower(), quiet=True,
-                           redirect_stdouts=False)  # fmt: skip
+    worker = FeatureWorker(
+        app, on_stop_requested=stop_requested, loglevel=settings.log.level.lower(), quiet=True, redirect_stdouts=False
+    )
     worker.execute_from_commandline()

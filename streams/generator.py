@@ -139,9 +139,11 @@ class LabelSchedule:
         return self._held[0][0] if self._held else None
 
     def drain(
-        self, send: Callable[[list[Record]], object], clock: Callable[[], float] = time.monotonic,
+        self,
+        send: Callable[[list[Record]], object],
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Send every held label once it is due, waiting for them; returns how many were sent."""
         sent = 0
         while (due_at := self.next_due()) is not None:
@@ -163,9 +165,13 @@ def _labelled_at(record: Record, at: datetime) -> Record:
 
 
 def produce(
-    producer: KafkaProducer, batches: Iterable[list[Record]], rate: float | None = None, chunk: int = 200,
-    progress=None, labels: LabelSchedule | None = None,
-) -> int:  # fmt: skip
+    producer: KafkaProducer,
+    batches: Iterable[list[Record]],
+    rate: float | None = None,
+    chunk: int = 200,
+    progress=None,
+    labels: LabelSchedule | None = None,
+) -> int:
     """Send at ``rate`` events per second (None: as fast as possible), in acknowledged chunks. Returns events sent.
 
     With ``labels``, the records on its topic go out when it says, the last ones after the events, once due: none

@@ -73,8 +73,9 @@ class Batch:
 
 
 def dead_letter(settings: Settings, msg: Message, stage: str, error: str) -> Record:
-    letter = DeadLetter.of(stage, error, Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()),
-                           msg.key(), msg.value())  # fmt: skip
+    letter = DeadLetter.of(
+        stage, error, Source(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()), msg.key(), msg.value()
+    )
     key = msg.key()
     return Record(settings.kafka.topic("dlq-v1"), letter.to_bytes(), key=key[:MAX_DEAD_LETTER_BYTES] if key else key)
 
@@ -101,8 +102,9 @@ def checked_event(msg: Message) -> Event:
     event = parse_event(msg.value())
     if msg.key() != event.entity_id.encode():
         key = msg.key()
-        raise InvalidEvent(f"the record key must be the entity_id {event.entity_id!r}, got "
-                           f"{key if key is None else key[:64]!r}")  # fmt: skip
+        raise InvalidEvent(
+            f"the record key must be the entity_id {event.entity_id!r}, got {key if key is None else key[:64]!r}"
+        )
     return event
 
 
@@ -329,8 +331,9 @@ class InferenceWorker:
         champion, candidate = serving_versions(tracker.current(), served)
         if champion is None:
             classifier.forget_served()
-            raise TritonUnavailable(f"no version of {classifier.model} that may answer is served (served: "
-                                    f"{sorted(served) or 'none'})")  # fmt: skip
+            raise TritonUnavailable(
+                f"no version of {classifier.model} that may answer is served (served: {sorted(served) or 'none'})"
+            )
         versions = route(ids, champion, candidate, self.settings.workers.canary_share)
         results = await self._classify_by_version(classifier, texts, matrix, versions, champion)
         shadow: list[Result] = []
@@ -369,8 +372,9 @@ class InferenceWorker:
             predicted_at=datetime.fromtimestamp(now, UTC),
         )
         headers = [("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None
-        return Record(self.settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(),
-                      headers=headers)  # fmt: skip
+        return Record(
+            self.settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(), headers=headers
+        )
 
     def _vocab(self, version: int) -> frozenset[str] | None:
         """The serving version's tokenizer vocabulary, for ``oov_share``; None where the repository is not mounted."""

@@ -8,15 +8,18 @@ EVENTS = Counter("driftloop_events_total", "Events read", ["worker"])
 PREDICTIONS = Counter("driftloop_predictions_total", "Predictions produced", ["worker"])
 DEAD_LETTERS = Counter("driftloop_dead_letters_total", "Records sent to the dead-letter topic", ["worker"])
 BATCH_SECONDS = Histogram(
-    "driftloop_batch_seconds", "Read-to-commit time of a micro-batch", ["worker"],
+    "driftloop_batch_seconds",
+    "Read-to-commit time of a micro-batch",
+    ["worker"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
+)
 IN_FLIGHT_BATCHES = Gauge("driftloop_in_flight_batches", "Batches read and not yet committed", ["worker"])
 IN_FLIGHT_EVENTS = Gauge("driftloop_in_flight_events", "Events read and not yet committed", ["worker"])
 OUTAGE_RETRIES = Counter(
-    "driftloop_outage_retries_total", "Attempts that found a dependency unavailable (the batch was held and retried)",
+    "driftloop_outage_retries_total",
+    "Attempts that found a dependency unavailable (the batch was held and retried)",
     ["worker", "dependency"],
-)  # fmt: skip
+)
 MODEL_RELOADS = Counter(
     "driftloop_triton_model_reloads_total", "Unload + load of a Triton model whose backend process crashed", ["worker"]
 )

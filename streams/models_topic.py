@@ -82,8 +82,12 @@ class ModelTracker:
     def _restarting(self, attempt: int, delay_s: float, error: BaseException) -> None:
         self.restarts = attempt
         self.last_error = f"{type(error).__name__}: {error}"
-        log.error("models-topic follower failed; restarting in %.1fs", delay_s, exc_info=error,
-                  extra={"restarts": self.restarts})  # fmt: skip
+        log.error(
+            "models-topic follower failed; restarting in %.1fs",
+            delay_s,
+            exc_info=error,
+            extra={"restarts": self.restarts},
+        )
 
     def _follow(self) -> None:
         if self._stopping.is_set():
@@ -107,10 +111,18 @@ class ModelTracker:
             if state.model != self.model:
                 raise InvalidRecord(f"keyed {self.model!r} but names model {state.model!r}")
         except InvalidRecord as exc:
-            self._skipped.skip(MODELS_TOPIC, exc.reason, topic_name=self._topic, partition=msg.partition(),
-                               offset=msg.offset())  # fmt: skip
+            self._skipped.skip(
+                MODELS_TOPIC, exc.reason, topic_name=self._topic, partition=msg.partition(), offset=msg.offset()
+            )
             return
         with self._lock:
             self._state = state
-        log.info("model state", extra={"model": state.model, "champion": state.champion,
-                                       "candidate": state.candidate, "event": state.event})  # fmt: skip
+        log.info(
+            "model state",
+            extra={
+                "model": state.model,
+                "champion": state.champion,
+                "candidate": state.candidate,
+                "event": state.event,
+            },
+        )

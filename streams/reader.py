@@ -67,13 +67,15 @@ class Last:
 Start = Literal["beginning", "end"] | datetime | Last
 
 # Errors a new topic or a leader election answer for a moment; librdkafka marks most others retriable itself.
-_TRANSIENT = frozenset({
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
-})  # fmt: skip
+_TRANSIENT = frozenset(
+    {
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -225,8 +227,11 @@ class TopicReader:
             return {p: max(low, high - start.records) for p, (low, high) in marks.items()}
         millis = int(start.timestamp() * 1000)
         wanted = [TopicPartition(topic, p, millis) for p in partitions]
-        found = self._retrying(lambda: self._consumer.offsets_for_times(wanted, timeout=_left(deadline)), deadline,
-                               f"offsets of {topic} at {start.isoformat()}")  # fmt: skip
+        found = self._retrying(
+            lambda: self._consumer.offsets_for_times(wanted, timeout=_left(deadline)),
+            deadline,
+            f"offsets of {topic} at {start.isoformat()}",
+        )
         # No record at or after the time: start at the end (later records are the ones wanted).
         return {tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1] for tp in found}
 
@@ -248,8 +253,11 @@ class TopicReader:
 
     def _watermarks(self, where: tuple[str, int], deadline: float) -> tuple[int, int]:
         tp = TopicPartition(*where)
-        return self._retrying(lambda: self._consumer.get_watermark_offsets(tp, timeout=_left(deadline)), deadline,
-                              f"watermarks of {where[0]} [{where[1]}]")  # fmt: skip
+        return self._retrying(
+            lambda: self._consumer.get_watermark_offsets(tp, timeout=_left(deadline)),
+            deadline,
+            f"watermarks of {where[0]} [{where[1]}]",
+        )
 
     def _retrying(self, call: Callable[[], T], deadline: float, what: str) -> T:
         try:

@@ -84,7 +84,11 @@ class SyntheticStream:
         return LabelledEvent(event, self._labels[label])
 
     def stream(
-        self, n: int, start: datetime | None = None, interval: timedelta = timedelta(seconds=1), drift_at: int | None = None
+        self,
+        n: int,
+        start: datetime | None = None,
+        interval: timedelta = timedelta(seconds=1),
+        drift_at: int | None = None,
     ) -> Iterator[LabelledEvent]:
         """``n`` events spaced by ``interval`` from ``start``; events from index ``drift_at`` on are drifted."""
         start = start or datetime.now(UTC)

@@ -40,11 +40,28 @@ from streams.exceptions import StreamsError
 
 log = logging.getLogger(__name__)
 
-_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED", "Socket closed",
-                "failed to connect", "Connection refused", "Stub process")  # fmt: skip
+_UNAVAILABLE = (
+    "StatusCode.UNAVAILABLE",
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.CANCELLED",
+    "Socket closed",
+    "failed to connect",
+    "Connection refused",
+    "Stub process",
+)
 # Failures that are the server's, not the request's: a smaller batch may pass, an event is never dead-lettered for them.
-_SERVER_FAULTS = ("out of memory", "outofmemoryerror", "cuda error", "cudnn_status", "cublas_status", "bad_alloc",
-                  "memoryerror", "internal error", "resource_exhausted", "resource exhausted")  # fmt: skip
+_SERVER_FAULTS = (
+    "out of memory",
+    "outofmemoryerror",
+    "cuda error",
+    "cudnn_status",
+    "cublas_status",
+    "bad_alloc",
+    "memoryerror",
+    "internal error",
+    "resource_exhausted",
+    "resource exhausted",
+)
 SERVED_TTL_S = 2.0  # how long the list of served versions is trusted
 # The classifier contract (triton_repo/classifier/config.pbtxt).
 TEXT_INPUT, FEATURES_INPUT, PROBS_OUTPUT = "TEXT", "FEATURES", "PROBS"
@@ -153,9 +170,12 @@ class TritonClassifier:
     async def _infer_with_retries(self, texts, features, version: int) -> tuple[np.ndarray, int]:
         """``_infer``, its error classified (:func:`classify_error`); only an unreachable server is retried."""
         async for attempt in async_policy(
-            retry_on=_is_unreachable, attempts=self.retries + 1, initial_s=0.2, max_s=5.0,
+            retry_on=_is_unreachable,
+            attempts=self.retries + 1,
+            initial_s=0.2,
+            max_s=5.0,
             what=f"Triton infer {self.model} version {version}",
-        ):  # fmt: skip
+        ):
             with attempt:
                 try:
                     return await self._infer(texts, features, version)
@@ -168,9 +188,12 @@ class TritonClassifier:
 
     async def _infer(self, texts, features, version) -> tuple[np.ndarray, int]:
         result = await self._client.infer(
-            self.model, _inputs(texts, features), model_version=str(version),
-            outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=self.timeout_s,
-        )  # fmt: skip
+            self.model,
+            _inputs(texts, features),
+            model_version=str(version),
+            outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)],
+            client_timeout=self.timeout_s,
+        )
         return result.as_numpy(PROBS_OUTPUT), int(result.get_response().model_version)
 
 
@@ -254,15 +277,19 @@ class TritonAdmin:
         self._client.unload_model(model, client_timeout=self.timeout_s)
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
-        return self._client.is_model_ready(model, "" if version is None else str(version),
-                                           client_timeout=self.timeout_s)  # fmt: skip
+        return self._client.is_model_ready(
+            model, "" if version is None else str(version), client_timeout=self.timeout_s
+        )
 
     def infer(self, model: str, version: int, texts: Sequence[str], features: np.ndarray) -> np.ndarray:
         """``PROBS`` of one version for a batch of texts and their features."""
         result = self._client.infer(
-            model, _inputs(texts, features), model_version=str(version),
-            outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=self.timeout_s,
-        )  # fmt: skip
+            model,
+            _inputs(texts, features),
+            model_version=str(version),
+            outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)],
+            client_timeout=self.timeout_s,
+        )
         return result.as_numpy(PROBS_OUTPUT)
 
 

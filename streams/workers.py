@@ -63,9 +63,12 @@ async def _run_inference(settings: Settings, replica: int, health: HealthServer)
 
 
 def supervise(
-    child_argv: Sequence[str], roles: Sequence[str], replicas: int, restart_delay_s: float = 2.0,
+    child_argv: Sequence[str],
+    roles: Sequence[str],
+    replicas: int,
+    restart_delay_s: float = 2.0,
     grace_s: float = 30.0,
-) -> int:  # fmt: skip
+) -> int:
     """Start ``replicas`` processes per role (``child_argv + [--role R --replica I]``), restart any that dies (after
     ``restart_delay_s``, doubled for each quick exit in a row), and stop them all on SIGTERM/SIGINT: SIGTERM, then
     SIGKILL for any still running ``grace_s`` later. Returns 0 after a clean stop."""

@@ -101,8 +101,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from training.dataset import (
-        DataWindow,
         Dataset,
+        DataWindow,
         attach_features,
         bootstrap_dataset,
         join_labels,

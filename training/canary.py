@@ -61,10 +61,17 @@ def decide(champion: Tally, candidate: Tally, min_labelled: int, margin: float, 
             return Verdict("promote", champion, candidate, _why("at least as accurate as", champion, candidate))
         return Verdict("rollback", champion, candidate, _why("less accurate than", champion, candidate))
     if final:
-        short = [f"{tally.labelled} labelled {role} answers" for role, tally in
-                 (("candidate", candidate), ("champion", champion)) if tally.labelled < min_labelled]  # fmt: skip
-        return Verdict("rollback", champion, candidate,
-                       f"only {' and '.join(short)} before the deadline (need {min_labelled} per role)")  # fmt: skip
+        short = [
+            f"{tally.labelled} labelled {role} answers"
+            for role, tally in (("candidate", candidate), ("champion", champion))
+            if tally.labelled < min_labelled
+        ]
+        return Verdict(
+            "rollback",
+            champion,
+            candidate,
+            f"only {' and '.join(short)} before the deadline (need {min_labelled} per role)",
+        )
     return None
 
 
@@ -157,8 +164,9 @@ def watch_canary(
             if on_progress:
                 on_progress(watch.champion, watch.candidate_tally)
             final = time.monotonic() >= deadline
-            verdict = decide(watch.champion, watch.candidate_tally, config.canary_min_labelled,
-                             config.promote_margin, final)  # fmt: skip
+            verdict = decide(
+                watch.champion, watch.candidate_tally, config.canary_min_labelled, config.promote_margin, final
+            )
             if verdict:
                 log.info("canary verdict", extra=verdict.as_dict())
                 return verdict

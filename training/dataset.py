@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from foundation.settings import Settings
 from streams.schemas import Event, InvalidRecord, Label, parse_event, parse_label
 from streams.skips import SkippedRecords
@@ -100,8 +101,15 @@ def join_labels(
     Returns:
         The frame (``EVENT_COLUMNS``, sorted by event time, then event id) and counts of what was dropped.
     """
-    stats = {"events": 0, "duplicate_events": 0, "outside_window": 0, "labels": 0, "unlabelled": 0, "unknown_label": 0,
-             "labels_without_event": 0}
+    stats = {
+        "events": 0,
+        "duplicate_events": 0,
+        "outside_window": 0,
+        "labels": 0,
+        "unlabelled": 0,
+        "unknown_label": 0,
+        "labels_without_event": 0,
+    }
     by_id: dict[str, Event] = {}
     for event in events:
         stats["events"] += 1
@@ -156,8 +164,9 @@ def read_labelled_events(
                 yield parse(msg.value())
             except InvalidRecord as exc:
                 invalid[counter] += 1
-                skipped.skip(topic, exc.reason, topic_name=name, partition=msg.partition(), offset=msg.offset(),
-                             stage="training")  # fmt: skip
+                skipped.skip(
+                    topic, exc.reason, topic_name=name, partition=msg.partition(), offset=msg.offset(), stage="training"
+                )
 
     def events() -> Iterable[Event]:
         return valid(EVENTS_TOPIC, parse_event, "invalid_events")
@@ -321,6 +330,8 @@ def synthetic_features(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     for event_id, entity_id, when, text in ordered[["event_id", "entity_id", "event_timestamp", "text"]].itertuples(
         index=False
     ):
-        rows.append({"event_id": event_id, **served.get(entity_id, {}), "account_age_days": None, "lifetime_events": None})
+        rows.append(
+            {"event_id": event_id, **served.get(entity_id, {}), "account_age_days": None, "lifetime_events": None}
+        )
         states[entity_id], served[entity_id] = add_event(states.get(entity_id), event_id, when.timestamp(), len(text))
     return pd.DataFrame(rows, columns=["event_id", *FEATURE_NAMES])

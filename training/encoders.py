@@ -120,8 +120,17 @@ def from_version(version_dir: Path, version: int, labels: tuple[str, ...]) -> In
 
 def _config_dict(config: Any) -> dict[str, Any]:
     keys = (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-        "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "position_embedding_type",
-    )  # fmt: skip
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "position_embedding_type",
+    )
     values = config.to_dict()
     return {key: values[key] for key in keys if key in values} | {"model_type": "bert"}

@@ -1,11 +1,11 @@
 """Errors of the training stage.
 
-    TrainingError
-     ├── DatasetError        no usable training data: empty window, too few samples, unreadable topic
-     ├── ExportError         a version folder cannot be built, or it does not reproduce the trained model
-     ├── PublishError        the repository or Triton cannot take a version (unreachable, inconsistent labels)
-     │    └── VersionRejected  it failed to load or to smoke-infer: removed, never announced as candidate
-     └── RegistryError       the models topic cannot be read or written, or a promotion/rollback makes no sense
+TrainingError
+ ├── DatasetError        no usable training data: empty window, too few samples, unreadable topic
+ ├── ExportError         a version folder cannot be built, or it does not reproduce the trained model
+ ├── PublishError        the repository or Triton cannot take a version (unreachable, inconsistent labels)
+ │    └── VersionRejected  it failed to load or to smoke-infer: removed, never announced as candidate
+ └── RegistryError       the models topic cannot be read or written, or a promotion/rollback makes no sense
 """
 
 

@@ -192,16 +192,24 @@ def _draft_metadata(
         parent_version=champion,
         labels=list(config.labels),
         max_seq_len=fitted.max_len,
-        encoder={"kind": init.kind, "base": init.base, "initialised_from_version": init.parent_version,
-                 **{k: init.encoder_config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}},
+        encoder={
+            "kind": init.kind,
+            "base": init.base,
+            "initialised_from_version": init.parent_version,
+            **{k: init.encoder_config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
+        },
         data_window={**dataset.window.as_dict(), "source": dataset.source},
-        samples={"train": len(train), "validation": len(holdout),
-                 "train_per_label": train["label"].value_counts().to_dict(),
-                 "validation_per_label": holdout["label"].value_counts().to_dict(), "dataset": dataset.stats},
+        samples={
+            "train": len(train),
+            "validation": len(holdout),
+            "train_per_label": train["label"].value_counts().to_dict(),
+            "validation_per_label": holdout["label"].value_counts().to_dict(),
+            "dataset": dataset.stats,
+        },
         training=fitted.report.as_dict() | {"options": _options(config)},
         trigger_id=trigger_id,
         code_revision=code_revision(),
-    )  # fmt: skip
+    )
 
 
 def _score(
@@ -292,10 +300,15 @@ def train_version(
     staging = repo.staging_dir()
     try:
         built = build_version(
-            settings, dataset, staging, champion=state.champion, champion_dir=_existing(repo, state.champion),
+            settings,
+            dataset,
+            staging,
+            champion=state.champion,
+            champion_dir=_existing(repo, state.champion),
             trigger_id=trigger_id or ("bootstrap" if bootstrap else None),
-            warm_start=False if bootstrap else None, progress=progress,
-        )  # fmt: skip
+            warm_start=False if bootstrap else None,
+            progress=progress,
+        )
         if holdout_margin is not None:
             holdout_gate(built, holdout_margin)
         publication = publish_version(settings, staging, reason=built.reason)
@@ -331,10 +344,13 @@ def holdout_gate(built: BuiltVersion, margin: float) -> None:
             f"rejected by the holdout gate: candidate macro-F1 {built.metrics.macro_f1:.3f} (accuracy "
             f"{built.metrics.accuracy:.3f}) < champion v{parent} {champion.macro_f1:.3f} (accuracy "
             f"{champion.accuracy:.3f}) - margin {margin:g} on the same {built.metrics.samples} holdout events",
-            built.metrics, champion,
-        )  # fmt: skip
-    log.info("holdout gate passed", extra={"macro_f1": built.metrics.macro_f1, "champion_macro_f1": champion.macro_f1,
-                                           "margin": margin})  # fmt: skip
+            built.metrics,
+            champion,
+        )
+    log.info(
+        "holdout gate passed",
+        extra={"macro_f1": built.metrics.macro_f1, "champion_macro_f1": champion.macro_f1, "margin": margin},
+    )
 
 
 def _should_promote(policy: str, state: ModelState, metrics: Metrics, champion: Metrics | None) -> bool:
@@ -368,6 +384,16 @@ def _initial(settings: Settings, champion_dir: Path | None, champion: int | None
 
 
 def _options(config: Any) -> dict[str, Any]:
-    keys = ("epochs", "min_steps", "batch_size", "learning_rate", "head_learning_rate", "weight_decay",
-            "warmup_fraction", "seed", "max_seq_len", "validation_fraction")  # fmt: skip
+    keys = (
+        "epochs",
+        "min_steps",
+        "batch_size",
+        "learning_rate",
+        "head_learning_rate",
+        "weight_decay",
+        "warmup_fraction",
+        "seed",
+        "max_seq_len",
+        "validation_fraction",
+    )
     return {key: getattr(config, key) for key in keys}

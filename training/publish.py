@@ -114,8 +114,9 @@ def smoke_test(triton: TritonControl, model: str, version: int, smoke: dict[str,
     except triton.error as exc:
         raise PublishError(f"smoke request to {model} version {version} failed: {exc}") from exc
     if got is None or got.shape != expected.shape:
-        raise PublishError(f"smoke answer of {model} v{version} has shape {getattr(got, 'shape', None)}, "
-                           f"expected {expected.shape}")  # fmt: skip
+        raise PublishError(
+            f"smoke answer of {model} v{version} has shape {getattr(got, 'shape', None)}, expected {expected.shape}"
+        )
     if not np.isfinite(got).all() or not np.allclose(got.sum(axis=1), 1.0, atol=1e-3):
         raise PublishError(f"smoke answer of {model} v{version} is not a probability distribution: {got.tolist()}")
     diff = float(np.max(np.abs(got - expected)))
@@ -217,8 +218,9 @@ class Publisher:
             return version
         before = self._live(state.serving())
         if not self.repo.version_dir(version).is_dir():  # killed before the folder moved in
-            log.warning("an interrupted publish of %s version %d left no folder; restoring %s", self.name, version,
-                        before)  # fmt: skip
+            log.warning(
+                "an interrupted publish of %s version %d left no folder; restoring %s", self.name, version, before
+            )
             self._restore(before)
             self.repo.clear_intent()
             return None

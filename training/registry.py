@@ -154,8 +154,9 @@ def read_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, ModelS
                 if key and key != state.model:  # a record keyed for one model must not change another's roles
                     raise InvalidRecord(f"keyed {key[:64]!r} but names model {state.model!r}")
             except InvalidRecord as exc:
-                _SKIPPED.skip(MODELS_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(),
-                              offset=msg.offset())  # fmt: skip
+                _SKIPPED.skip(
+                    MODELS_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(), offset=msg.offset()
+                )
                 continue
             states[state.model] = state
     except SnapshotError as exc:
@@ -187,6 +188,8 @@ def announce(settings: Settings, state: ModelState, timeout_s: float = 30.0) -> 
         what = f"{state.event} of {state.model}"
         raise RegistryError(f"cannot announce {what} on {topic}: {exc}") from exc
     log.info(
-        "models topic: %s %s", state.model, state.event,
+        "models topic: %s %s",
+        state.model,
+        state.event,
         extra={"champion": state.champion, "candidate": state.candidate, "previous_champion": state.previous_champion},
-    )  # fmt: skip
+    )

@@ -243,9 +243,12 @@ class ModelRepository:
             return
         training = self.settings.training
         text = render_config(
-            self.name, n_labels, versions,
-            instance_count=training.instance_count, max_queue_delay_us=training.max_queue_delay_us,
-        )  # fmt: skip
+            self.name,
+            n_labels,
+            versions,
+            instance_count=training.instance_count,
+            max_queue_delay_us=training.max_queue_delay_us,
+        )
         partial = self.config_path.with_name(f"{CONFIG_FILE}.{uuid.uuid4().hex[:8]}.partial")
         partial.write_text(text, encoding="utf-8")
         os.replace(partial, self.config_path)

@@ -76,11 +76,16 @@ class RunOutcome:
 
     def as_dict(self) -> dict:
         return {
-            "trigger": self.trigger, "folded": list(self.folded), "version": self.version, "status": self.status,
-            "verdict": self.verdict.as_dict() if self.verdict else None, "detail": self.detail,
-            "started_at": self.started_at.isoformat(), "ended_at": self.ended_at.isoformat(),
+            "trigger": self.trigger,
+            "folded": list(self.folded),
+            "version": self.version,
+            "status": self.status,
+            "verdict": self.verdict.as_dict() if self.verdict else None,
+            "detail": self.detail,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat(),
             "data_end": self.data_end.isoformat() if self.data_end else None,
-        }  # fmt: skip
+        }
 
 
 DRIFT_TOPIC = "drift-v1"
@@ -142,8 +147,10 @@ class LabelWait:
 
     def detail(self, needed: int, timeout_s: float) -> str:
         deadline = self.since + timedelta(seconds=timeout_s)
-        return (f"{self.labelled} of {needed} labelled events since the onset {self.onset.isoformat()} "
-                f"(retrain.min_post_drift_labels); gives up at {deadline.isoformat()} (retrain.label_wait_timeout_s)")
+        return (
+            f"{self.labelled} of {needed} labelled events since the onset {self.onset.isoformat()} "
+            f"(retrain.min_post_drift_labels); gives up at {deadline.isoformat()} (retrain.label_wait_timeout_s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -311,8 +318,12 @@ class Retrainer:
         self.warm_up()
         self.recover()
         # A run (training + canary) can outlast librdkafka's default 5 min between polls: allow an hour.
-        consumer = KafkaConsumer(self.settings, config.group_id, [self.settings.kafka.topic(DRIFT_TOPIC)],
-                                 {"max.poll.interval.ms": 3_600_000})  # fmt: skip
+        consumer = KafkaConsumer(
+            self.settings,
+            config.group_id,
+            [self.settings.kafka.topic(DRIFT_TOPIC)],
+            {"max.poll.interval.ms": 3_600_000},
+        )
         planner = RunPlanner(self.model, tuple(config.trigger_kinds), config.retry_after_s, config.max_retries)
         self.resume(planner)
         try:
@@ -364,13 +375,20 @@ class Retrainer:
             try:
                 event = parse_drift_event(msg.value())
             except InvalidRecord as exc:
-                self._skipped.skip(DRIFT_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(),
-                                   offset=msg.offset())  # fmt: skip
+                self._skipped.skip(
+                    DRIFT_TOPIC, exc.reason, topic_name=topic, partition=msg.partition(), offset=msg.offset()
+                )
                 continue
             why = unusable(event, now) if event.model == self.model and event.status == "firing" else None
             if why:
-                self._skipped.skip(DRIFT_TOPIC, f"unusable: {why}", topic_name=topic, partition=msg.partition(),
-                                   offset=msg.offset(), drift_id=event.id)  # fmt: skip
+                self._skipped.skip(
+                    DRIFT_TOPIC,
+                    f"unusable: {why}",
+                    topic_name=topic,
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    drift_id=event.id,
+                )
                 continue
             events.append(event)
         return events
@@ -384,17 +402,26 @@ class Retrainer:
         if needed > 0 and still_open and wait.labelled < needed and due:
             wait.counted_at = now
             try:
-                wait.labelled = self._count_labels(self.settings, DataWindow(wait.onset, max(
-                    datetime.now(UTC), wait.onset + timedelta(microseconds=1))))  # fmt: skip
+                wait.labelled = self._count_labels(
+                    self.settings,
+                    DataWindow(wait.onset, max(datetime.now(UTC), wait.onset + timedelta(microseconds=1))),
+                )
             except Exception as exc:  # noqa: BLE001 - a topic that cannot be read now: counted again later
-                log.warning("could not count the labels of run %s: %s", wait.planned.trigger_id, exc,
-                            extra={"error": type(exc).__name__})  # fmt: skip
+                log.warning(
+                    "could not count the labels of run %s: %s",
+                    wait.planned.trigger_id,
+                    exc,
+                    extra={"error": type(exc).__name__},
+                )
         waited = (datetime.now(UTC) - wait.since).total_seconds()
         gate = label_gate(wait.labelled, needed, waited, config.label_wait_timeout_s, still_open)
         if gate == "wait" and wait.recorded != wait.labelled:
             if wait.recorded is None:
-                log.info("run %s waits for labels: %s", wait.planned.trigger_id,
-                         wait.detail(needed, config.label_wait_timeout_s))  # fmt: skip
+                log.info(
+                    "run %s waits for labels: %s",
+                    wait.planned.trigger_id,
+                    wait.detail(needed, config.label_wait_timeout_s),
+                )
             self._record(self._wait_record(wait, WAITING))
             wait.recorded = wait.labelled
         return gate
@@ -404,15 +431,21 @@ class Retrainer:
         config = self.settings.retrain
         planned = wait.planned
         record = {
-            "run": planned.trigger_id, "trigger": planned.trigger_id, "folded": [e.id for e in planned.alerts[1:]],
-            "attempt": planned.attempt, "status": status, "onset": wait.onset.isoformat(),
-            "waiting_since": wait.since.isoformat(), "alerts": [e.model_dump(mode="json") for e in planned.alerts],
+            "run": planned.trigger_id,
+            "trigger": planned.trigger_id,
+            "folded": [e.id for e in planned.alerts[1:]],
+            "attempt": planned.attempt,
+            "status": status,
+            "onset": wait.onset.isoformat(),
+            "waiting_since": wait.since.isoformat(),
+            "alerts": [e.model_dump(mode="json") for e in planned.alerts],
             "labels": {"labelled": wait.labelled, "needed": config.min_post_drift_labels},
-        }  # fmt: skip
+        }
         if status == WAITING:
-            record.update(started_at=wait.since.isoformat(),
-                          detail="waiting for labels: " + wait.detail(config.min_post_drift_labels,
-                                                                      config.label_wait_timeout_s))  # fmt: skip
+            record.update(
+                started_at=wait.since.isoformat(),
+                detail="waiting for labels: " + wait.detail(config.min_post_drift_labels, config.label_wait_timeout_s),
+            )
         return record
 
     def _end_wait(self, wait: LabelWait, gate: Gate) -> RunOutcome:
@@ -427,10 +460,17 @@ class Retrainer:
             status = "failed"
             detail = f"failed: not enough labels after waiting {config.label_wait_timeout_s:g} s: {counted}"
             log.error("retraining for %s %s", planned.trigger_id, detail)
-        outcome = RunOutcome(planned.trigger_id, tuple(e.id for e in planned.alerts[1:]), None, None, detail,
-                             wait.since, datetime.now(UTC), status=status)  # fmt: skip
-        self._record({"model": self.model, "run": planned.trigger_id, "attempt": planned.attempt,
-                      **outcome.as_dict()})  # fmt: skip
+        outcome = RunOutcome(
+            planned.trigger_id,
+            tuple(e.id for e in planned.alerts[1:]),
+            None,
+            None,
+            detail,
+            wait.since,
+            datetime.now(UTC),
+            status=status,
+        )
+        self._record({"model": self.model, "run": planned.trigger_id, "attempt": planned.attempt, **outcome.as_dict()})
         return outcome
 
     def resume(self, planner: RunPlanner) -> LabelWait | None:
@@ -446,8 +486,11 @@ class Retrainer:
         try:
             alerts = [DriftEvent.model_validate(a) for a in last["alerts"]]
             planned = PlannedRun(alerts, int(last.get("attempt") or 0))
-            wait = LabelWait(planned, datetime.fromisoformat(last["onset"]),
-                             datetime.fromisoformat(last.get("waiting_since") or last["started_at"]))  # fmt: skip
+            wait = LabelWait(
+                planned,
+                datetime.fromisoformat(last["onset"]),
+                datetime.fromisoformat(last.get("waiting_since") or last["started_at"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("cannot resume run %s from the run log: %s", last.get("run"), exc)
             return None
@@ -477,8 +520,9 @@ class Retrainer:
         """
         started = datetime.now(UTC)
         if wait is None:
-            wait = LabelWait(planned, onset(planned.alerts[0], timedelta(days=self.settings.training.window_days)),
-                             started)  # fmt: skip
+            wait = LabelWait(
+                planned, onset(planned.alerts[0], timedelta(days=self.settings.training.window_days)), started
+            )
         onset_at, trigger_id, folded = wait.onset, planned.trigger_id, tuple(e.id for e in planned.alerts[1:])
         self._record({**self._wait_record(wait, RUNNING), "detail": "", "started_at": started.isoformat()})
         self._published = None
@@ -486,8 +530,9 @@ class Retrainer:
             outcome = self._run(planned, started, onset_at)
         except HoldoutGateRejected as exc:
             log.warning("retraining for %s: %s", trigger_id, exc)
-            outcome = RunOutcome(trigger_id, folded, None, None, str(exc), started, datetime.now(UTC),
-                                 status="rejected")  # fmt: skip
+            outcome = RunOutcome(
+                trigger_id, folded, None, None, str(exc), started, datetime.now(UTC), status="rejected"
+            )
         except Exception as exc:  # noqa: BLE001 - no failure of a run may stop the consumer
             if isinstance(exc, TrainingError):  # foreseen (too little data, a rejected version): no traceback
                 log.error("retraining for %s failed: %s", trigger_id, exc, extra={"error": type(exc).__name__})
@@ -495,8 +540,9 @@ class Retrainer:
                 log.exception("retraining for %s failed", trigger_id, extra={"error": type(exc).__name__})
             self._withdraw_after_failure(trigger_id, exc)
             detail = f"failed: {type(exc).__name__}: {exc}"[:2000]
-            outcome = RunOutcome(trigger_id, folded, self._published, None, detail, started, datetime.now(UTC),
-                                 status="failed")  # fmt: skip
+            outcome = RunOutcome(
+                trigger_id, folded, self._published, None, detail, started, datetime.now(UTC), status="failed"
+            )
         self._record({"run": trigger_id, "attempt": planned.attempt, **outcome.as_dict()})
         return outcome
 
@@ -509,8 +555,16 @@ class Retrainer:
         keys = {trigger_id} if attempt else {e.id for e in firing}
         existing = version_for_trigger(repo, keys)
         if existing is not None and read_state(self.settings).candidate != existing:
-            return RunOutcome(trigger_id, folded, existing, None, f"version {existing} was built for it already",
-                              started, datetime.now(UTC), status="skipped")  # fmt: skip
+            return RunOutcome(
+                trigger_id,
+                folded,
+                existing,
+                None,
+                f"version {existing} was built for it already",
+                started,
+                datetime.now(UTC),
+                status="skipped",
+            )
         data_end = None
         version = existing
         if version is None:
@@ -526,8 +580,17 @@ class Retrainer:
         else:
             withdraw(self.settings, version, reason=f"canary: {verdict.reason}; trigger {trigger_id}")
         status = "promoted" if verdict.decision == "promote" else "rolled_back"
-        return RunOutcome(trigger_id, folded, version, verdict, f"{verdict.decision}: {verdict.reason}", started,
-                          datetime.now(UTC), data_end, status)  # fmt: skip
+        return RunOutcome(
+            trigger_id,
+            folded,
+            version,
+            verdict,
+            f"{verdict.decision}: {verdict.reason}",
+            started,
+            datetime.now(UTC),
+            data_end,
+            status,
+        )
 
     def _withdraw_after_failure(self, trigger_id: str, exc: Exception) -> None:
         """A run that failed after publishing its candidate withdraws it (best effort): no canary judges it."""
@@ -558,7 +621,13 @@ class Retrainer:
 
             train = train_version
         log.info("retraining %s on %s for drift %s (%s)", self.model, window.as_dict(), trigger_id, trigger.kind)
-        result = train(self.settings, window=window, trigger_id=trigger_id, promote_policy="never", progress=False,
-                       holdout_margin=config.holdout_margin)  # fmt: skip
+        result = train(
+            self.settings,
+            window=window,
+            trigger_id=trigger_id,
+            promote_policy="never",
+            progress=False,
+            holdout_margin=config.holdout_margin,
+        )
         self._published = result.version
         return result.version, window.end

@@ -142,10 +142,16 @@ def fit(
     best_score, best_state = -1.0, None
 
     for epoch in range(1, epochs + 1):
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch",
-                   disable=not options.progress, leave=False)  # fmt: skip
-        train_loss = _train_epoch(stepper, text_encoder, rows, torch.randperm(len(rows.texts), generator=generator),
-                                  options.batch_size, bar)  # fmt: skip
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            disable=not options.progress,
+            leave=False,
+        )
+        train_loss = _train_epoch(
+            stepper, text_encoder, rows, torch.randperm(len(rows.texts), generator=generator), options.batch_size, bar
+        )
         report.steps += steps_per_epoch
         scores = _validate(model, text_encoder, validation, labels, device)
         _record_epoch(report, epoch, epochs, train_loss, scores)
@@ -267,10 +273,19 @@ def _validate(
 
 def _record_epoch(report: FitReport, epoch: int, epochs: int, train_loss: float, scores: Metrics) -> None:
     report.epochs.append(
-        {"epoch": epoch, "train_loss": train_loss, "val_loss": scores.log_loss,
-         "val_accuracy": scores.accuracy, "val_macro_f1": scores.macro_f1}
-    )  # fmt: skip
+        {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": scores.log_loss,
+            "val_accuracy": scores.accuracy,
+            "val_macro_f1": scores.macro_f1,
+        }
+    )
     log.info(
         "epoch %d/%d: train loss %.4f, validation accuracy %.3f, macro-F1 %.3f",
-        epoch, epochs, train_loss, scores.accuracy, scores.macro_f1,
-    )  # fmt: skip
+        epoch,
+        epochs,
+        train_loss,
+        scores.accuracy,
+        scores.macro_f1,
+    )

@@ -13,9 +13,7 @@ from foundation.settings import Settings, load_settings
 class CommandContext:
     def __init__(self, config: Path | None, log_json: bool | None, log_level: str | None) -> None:
         self.config = config
-        self.log_overrides = {
-            k: v for k, v in {"json_format": log_json, "level": log_level}.items() if v is not None
-        }
+        self.log_overrides = {k: v for k, v in {"json_format": log_json, "level": log_level}.items() if v is not None}
         self._settings: Settings | None = None
 
     @property
@@ -24,9 +22,7 @@ class CommandContext:
             try:
                 settings = load_settings(self.config)
                 if self.log_overrides:
-                    settings = settings.model_copy(
-                        update={"log": settings.log.model_copy(update=self.log_overrides)}
-                    )
+                    settings = settings.model_copy(update={"log": settings.log.model_copy(update=self.log_overrides)})
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from exc
             configure_logging(settings.log)

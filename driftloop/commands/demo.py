@@ -29,8 +29,13 @@ from driftloop.commands.context import CommandContext, pass_ctx
     default=None,
     help="Share of the events that get a label [default: demo.label_share, 0.5].",
 )
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path(".stack/demo"),
-              show_default=True, help="Where the summary, the plot and the workers' logs go.")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".stack/demo"),
+    show_default=True,
+    help="Where the summary, the plot and the workers' logs go.",
+)
 @pass_ctx
 def demo_command(
     ctx: CommandContext, rate, drift_after, timeout, after_promotion, seed, label_delay_s, label_share, out: Path
@@ -51,16 +56,24 @@ def demo_command(
     else:
         # A champion that learned an earlier run's drift already knows the drifted vocabulary: the story needs one
         # that knows only the clean traffic. A new version is published; the earlier ones stay in the repository.
-        click.echo(f"bootstrapping a version of {settings.triton.model_name} on clean traffic "
-                   f"({settings.training.encoder}) ...")  # fmt: skip
+        click.echo(
+            f"bootstrapping a version of {settings.triton.model_name} on clean traffic "
+            f"({settings.training.encoder}) ..."
+        )
         run = train_version(settings, bootstrap=True, promote_policy="always")
-        click.echo(f"version {run.version} serving: holdout accuracy {run.metrics.accuracy:.1%}, "
-                   f"macro-F1 {run.metrics.macro_f1:.3f}, trained in {run.seconds:.0f}s")  # fmt: skip
+        click.echo(
+            f"version {run.version} serving: holdout accuracy {run.metrics.accuracy:.1%}, "
+            f"macro-F1 {run.metrics.macro_f1:.3f}, trained in {run.seconds:.0f}s"
+        )
     plan = DemoPlan(
-        rate=rate, drift_after_s=drift_after, timeout_s=timeout, after_promotion_s=after_promotion, seed=seed,
+        rate=rate,
+        drift_after_s=drift_after,
+        timeout_s=timeout,
+        after_promotion_s=after_promotion,
+        seed=seed,
         label_delay_s=settings.demo.label_delay_s if label_delay_s is None else label_delay_s,
         label_share=settings.demo.label_share if label_share is None else label_share,
-    )  # fmt: skip
+    )
     summary = run_loop(settings, plan, ctx.config, out, click.echo)
     click.echo("\ntimeline (seconds since the drift onset):")
     for line in timeline_lines(summary):

@@ -16,10 +16,20 @@ def models_group() -> None:
 
 
 @models_group.command(name="list")
-@click.option("--json", "as_json", is_flag=True,
-              help='One JSON object per version ("kind": "version"), then one per recent run ("kind": "run").')
-@click.option("--runs", "run_count", type=int, default=5, show_default=True,
-              help="How many of the retraining consumer's last runs to show.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='One JSON object per version ("kind": "version"), then one per recent run ("kind": "run").',
+)
+@click.option(
+    "--runs",
+    "run_count",
+    type=int,
+    default=5,
+    show_default=True,
+    help="How many of the retraining consumer's last runs to show.",
+)
 @pass_ctx
 def list_versions(ctx: CommandContext, as_json: bool, run_count: int) -> None:
     """Every version in the repository, newest first, with its role, Triton state and holdout scores; then the
@@ -69,8 +79,10 @@ def list_versions(ctx: CommandContext, as_json: bool, run_count: int) -> None:
         click.echo("last runs of the retraining consumer:")
     for run in runs:
         version = f"v{run['version']}" if run["version"] is not None else "-"
-        click.echo(f"  {run['started_at'] or '':<32} {run['status'] or '?':<18} {version:<5} trigger {run['run']}  "
-                   f"{(run['detail'] or '')[:160]}")  # fmt: skip
+        click.echo(
+            f"  {run['started_at'] or '':<32} {run['status'] or '?':<18} {version:<5} trigger {run['run']}  "
+            f"{(run['detail'] or '')[:160]}"
+        )
 
 
 def _row(repo: Any, version: int, state: Any, triton_states: dict[int, str] | None) -> dict[str, Any]:
@@ -121,8 +133,9 @@ def promote(ctx: CommandContext, version: int | None, reason: str) -> None:
         state = promote_version(ctx.settings, version, reason or "promoted by hand")
     except TrainingError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{state.model}: champion {state.champion} (previous {state.previous_champion}), "
-               f"candidate {state.candidate}")  # fmt: skip
+    click.echo(
+        f"{state.model}: champion {state.champion} (previous {state.previous_champion}), candidate {state.candidate}"
+    )
 
 
 @models_group.command()

@@ -16,8 +16,12 @@ from streams.exceptions import StreamsError
 
 
 @click.command(name="monitor")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve /metrics on this port (0: off). Default: monitoring.metrics_port.")  # fmt: skip
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics on this port (0: off). Default: monitoring.metrics_port.",
+)
 @pass_ctx
 def monitor_command(ctx: CommandContext, metrics_port: int | None) -> None:
     """Watch predictions and labels for drift; publish drift events and alert on-call (Ctrl-C stops)."""
@@ -41,11 +45,20 @@ def drift_group() -> None:
 
 @drift_group.command(name="report")
 @click.option("--model", default=None, help="Model name (default: triton.model_name).")
-@click.option("--version", "version", type=int, default=None,
-              help="Compare with this version's reference (default: the champion on the models topic).")  # fmt: skip
+@click.option(
+    "--version",
+    "version",
+    type=int,
+    default=None,
+    help="Compare with this version's reference (default: the champion on the models topic).",
+)
 @click.option("--window", type=int, default=None, help="Latest predictions to check (default: monitoring.window_size).")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder of the HTML report (default: monitoring.reports_dir).")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of the HTML report (default: monitoring.reports_dir).",
+)
 @click.option("--no-html", is_flag=True, help="Do not save the Evidently HTML report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
@@ -71,8 +84,10 @@ def report_command(
         click.echo(json.dumps(summary, default=str))
         return
     window_info = summary["window"]
-    click.echo(f"{summary['model']} v{summary['version']}: window of {window_info['size']} predictions "
-               f"({window_info['labelled']} labelled) vs {summary['reference_size']} reference rows")  # fmt: skip
+    click.echo(
+        f"{summary['model']} v{summary['version']}: window of {window_info['size']} predictions "
+        f"({window_info['labelled']} labelled) vs {summary['reference_size']} reference rows"
+    )
     for kind, k in summary["kinds"].items():
         verdict = {True: click.style("DRIFT", fg="red"), False: click.style("ok", fg="green"), None: "undecided"}
         metrics = ", ".join(f"{name}={value:.3g}" for name, value in k["metrics"].items())

@@ -31,8 +31,14 @@ from streams.schemas import (
 )
 from streams.workers import ROLES, child_argv, run_worker, supervise
 
-TAILABLE = {"predictions": "predictions-v1", "dlq": "dlq-v1", "drift": "drift-v1", "events": "events-v1",
-            "labels": "labels-v1", "models": "models-v1"}  # fmt: skip
+TAILABLE = {
+    "predictions": "predictions-v1",
+    "dlq": "dlq-v1",
+    "drift": "drift-v1",
+    "events": "events-v1",
+    "labels": "labels-v1",
+    "models": "models-v1",
+}
 PREVIEW_CHARS = 300  # of a record that breaks its contract, at most this much of the value is printed
 
 
@@ -57,8 +63,13 @@ PREVIEW_CHARS = 300  # of a record that breaks its contract, at most this much o
     show_default=True,
     help="Share of the events that get a label, drawn at random (seeded).",
 )
-@click.option("--file", "path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Send the events of a JSONL or CSV file instead.")  # fmt: skip
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Send the events of a JSONL or CSV file instead.",
+)
 @pass_ctx
 def produce_command(
     ctx: CommandContext, count, rate, seed, malformed_share, drift_at, labels, label_delay_s, label_share, path
@@ -83,16 +94,20 @@ def produce_command(
         raise click.ClickException(str(exc)) from exc
     click.echo(f"sent {sent} events to {settings.kafka.topic('events-v1')}")
     if schedule is not None:
-        click.echo(f"left {schedule.dropped} events unlabelled (label share {label_share:g}), "
-                   f"labels {label_delay_s:g} s after their event")  # fmt: skip
+        click.echo(
+            f"left {schedule.dropped} events unlabelled (label share {label_share:g}), "
+            f"labels {label_delay_s:g} s after their event"
+        )
 
 
 @click.command(name="tail")
 @click.argument("stream", type=click.Choice(sorted(TAILABLE)))
 @click.option(
-    "--json", "as_json", is_flag=True,
+    "--json",
+    "as_json",
+    is_flag=True,
     help="Print the raw JSON values, one per line (a record that is not JSON: a note on stderr).",
-)  # fmt: skip
+)
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record instead of the newest.")
 @click.option("--max", "max_records", type=int, default=None, help="Stop after this many records.")
 @pass_ctx
@@ -106,8 +121,12 @@ def tail_command(
     """
     settings = ctx.settings
     topic = settings.kafka.topic(TAILABLE[stream])
-    consumer = KafkaConsumer(settings, f"driftloop-tail-{uuid.uuid4().hex[:8]}", [topic],
-                             {"auto.offset.reset": "earliest" if from_beginning else "latest"})  # fmt: skip
+    consumer = KafkaConsumer(
+        settings,
+        f"driftloop-tail-{uuid.uuid4().hex[:8]}",
+        [topic],
+        {"auto.offset.reset": "earliest" if from_beginning else "latest"},
+    )
     seen = 0
     try:
         while max_records is None or seen < max_records:
@@ -195,8 +214,10 @@ def _parse_dead_letter(value: bytes | None) -> DeadLetter:
 
 def _prediction(p: Prediction, _value: bytes | None) -> str:
     top = max(p.scores.values(), default=math.nan)
-    return (f"{p.predicted_at.isoformat()[11:23]} {p.entity_id[:40]:<12} {p.label[:40]:<9} {top:.2f} "
-            f"v{p.model.version} {p.timings_ms.end_to_end:.0f}ms  {p.event_id}")  # fmt: skip
+    return (
+        f"{p.predicted_at.isoformat()[11:23]} {p.entity_id[:40]:<12} {p.label[:40]:<9} {top:.2f} "
+        f"v{p.model.version} {p.timings_ms.end_to_end:.0f}ms  {p.event_id}"
+    )
 
 
 def _dead_letter(d: DeadLetter, _value: bytes | None) -> str:
@@ -210,9 +231,13 @@ def _compact(_record: object, value: bytes | None) -> str:
 
 
 _PARSERS: dict[str, Callable[[bytes | None], object]] = {
-    "events": parse_event, "labels": parse_label, "predictions": parse_prediction, "drift": parse_drift_event,
-    "models": parse_model_state, "dlq": _parse_dead_letter,
-}  # fmt: skip
+    "events": parse_event,
+    "labels": parse_label,
+    "predictions": parse_prediction,
+    "drift": parse_drift_event,
+    "models": parse_model_state,
+    "dlq": _parse_dead_letter,
+}
 _FORMATS: dict[str, Callable[[object, bytes | None], str]] = {"predictions": _prediction, "dlq": _dead_letter}
 
 

@@ -21,19 +21,35 @@ def _when(value: str | None) -> datetime | None:
 
 
 @click.command(name="train")
-@click.option("--bootstrap", is_flag=True,
-              help="Train on the seeded synthetic generator instead of labelled events (the first version).")
+@click.option(
+    "--bootstrap",
+    is_flag=True,
+    help="Train on the seeded synthetic generator instead of labelled events (the first version).",
+)
 @click.option("--since", default=None, help="Start of the events' window, ISO 8601 (default: now - window_days).")
 @click.option("--until", default=None, help="End of the events' window, ISO 8601 (default: now).")
 @click.option("--trigger-id", default=None, help="What caused this run (a drift alert id), kept in the lineage.")
-@click.option("--promote", "promote_policy", default="auto", show_default=True,
-              type=click.Choice(["auto", "if-better", "always", "never"]),
-              help="auto: only when there is no champion; if-better: also when it beats the champion's macro-F1.")
-@click.option("--encoder", type=click.Choice(["minilm", "tiny"]), default=None,
-              help="Override settings.training.encoder (for a fresh start; a retrain warm-starts from the champion).")
+@click.option(
+    "--promote",
+    "promote_policy",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "if-better", "always", "never"]),
+    help="auto: only when there is no champion; if-better: also when it beats the champion's macro-F1.",
+)
+@click.option(
+    "--encoder",
+    type=click.Choice(["minilm", "tiny"]),
+    default=None,
+    help="Override settings.training.encoder (for a fresh start; a retrain warm-starts from the champion).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override settings.training.epochs.")
-@click.option("--samples", type=click.IntRange(min=10), default=None,
-              help="Size of the bootstrap set (default settings.training.bootstrap_samples).")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Size of the bootstrap set (default settings.training.bootstrap_samples).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @pass_ctx
@@ -68,10 +84,14 @@ def train_command(
             raise click.BadParameter(str(exc)) from exc
     try:
         run = train_version(
-            settings, bootstrap=bootstrap, window=window, trigger_id=trigger_id,
+            settings,
+            bootstrap=bootstrap,
+            window=window,
+            trigger_id=trigger_id,
             promote_policy=promote_policy,  # type: ignore[arg-type] - click.Choice checked it
-            samples=samples, progress=not no_progress,
-        )  # fmt: skip
+            samples=samples,
+            progress=not no_progress,
+        )
     except VersionRejected as exc:
         raise click.ClickException(f"{exc} - the champion keeps serving") from exc
     except (TrainingError, ValueError) as exc:
@@ -93,14 +113,20 @@ def train_command(
         return
     m = run.metrics
     click.echo(f"{run.metadata.model} version {run.version} published in {run.seconds:.0f}s: {run.publication.path}")
-    click.echo(f"  holdout ({m.samples} events): accuracy {m.accuracy:.3f}, macro-F1 {m.macro_f1:.3f}, "
-               f"log loss {m.log_loss:.3f}")  # fmt: skip
+    click.echo(
+        f"  holdout ({m.samples} events): accuracy {m.accuracy:.3f}, macro-F1 {m.macro_f1:.3f}, "
+        f"log loss {m.log_loss:.3f}"
+    )
     for label, c in m.per_class.items():
         click.echo(f"    {label:<12} precision {c.precision:.3f} recall {c.recall:.3f} f1 {c.f1:.3f} (n={c.support})")
     if run.champion_metrics:
         champion = run.champion_metrics
-        click.echo(f"  champion v{run.metadata.parent_version} on the same holdout: "
-                   f"accuracy {champion.accuracy:.3f}, macro-F1 {champion.macro_f1:.3f}")  # fmt: skip
+        click.echo(
+            f"  champion v{run.metadata.parent_version} on the same holdout: "
+            f"accuracy {champion.accuracy:.3f}, macro-F1 {champion.macro_f1:.3f}"
+        )
     state = run.state
-    click.echo(f"  {'promoted to champion' if run.promoted else 'candidate'}; champion {state.champion}, "
-               f"candidate {state.candidate}, previous champion {state.previous_champion}")  # fmt: skip
+    click.echo(
+        f"  {'promoted to champion' if run.promoted else 'candidate'}; champion {state.champion}, "
+        f"candidate {state.candidate}, previous champion {state.previous_champion}"
+    )

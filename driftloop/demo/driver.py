@@ -73,8 +73,9 @@ def run_loop(
         for name in restarted:
             echo(f">>> {name} exited with an error: restarted it (restart {workers.restarts(name)})")
 
-    stream = SyntheticStream(seed=plan.seed, entities=settings.training.bootstrap_entities,
-                             labels=settings.training.labels)  # fmt: skip
+    stream = SyntheticStream(
+        seed=plan.seed, entities=settings.training.bootstrap_entities, labels=settings.training.labels
+    )
     labels = LabelSchedule(settings.kafka.topic("labels-v1"), plan.label_delay_s, plan.label_share, seed=plan.seed)
     produced: dict[str, datetime] = {}
     labelled = 0
@@ -97,11 +98,25 @@ def run_loop(
                 now = datetime.now(UTC)
                 event = stream.one(now, drifted=drifted)
                 produced[event.event.event_id] = now
-                labels.hold(Record(settings.kafka.topic("labels-v1"), event.label_record().to_bytes(),
-                                   key=event.event.event_id.encode()), time.monotonic())  # fmt: skip
+                labels.hold(
+                    Record(
+                        settings.kafka.topic("labels-v1"),
+                        event.label_record().to_bytes(),
+                        key=event.event.event_id.encode(),
+                    ),
+                    time.monotonic(),
+                )
                 due = labels.due(time.monotonic())
-                producer.produce_batch([Record(settings.kafka.topic("events-v1"), event.event.to_bytes(),
-                                               key=event.event.entity_id.encode()), *due])  # fmt: skip
+                producer.produce_batch(
+                    [
+                        Record(
+                            settings.kafka.topic("events-v1"),
+                            event.event.to_bytes(),
+                            key=event.event.entity_id.encode(),
+                        ),
+                        *due,
+                    ]
+                )
                 labelled += len(due)
 
             # The clock starts once the workers answer (their start-up takes a while on a small machine).

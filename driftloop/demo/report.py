@@ -44,8 +44,13 @@ def summarise(
     outcome = run_outcome(runs, healed_by)
 
     def accuracy(start: datetime | None, end: datetime | None) -> float | None:
-        rows = [p.label == seen.labels[p.event_id] for p in seen.predictions.values() if p.event_id in seen.labels
-                and (start is None or p.event_time >= start) and (end is None or p.event_time < end)]  # fmt: skip
+        rows = [
+            p.label == seen.labels[p.event_id]
+            for p in seen.predictions.values()
+            if p.event_id in seen.labels
+            and (start is None or p.event_time >= start)
+            and (end is None or p.event_time < end)
+        ]
         return round(sum(rows) / len(rows), 4) if rows else None
 
     def since_onset(when: datetime | None) -> float | None:
@@ -53,10 +58,14 @@ def summarise(
 
     promotion_time = promoted.at if promoted else None
     timeline = {
-        "drift_onset": onset, "drift_alert": alert,
-        "retraining_start": outcome.get("started_at"), "candidate_published": published.at if published else None,
-        "candidate_serving": first_new, "promotion": promotion_time, "retraining_end": outcome.get("ended_at"),
-    }  # fmt: skip
+        "drift_onset": onset,
+        "drift_alert": alert,
+        "retraining_start": outcome.get("started_at"),
+        "candidate_published": published.at if published else None,
+        "candidate_serving": first_new,
+        "promotion": promotion_time,
+        "retraining_end": outcome.get("ended_at"),
+    }
     lost = sorted(set(produced) - set(seen.predictions))
     return {
         "timeline": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in timeline.items()},
@@ -90,8 +99,10 @@ def progress_line(
     accuracy = f"{sum(scored) / len(scored):6.1%}" if scored else "   n/a"
     champion = f"v{state.champion}" if state and state.champion else "-"
     candidate = f" candidate v{state.candidate}" if state and state.candidate else ""
-    return (f"[{elapsed:6.1f}s] events {produced:5d}  predictions {answered:5d}  accuracy(15s) {accuracy}  "
-            f"champion {champion}{candidate}  drift alerts {alerts}")  # fmt: skip
+    return (
+        f"[{elapsed:6.1f}s] events {produced:5d}  predictions {answered:5d}  accuracy(15s) {accuracy}  "
+        f"champion {champion}{candidate}  drift alerts {alerts}"
+    )
 
 
 def write_outputs(summary: dict, seen: Observed, produced: dict[str, datetime], out_dir: Path) -> None:

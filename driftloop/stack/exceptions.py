@@ -1,7 +1,7 @@
 """Errors of the local stack.
 
-    StackError
-    └── ComponentNotFound   (a server binary or its files are missing)
+StackError
+└── ComponentNotFound   (a server binary or its files are missing)
 """
 
 

@@ -27,10 +27,10 @@ from confluent_kafka.admin import (
     AclBindingFilter,
     AclOperation,
     AclPermissionType,
-    ResourcePatternType,
-    ResourceType,
     AdminClient,
     ClusterMetadata,
+    ResourcePatternType,
+    ResourceType,
     ScramCredentialInfo,
     ScramMechanism,
     UserScramCredentialUpsertion,
@@ -113,9 +113,16 @@ def _resolve_with_maven(version: str, staging: Path) -> None:
             "(apt-get install maven), or `driftloop stack lock-kafka` on a machine that has it"
         )
     argv = [
-        mvn, "-B", "-q", "-f", str(KAFKA_DEPLOY / "pom.xml"), f"-Dkafka.version={version}",
-        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
-    ]  # fmt: skip
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(KAFKA_DEPLOY / "pom.xml"),
+        f"-Dkafka.version={version}",
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
     log.info("resolving Kafka %s broker jars with Maven (once)", version)
     done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0 or not any(staging.glob("kafka_*.jar")):
@@ -140,13 +147,25 @@ def write_config(settings: Settings) -> Path:
     if stack.kafka_sasl_port:
         keystore = ensure_certificates(settings)
         sasl_listener = f",SASL_SSL://{stack.host}:{stack.kafka_sasl_port}"
-        sasl_config = (KAFKA_DEPLOY / "sasl_ssl.properties").read_text().format(
-            mechanisms=",".join(SCRAM_MECHANISMS), keystore=keystore.resolve(), admin_user=stack.kafka_sasl_username
+        sasl_config = (
+            (KAFKA_DEPLOY / "sasl_ssl.properties")
+            .read_text()
+            .format(
+                mechanisms=",".join(SCRAM_MECHANISMS), keystore=keystore.resolve(), admin_user=stack.kafka_sasl_username
+            )
         )
-    properties = (KAFKA_DEPLOY / "server.properties").read_text().format(
-        host=stack.host, port=stack.kafka_port, controller_port=stack.kafka_controller_port, data_dir=data_dir,
-        sasl_listener=sasl_listener, sasl_config=sasl_config,
-    )  # fmt: skip
+    properties = (
+        (KAFKA_DEPLOY / "server.properties")
+        .read_text()
+        .format(
+            host=stack.host,
+            port=stack.kafka_port,
+            controller_port=stack.kafka_controller_port,
+            data_dir=data_dir,
+            sasl_listener=sasl_listener,
+            sasl_config=sasl_config,
+        )
+    )
     target = proc.run_dir / "server.properties"
     target.write_text(properties)
     shutil.copyfile(KAFKA_DEPLOY / "log4j2.xml", proc.run_dir / "log4j2.xml")
@@ -187,33 +206,55 @@ def ensure_certificates(settings: Settings) -> Path:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"driftloop local CA {secrets.token_hex(4)}")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.stack.host)]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    )
     pem = serialization.Encoding.PEM
     folder.mkdir(parents=True, exist_ok=True)
     # Java reads an unencrypted PKCS#8 key from a PEM key store; only the owner may read the file.
-    _write_private(keystore, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-                   + cert.public_bytes(pem) + ca.public_bytes(pem))  # fmt: skip
+    _write_private(
+        keystore,
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        + cert.public_bytes(pem)
+        + ca.public_bytes(pem),
+    )
     ca_path.write_bytes(ca.public_bytes(pem))
     log.info("generated a CA and a broker certificate for %s into %s", ", ".join(str(n.value) for n in names), folder)
     return keystore
@@ -261,15 +302,17 @@ def sasl_password(settings: Settings) -> str:
 def sasl_client_settings(settings: Settings, mechanism: str = "SCRAM-SHA-512") -> Settings:
     """``settings`` with its Kafka clients pointed at the stack's SASL_SSL listener as the stack's user."""
     stack = settings.stack
-    kafka = settings.kafka.model_copy(update={
-        "bootstrap_servers": f"{stack.host}:{stack.kafka_sasl_port}",
-        "security_protocol": "SASL_SSL",
-        "sasl_mechanism": mechanism,
-        "sasl_username": stack.kafka_sasl_username,
-        "sasl_password": SecretStr(sasl_password(settings)),
-        "sasl_password_file": None,
-        "ssl_ca_location": ca_file(settings).resolve(),
-    })  # fmt: skip
+    kafka = settings.kafka.model_copy(
+        update={
+            "bootstrap_servers": f"{stack.host}:{stack.kafka_sasl_port}",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": mechanism,
+            "sasl_username": stack.kafka_sasl_username,
+            "sasl_password": SecretStr(sasl_password(settings)),
+            "sasl_password_file": None,
+            "ssl_ca_location": ca_file(settings).resolve(),
+        }
+    )
     return settings.model_copy(update={"kafka": kafka})
 
 
@@ -280,8 +323,11 @@ def _scram_arguments(settings: Settings) -> list[str]:
     for mechanism, (digest, _) in SCRAM_MECHANISMS.items():
         salt = secrets.token_bytes(24)
         salted = hashlib.pbkdf2_hmac(digest, password, salt, SCRAM_ITERATIONS)
-        args += ["--add-scram", f"{mechanism}=[name={settings.stack.kafka_sasl_username},iterations={SCRAM_ITERATIONS},"
-                 f'salt="{b64encode(salt).decode()}",saltedpassword="{b64encode(salted).decode()}"]']  # fmt: skip
+        args += [
+            "--add-scram",
+            f"{mechanism}=[name={settings.stack.kafka_sasl_username},iterations={SCRAM_ITERATIONS},"
+            f'salt="{b64encode(salt).decode()}",saltedpassword="{b64encode(salted).decode()}"]',
+        ]
     return args
 
 
@@ -291,8 +337,9 @@ def upsert_scram_user(settings: Settings, timeout_s: float = 30.0) -> None:
     password = sasl_password(settings)
     admin = AdminClient(client_config(settings, {"log_level": 0}))
     users = {settings.stack.kafka_sasl_username: password}
-    users |= {kafka_roles.username(settings, role): kafka_roles.role_password(password, role)
-              for role in kafka_roles.ROLES}  # fmt: skip
+    users |= {
+        kafka_roles.username(settings, role): kafka_roles.role_password(password, role) for role in kafka_roles.ROLES
+    }
     for user, secret in users.items():
         for _, mechanism in SCRAM_MECHANISMS.values():  # one request per mechanism: the broker refuses a user twice
             info = ScramCredentialInfo(mechanism, SCRAM_ITERATIONS)
@@ -308,8 +355,9 @@ def apply_acls(admin: AdminClient, grants: list[kafka_roles.Grant], timeout_s: f
     wanted = {grant.binding() for grant in grants}
     for future in admin.create_acls(list(wanted), request_timeout=timeout_s).values():
         future.result()
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
-                                  AclPermissionType.ANY)  # fmt: skip
+    everything = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY, AclPermissionType.ANY
+    )
 
     def enforced() -> None:
         missing = wanted - set(admin.describe_acls(everything, request_timeout=timeout_s).result())
@@ -322,10 +370,12 @@ def apply_acls(admin: AdminClient, grants: list[kafka_roles.Grant], timeout_s: f
 def role_client_settings(settings: Settings, role: str, mechanism: str = "SCRAM-SHA-512") -> Settings:
     """``settings`` with its Kafka clients on the stack's SASL_SSL listener as ``role``'s own user."""
     client = sasl_client_settings(settings, mechanism)
-    kafka = client.kafka.model_copy(update={
-        "sasl_username": kafka_roles.username(settings, role),
-        "sasl_password": SecretStr(kafka_roles.role_password(sasl_password(settings), role)),
-    })  # fmt: skip
+    kafka = client.kafka.model_copy(
+        update={
+            "sasl_username": kafka_roles.username(settings, role),
+            "sasl_password": SecretStr(kafka_roles.role_password(sasl_password(settings), role)),
+        }
+    )
     return client.model_copy(update={"kafka": kafka})
 
 
@@ -333,10 +383,17 @@ def _java_argv(settings: Settings, main_class: str, *args: str) -> list[str]:
     run_dir = server(settings).run_dir.resolve()
     heap = settings.stack.kafka_heap
     return [
-        java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        java(),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={run_dir / 'log4j2.xml'}",
-        "-cp", classpath(settings), main_class, *args,
-    ]  # fmt: skip
+        "-cp",
+        classpath(settings),
+        main_class,
+        *args,
+    ]
 
 
 def format_storage(settings: Settings, properties: Path) -> bool:
@@ -407,8 +464,12 @@ def up(settings: Settings) -> dict[str, str]:
         upsert_scram_user(settings)  # idempotent; covers a storage formatted before the listener was turned on
         client = sasl_client_settings(settings)
         proc.wait_ready(lambda: is_ready(client), settings.stack.ready_timeout_s, f"SASL_SSL {client.kafka_bootstrap}")
-        log.info("SASL_SSL listener ready at %s (user %s, CA %s)", client.kafka_bootstrap,
-                 settings.stack.kafka_sasl_username, ca_file(settings))  # fmt: skip
+        log.info(
+            "SASL_SSL listener ready at %s (user %s, CA %s)",
+            client.kafka_bootstrap,
+            settings.stack.kafka_sasl_username,
+            ca_file(settings),
+        )
     return ensure_topics(settings)
 
 
@@ -421,6 +482,8 @@ def describe(settings: Settings, timeout_s: float = 3.0) -> str:
     if settings.stack.kafka_sasl_port and settings.kafka.bootstrap_servers is None:
         client = sasl_client_settings(settings)
         brokers = _metadata(client, timeout_s).brokers
-        line += (f"; SASL_SSL at {client.kafka_bootstrap}: {len(brokers)} broker(s), user "
-                 f"{client.kafka.sasl_username} ({client.kafka.sasl_mechanism}), CA {client.kafka.ssl_ca_location}")
+        line += (
+            f"; SASL_SSL at {client.kafka_bootstrap}: {len(brokers)} broker(s), user "
+            f"{client.kafka.sasl_username} ({client.kafka.sasl_mechanism}), CA {client.kafka.ssl_ca_location}"
+        )
     return line

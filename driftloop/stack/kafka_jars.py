@@ -93,9 +93,19 @@ def write_lock(pom: Path, version: str, out: Path, work_dir: Path) -> int:
     libs = work_dir / "libs"
     shutil.rmtree(work_dir, ignore_errors=True)
     listing = work_dir / "dependencies.txt"
-    argv = [mvn, "-B", "-q", "-f", str(pom), f"-Dkafka.version={version}", "-DincludeScope=runtime",
-            "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
-            "dependency:list", f"-DoutputFile={listing}"]  # fmt: skip
+    argv = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
+        f"-Dkafka.version={version}",
+        "-DincludeScope=runtime",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "dependency:list",
+        f"-DoutputFile={listing}",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         raise StackError(f"Maven could not resolve the Kafka broker jars:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")

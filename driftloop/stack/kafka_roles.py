@@ -60,8 +60,9 @@ class Grant:
     operation: AclOperation
 
     def binding(self) -> AclBinding:
-        return AclBinding(self.resource_type, self.name, self.pattern, self.principal, "*", self.operation,
-                          AclPermissionType.ALLOW)  # fmt: skip
+        return AclBinding(
+            self.resource_type, self.name, self.pattern, self.principal, "*", self.operation, AclPermissionType.ALLOW
+        )
 
     def line(self) -> str:
         pattern = "prefixed" if self.pattern == ResourcePatternType.PREFIXED else "literal"
@@ -96,11 +97,15 @@ def grants(settings: Settings, role: str) -> list[Grant]:
     topic, literal, prefixed = ResourceType.TOPIC, ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
     out = []
     for name in _READ[role]:
-        out += [Grant(principal, topic, settings.kafka.topic(name), literal, op)
-                for op in (AclOperation.READ, AclOperation.DESCRIBE)]  # fmt: skip
+        out += [
+            Grant(principal, topic, settings.kafka.topic(name), literal, op)
+            for op in (AclOperation.READ, AclOperation.DESCRIBE)
+        ]
     for name in _WRITE[role]:
-        out += [Grant(principal, topic, settings.kafka.topic(name), literal, op)
-                for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]  # fmt: skip
+        out += [
+            Grant(principal, topic, settings.kafka.topic(name), literal, op)
+            for op in (AclOperation.WRITE, AclOperation.DESCRIBE)
+        ]
     group = _group(settings, role)
     if group is not None:
         out.append(Grant(principal, ResourceType.GROUP, group[0], group[1], AclOperation.READ))

@@ -101,13 +101,16 @@ def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str],
         "--model-control-mode=explicit",
         "--strict-readiness=false",
         "--disable-auto-complete-config",
-        f"--http-address={stack.host}", f"--http-port={stack.triton_http_port}",
-        f"--grpc-address={stack.host}", f"--grpc-port={stack.triton_grpc_port}",
-        f"--metrics-address={stack.host}", f"--metrics-port={stack.triton_metrics_port}",
+        f"--http-address={stack.host}",
+        f"--http-port={stack.triton_http_port}",
+        f"--grpc-address={stack.host}",
+        f"--grpc-port={stack.triton_grpc_port}",
+        f"--metrics-address={stack.host}",
+        f"--metrics-port={stack.triton_metrics_port}",
         "--log-verbose=0",
         # Idle keep-alive clients would otherwise hold a SIGTERM for the default 30 s.
         "--exit-timeout-secs=5",
-    ]  # fmt: skip
+    ]
     if install.backend_dir:
         argv.append(f"--backend-directory={install.backend_dir}")
     if not has_gpu():

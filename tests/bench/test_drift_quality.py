@@ -74,8 +74,9 @@ _EXPECTED = {
 
 
 def test_tiny_benchmark_shape_and_clear_drifts_detected():
-    config = dq.Config(model="word", replays=1, checks=60, trials=1, horizon=8, pre_checks=2, pool=2000,
-                       baseline_replays=1)  # fmt: skip
+    config = dq.Config(
+        model="word", replays=1, checks=60, trials=1, horizon=8, pre_checks=2, pool=2000, baseline_replays=1
+    )
     line = dq.run(config, load_settings(training=dq.TINY_TRAINING))
     assert json.loads(json.dumps(line)) == line  # one JSON line, no NaN or numpy types
 
@@ -87,8 +88,11 @@ def test_tiny_benchmark_shape_and_clear_drifts_detected():
         low, high = row["arl0_ci95"]
         assert low > 0 and (high is None or high >= low)
 
-    expected_drifts = {f"{kind}/{size}" for kind in ("covariate", "vocabulary", "concept", "prior", "gradual")
-                       for size in ("subtle", "clear")}  # fmt: skip
+    expected_drifts = {
+        f"{kind}/{size}"
+        for kind in ("covariate", "vocabulary", "concept", "prior", "gradual")
+        for size in ("subtle", "clear")
+    }
     assert set(line["drifts"]) == expected_drifts
     for row in line["drifts"].values():
         assert set(row["monitor"]) == set(dq.KINDS)

@@ -172,9 +172,15 @@ class Producer(threading.Thread):
     (the idempotent producer retries without duplicating). ``error`` holds what stopped it, if anything."""
 
     def __init__(
-        self, settings: Settings, count: int, seed: int, rate: float, malformed_share: float = 0.05,
-        chunk: int = 50, ack_timeout_s: float = 120.0,
-    ) -> None:  # fmt: skip
+        self,
+        settings: Settings,
+        count: int,
+        seed: int,
+        rate: float,
+        malformed_share: float = 0.05,
+        chunk: int = 50,
+        ack_timeout_s: float = 120.0,
+    ) -> None:
         super().__init__(daemon=True)
         self.settings, self.count, self.seed, self.rate = settings, count, seed, rate
         self.malformed_share, self.chunk, self.ack_timeout_s = malformed_share, chunk, ack_timeout_s
@@ -182,9 +188,13 @@ class Producer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        records = [r for batch in synthetic_records(self.settings, self.count, seed=self.seed,
-                                                    malformed_share=self.malformed_share, labels=False)
-                   for r in batch]  # fmt: skip
+        records = [
+            r
+            for batch in synthetic_records(
+                self.settings, self.count, seed=self.seed, malformed_share=self.malformed_share, labels=False
+            )
+            for r in batch
+        ]
         started = time.monotonic()
         try:
             with KafkaProducer(self.settings) as producer:

@@ -39,13 +39,25 @@ class ChaosLedger:
         self._started = time.monotonic()
 
     def record(
-        self, scenario: str, *, produced: int, predicted: int, dead_lettered: int, lost: int, duplicates: int,
+        self,
+        scenario: str,
+        *,
+        produced: int,
+        predicted: int,
+        dead_lettered: int,
+        lost: int,
+        duplicates: int,
         **details: Any,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """Account for one scenario: records produced, and how many became predictions, dead letters, nothing
         (``lost``) or more than one output (``duplicates``). Extra keywords are kept under ``details``."""
-        counts = {"produced": produced, "predicted": predicted, "dead_lettered": dead_lettered, "lost": lost,
-                  "duplicates": duplicates}  # fmt: skip
+        counts = {
+            "produced": produced,
+            "predicted": predicted,
+            "dead_lettered": dead_lettered,
+            "lost": lost,
+            "duplicates": duplicates,
+        }
         bad = {name: value for name, value in counts.items() if not isinstance(value, int) or value < 0}
         if bad:
             raise ValueError(f"chaos ledger counts must be non-negative integers, got {bad}")
@@ -89,8 +101,12 @@ def private_broker(stack_settings, tmp_path_factory, kafka_bootstrap):
     """Settings of a broker of this test only (free ports, its own storage); stopped at the end."""
     if "127.0.0.1" not in kafka_bootstrap or stack_settings.kafka.bootstrap_servers:
         pytest.skip("needs the local broker's jars (no external or containerised broker)")
-    stack = {**stack_settings.stack.model_dump(), "run_dir": tmp_path_factory.mktemp("private_broker"),
-             "kafka_port": free_port(), "kafka_controller_port": free_port()}  # fmt: skip
+    stack = {
+        **stack_settings.stack.model_dump(),
+        "run_dir": tmp_path_factory.mktemp("private_broker"),
+        "kafka_port": free_port(),
+        "kafka_controller_port": free_port(),
+    }
     settings = stack_settings.model_copy(update={"stack": stack_settings.stack.model_copy(update=stack)})
     proc = local_kafka.server(settings)
     local_kafka.start(settings)

@@ -81,34 +81,89 @@ class DrawSource:
 # --- extreme values, by kind --------------------------------------------------------------------------------------
 
 VALID_TIMES = [
-    "2026-11-27T10:00:00Z", "2026-11-27T10:00:00.123456+05:30", "1900-01-01T00:00:00Z",
-    "1899-12-31T23:00:00-01:00", "2199-12-31T23:59:59.999999Z", "2200-01-01T00:59:59+01:00", "1970-01-01T00:00:00Z",
-    1_700_000_000, 1_700_000_000_000, 0,
-]  # fmt: skip
+    "2026-11-27T10:00:00Z",
+    "2026-11-27T10:00:00.123456+05:30",
+    "1900-01-01T00:00:00Z",
+    "1899-12-31T23:00:00-01:00",
+    "2199-12-31T23:59:59.999999Z",
+    "2200-01-01T00:59:59+01:00",
+    "1970-01-01T00:00:00Z",
+    1_700_000_000,
+    1_700_000_000_000,
+    0,
+]
 #: Times the contract must refuse: no zone, out of [1900, 2200) UTC (year 1 with an offset, pandas' 1677/2262 ends,
 #: 9999), impossible dates, leap seconds, not ISO 8601, not a time at all.
 REFUSED_TIMES = [
-    "0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00-23:59", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00",
-    "9999-12-31T23:59:59.999999+00:00", "2026-11-27T10:00:00", "2026-11-27 10:00:00", "1677-09-21T00:12:43Z",
-    "1677-09-21T00:12:42Z", "1600-01-01T00:00:00Z", "2262-04-11T23:47:16Z", "2262-04-12T00:00:00Z",
-    "3000-01-01T00:00:00Z", "1899-12-31T23:59:59.999999Z", "2200-01-01T00:00:00Z", "2199-12-31T23:00:00-01:00",
-    "2016-12-31T23:59:60Z", "2026-11-27T10:00:00+24:00", "2026-11-27T10:00:00+99:99", "2026-02-30T00:00:00Z", "",
-    "now", "T", 10**20, -(10**20), 1e308, True, [], {},
-]  # fmt: skip
+    "0001-01-01T00:00:00+01:00",
+    "0001-01-01T00:00:00-23:59",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-01:00",
+    "9999-12-31T23:59:59.999999+00:00",
+    "2026-11-27T10:00:00",
+    "2026-11-27 10:00:00",
+    "1677-09-21T00:12:43Z",
+    "1677-09-21T00:12:42Z",
+    "1600-01-01T00:00:00Z",
+    "2262-04-11T23:47:16Z",
+    "2262-04-12T00:00:00Z",
+    "3000-01-01T00:00:00Z",
+    "1899-12-31T23:59:59.999999Z",
+    "2200-01-01T00:00:00Z",
+    "2199-12-31T23:00:00-01:00",
+    "2016-12-31T23:59:60Z",
+    "2026-11-27T10:00:00+24:00",
+    "2026-11-27T10:00:00+99:99",
+    "2026-02-30T00:00:00Z",
+    "",
+    "now",
+    "T",
+    10**20,
+    -(10**20),
+    1e308,
+    True,
+    [],
+    {},
+]
 #: Extreme times, some of them legal (a parser decides): the refused ones and more.
 EXTREME_TIMES = REFUSED_TIMES + [
-    "2026-11-27", "2026-11-27T10:00:00+23:59", "2026-11-27T10:00:00-23:59", "2026-11-27T10:00:00.123456789Z",
-    "+002026-11-27T10:00:00Z", "2026-W48-5T10:00:00Z", "2026-11-27T10:00:00Z ", "2026-11-27t10:00:00z",
-    -62_135_596_800, -1.5, 253_402_300_800, None,
-]  # fmt: skip
+    "2026-11-27",
+    "2026-11-27T10:00:00+23:59",
+    "2026-11-27T10:00:00-23:59",
+    "2026-11-27T10:00:00.123456789Z",
+    "+002026-11-27T10:00:00Z",
+    "2026-W48-5T10:00:00Z",
+    "2026-11-27T10:00:00Z ",
+    "2026-11-27t10:00:00z",
+    -62_135_596_800,
+    -1.5,
+    253_402_300_800,
+    None,
+]
 HUGE_INTS = [2**31, 2**63, 2**64, -(2**63) - 1, 10**100, -(10**100)]
 FLOATS = [1e308, -1e308, 5e-324, -0.0, 0.0, 1.7976931348623157e308, 123456789.123456789]
 WRONG_TYPES = [None, True, False, [], {}, "1", 1, 1.5, [1, "a"], {"a": 1}]
 WEIRD_TEXT = [
-    "", " ", "\u0000", "\t\n\r", "\u202e\u202d", "e\u0301\u0301\u0301", "😀" * 50, "\ufeff", "\uffff", "𝕏" * 7,
-    "\ud800", "\udfff\ud800", "\\ud800", "null", "NaN", "<script>alert(1)</script>", "'; DROP TABLE events; --",
-    "%s%s%n", "../../etc/passwd",
-]  # fmt: skip
+    "",
+    " ",
+    "\u0000",
+    "\t\n\r",
+    "\u202e\u202d",
+    "e\u0301\u0301\u0301",
+    "😀" * 50,
+    "\ufeff",
+    "\uffff",
+    "𝕏" * 7,
+    "\ud800",
+    "\udfff\ud800",
+    "\\ud800",
+    "null",
+    "NaN",
+    "<script>alert(1)</script>",
+    "'; DROP TABLE events; --",
+    "%s%s%n",
+    "../../etc/passwd",
+]
 LONG_TEXT = ["x" * 129, "y" * 10_000, "z" * 10_001, "w " * 30_000]
 UNKNOWN_LABELS = ["banana", "", "POSITIVE", "positive ", "l" * 129, "négatif", "\u0000"]
 
@@ -156,47 +211,74 @@ def valid_event(src: Source, index: int) -> dict:
 
 
 def valid_label(src: Source, index: int) -> dict:
-    return {"event_id": f"fuzz-unknown-{index:06d}", "label": src.pick(["positive", "negative", "neutral"]),
-            "labelled_at": "2026-11-27T10:05:00Z"}  # fmt: skip
+    return {
+        "event_id": f"fuzz-unknown-{index:06d}",
+        "label": src.pick(["positive", "negative", "neutral"]),
+        "labelled_at": "2026-11-27T10:05:00Z",
+    }
 
 
 def valid_prediction(src: Source, index: int) -> dict:
     return {
-        "event_id": f"fuzz-prediction-{index:06d}", "entity_id": "fuzz-entity-00", "event_time": "2026-11-27T10:00:00Z",
-        "label": "positive", "scores": {"negative": 0.1, "neutral": 0.2, "positive": 0.7},
-        "model": {"name": OTHER_MODEL, "version": 1}, "role": "champion", "features": {"msg_count_1h": 1.0, "x": None},
+        "event_id": f"fuzz-prediction-{index:06d}",
+        "entity_id": "fuzz-entity-00",
+        "event_time": "2026-11-27T10:00:00Z",
+        "label": "positive",
+        "scores": {"negative": 0.1, "neutral": 0.2, "positive": 0.7},
+        "model": {"name": OTHER_MODEL, "version": 1},
+        "role": "champion",
+        "features": {"msg_count_1h": 1.0, "x": None},
         "timings_ms": {"queue": 1.0, "features": 1.0, "inference": 1.0, "end_to_end": 3.0},
-        "predicted_at": "2026-11-27T10:00:00.019Z", "text_stats": {"length": 10.0, "word_count": 2.0},
-    }  # fmt: skip
+        "predicted_at": "2026-11-27T10:00:00.019Z",
+        "text_stats": {"length": 10.0, "word_count": 2.0},
+    }
 
 
 def valid_drift(src: Source, index: int) -> dict:
     return {
-        "schema_version": 1, "id": f"fuzz-drift-{index:06d}", "kind": src.pick(["data", "prediction", "performance"]),
-        "status": src.pick(["firing", "resolved"]), "severity": src.pick(["warning", "critical"]),
-        "model": OTHER_MODEL, "version": 1, "dedup_key": f"driftloop/{OTHER_MODEL}/data",
+        "schema_version": 1,
+        "id": f"fuzz-drift-{index:06d}",
+        "kind": src.pick(["data", "prediction", "performance"]),
+        "status": src.pick(["firing", "resolved"]),
+        "severity": src.pick(["warning", "critical"]),
+        "model": OTHER_MODEL,
+        "version": 1,
+        "dedup_key": f"driftloop/{OTHER_MODEL}/data",
         "window": {"start": "2026-11-27T10:00:00Z", "end": "2026-11-27T10:05:00Z", "size": 500, "labelled": 80},
-        "metrics": {"drift_share": 0.8}, "drifted_columns": ["amount"],
+        "metrics": {"drift_share": 0.8},
+        "drifted_columns": ["amount"],
         "scores": {"amount": {"method": "ks", "score": 0.0, "threshold": 0.05, "drifted": True}},
-        "started_at": "2026-11-27T10:05:01Z", "detected_at": "2026-11-27T10:05:01Z",
-    }  # fmt: skip
+        "started_at": "2026-11-27T10:05:01Z",
+        "detected_at": "2026-11-27T10:05:01Z",
+    }
 
 
 def valid_model_state(src: Source, index: int) -> dict:
-    return {"model": OTHER_MODEL, "champion": src.integer(1, 3), "candidate": None,
-            "event": src.pick(["published", "promoted", "rolled_back", "rejected"]), "at": "2026-11-27T10:00:00Z",
-            "reason": ""}  # fmt: skip
+    return {
+        "model": OTHER_MODEL,
+        "champion": src.integer(1, 3),
+        "candidate": None,
+        "event": src.pick(["published", "promoted", "rolled_back", "rejected"]),
+        "at": "2026-11-27T10:00:00Z",
+        "reason": "",
+    }
 
 
 VALID: dict[str, Callable[[Source, int], dict]] = {
-    "events": valid_event, "labels": valid_label, "predictions": valid_prediction, "drift": valid_drift,
+    "events": valid_event,
+    "labels": valid_label,
+    "predictions": valid_prediction,
+    "drift": valid_drift,
     "models": valid_model_state,
-}  # fmt: skip
+}
 #: Fields holding times, per topic (paths into the record).
 TIME_FIELDS: dict[str, list[tuple[str, ...]]] = {
-    "events": [("event_time",)], "labels": [("labelled_at",)], "predictions": [("event_time",), ("predicted_at",)],
-    "drift": [("started_at",), ("detected_at",), ("window", "start"), ("window", "end")], "models": [("at",)],
-}  # fmt: skip
+    "events": [("event_time",)],
+    "labels": [("labelled_at",)],
+    "predictions": [("event_time",), ("predicted_at",)],
+    "drift": [("started_at",), ("detected_at",), ("window", "start"), ("window", "end")],
+    "models": [("at",)],
+}
 #: Extreme values that only make sense for one field.
 SPECIAL: dict[str, dict[str, Callable[[Source], Any]]] = {
     "events": {"schema_version": lambda s: s.pick([0, 2, -1, "1", 1.0, True, None, 10**30])},
@@ -204,19 +286,31 @@ SPECIAL: dict[str, dict[str, Callable[[Source], Any]]] = {
     "predictions": {
         "scores": lambda s: s.pick([{}, {"positive": 1e308}, {"positive": -1.0}, {"a" * 1000: 0.5}, {"positive": "x"}]),
         "role": lambda s: s.pick(["shadow", "candidate", "judge", ""]),
-        "model": lambda s: s.pick([{"name": OTHER_MODEL, "version": -1}, {"name": "", "version": 2**63},
-                                   {"name": OTHER_MODEL}, {"version": 1}]),
+        "model": lambda s: s.pick(
+            [
+                {"name": OTHER_MODEL, "version": -1},
+                {"name": "", "version": 2**63},
+                {"name": OTHER_MODEL},
+                {"version": 1},
+            ]
+        ),
         "timings_ms": lambda s: s.pick([{}, {"queue": 1e308, "features": -1, "inference": 0, "end_to_end": 5e-324}]),
     },
     "drift": {
         "kind": lambda s: s.pick(["concept", "", "DATA", None]),
         "status": lambda s: s.pick(["open", "closed", ""]),
         "version": lambda s: s.pick([-1, 2**63, 10**40]),
-        "window": lambda s: s.pick([{}, {"start": None, "end": None, "size": -1, "labelled": 0},
-                                    {"start": "0001-01-01T00:00:00+01:00", "end": None, "size": 1, "labelled": 1}]),
+        "window": lambda s: s.pick(
+            [
+                {},
+                {"start": None, "end": None, "size": -1, "labelled": 0},
+                {"start": "0001-01-01T00:00:00+01:00", "end": None, "size": 1, "labelled": 1},
+            ]
+        ),
         "drifted_columns": lambda s: s.pick([["x"] * 5000, [None], "amount", [[]]]),
-        "scores": lambda s: s.pick([{"a": {}}, {"a": {"method": "ks", "score": 1e308, "threshold": -1,
-                                                      "drifted": "yes"}}]),
+        "scores": lambda s: s.pick(
+            [{"a": {}}, {"a": {"method": "ks", "score": 1e308, "threshold": -1, "drifted": "yes"}}]
+        ),
     },
     "models": {
         "champion": lambda s: s.pick([0, -1, 2**63, 10**40, 1.5, "2", True]),
@@ -224,7 +318,7 @@ SPECIAL: dict[str, dict[str, Callable[[Source], Any]]] = {
         "event": lambda s: s.pick(["deleted", "", "PROMOTED", None]),
         "model": lambda s: s.pick(["", "m" * 129, None, 7]),
     },
-}  # fmt: skip
+}
 
 
 # --- mutations -----------------------------------------------------------------------------------------------------
@@ -266,10 +360,16 @@ def _mutate_record(src: Source, topic: str, record: dict, index: int) -> None:
         elif choice == 7:
             record[src.pick(["extra", "", "__proto__", "label", "schema_version_2", "\u0000"])] = src.pick(WRONG_TYPES)
         elif choice == 8 and topic == "events":
-            record["attributes"] = src.pick([
-                {f"k{j}": float(j) for j in range(33)}, {"k" * 65: 1.0}, {"a": 1e308, "b": -1e308},
-                {"a": 10**30}, {"": 0.0}, {"a": True},
-            ])  # fmt: skip
+            record["attributes"] = src.pick(
+                [
+                    {f"k{j}": float(j) for j in range(33)},
+                    {"k" * 65: 1.0},
+                    {"a": 1e308, "b": -1e308},
+                    {"a": 10**30},
+                    {"": 0.0},
+                    {"a": True},
+                ]
+            )
         else:
             _mutate_field(src, topic, record, index)
 
@@ -360,8 +460,13 @@ def _key_for(src: Source, topic: str, value: bytes | None, model: str) -> bytes 
         data = json.loads(value or b"")
     except (ValueError, RecursionError):
         data = None
-    field = {"events": "entity_id", "labels": "event_id", "predictions": "entity_id", "drift": "model",
-             "models": "model"}[topic]  # fmt: skip
+    field = {
+        "events": "entity_id",
+        "labels": "event_id",
+        "predictions": "entity_id",
+        "drift": "model",
+        "models": "model",
+    }[topic]
     if isinstance(data, dict) and isinstance(data.get(field), str):
         return data[field].encode("utf-8", "surrogatepass")
     return OTHER_MODEL.encode() if topic in ("drift", "models") else b"fuzz-entity-00"
@@ -402,8 +507,12 @@ def fixed(model: str, known_event_ids: Sequence[str] = ()) -> list[Hostile]:
     out.append(Hostile("events", b"fuzz-entity-fixed", b"", "an empty value"))
 
     def label(why: str, **fields: Any) -> None:
-        record = {"event_id": "fuzz-no-such-event", "label": "positive", "labelled_at": "2026-11-27T10:05:00Z",
-                  **fields}  # fmt: skip
+        record = {
+            "event_id": "fuzz-no-such-event",
+            "label": "positive",
+            "labelled_at": "2026-11-27T10:05:00Z",
+            **fields,
+        }
         out.append(Hostile("labels", str(record.get("event_id"))[:200].encode(), json.dumps(record).encode(), why))
 
     for when in EXTREME_TIMES:
@@ -419,13 +528,19 @@ def fixed(model: str, known_event_ids: Sequence[str] = ()) -> list[Hostile]:
 
     for topic in ("predictions", "drift", "models"):
         for key in (model.encode(), OTHER_MODEL.encode(), None if topic != "models" else b""):
-            for value, why in [(b"\x00\x01\x02garbage", "binary garbage"), (b"{", "truncated JSON"), (b"[]", "array"),
-                               (b"{}", "an empty object"), (b"null", "null"), (b"", "an empty value"),
-                               (b"[" * 10_000 + b"]" * 10_000, "an array 10,000 deep"),
-                               ("{\"model\": \"\\ud800\"}".encode(), "a lone surrogate"),
-                               (b'{"model": "' + model.encode() + b'", "champion": 1e400}', "champion = inf"),
-                               (b'{"model": "' + model.encode() + b'", "champion": ' + b"9" * 5000 + b"}", "huge int"),
-                               (b'{"model": "' + model.encode() + b'", "at": "0001-01-01T00:00:00+01:00"}', "year 1")]:
+            for value, why in [
+                (b"\x00\x01\x02garbage", "binary garbage"),
+                (b"{", "truncated JSON"),
+                (b"[]", "array"),
+                (b"{}", "an empty object"),
+                (b"null", "null"),
+                (b"", "an empty value"),
+                (b"[" * 10_000 + b"]" * 10_000, "an array 10,000 deep"),
+                (b'{"model": "\\ud800"}', "a lone surrogate"),
+                (b'{"model": "' + model.encode() + b'", "champion": 1e400}', "champion = inf"),
+                (b'{"model": "' + model.encode() + b'", "champion": ' + b"9" * 5000 + b"}", "huge int"),
+                (b'{"model": "' + model.encode() + b'", "at": "0001-01-01T00:00:00+01:00"}', "year 1"),
+            ]:
                 out.append(Hostile(topic, key, value, why))
     out.append(Hostile("models", OTHER_MODEL.encode(), None, "a tombstone of another model"))
     # Key and value disagree: keyed by the model under test, a valid state of another model (a reader must go by
@@ -438,7 +553,11 @@ def fixed(model: str, known_event_ids: Sequence[str] = ()) -> list[Hostile]:
     for when in REFUSED_TIMES[:12]:
         bad_state = {"model": model, "champion": 1, "event": "promoted", "at": when}
         out.append(Hostile("models", model.encode(), json.dumps(bad_state).encode(), f"a model state at {when!r}"))
-        bad_drift = {**valid_drift(RandomSource(random.Random(0)), 0), "model": model, "detected_at": when,
-                     "started_at": when}  # fmt: skip
+        bad_drift = {
+            **valid_drift(RandomSource(random.Random(0)), 0),
+            "model": model,
+            "detected_at": when,
+            "started_at": when,
+        }
         out.append(Hostile("drift", model.encode(), json.dumps(bad_drift).encode(), f"a drift event at {when!r}"))
     return out

@@ -36,9 +36,15 @@ WARMUP, EVENTS = 20, 800  # 8 s of stream at 100 events/s; the broker goes down 
 
 @pytest.mark.parametrize("down_s", [0, 60], ids=["restart", "outage-60s"])
 def test_broker_restart_mid_stream_loses_no_event(
-    down_s, private_broker, settings_factory, triton_server, keyword_model, tmp_path, monkeypatch,
+    down_s,
+    private_broker,
+    settings_factory,
+    triton_server,
+    keyword_model,
+    tmp_path,
+    monkeypatch,
     chaos_ledger,
-):  # fmt: skip
+):
     base = settings_factory(kafka={"bootstrap_servers": private_broker.kafka_bootstrap})
     pipeline = open_pipeline(base, triton_server, keyword_model, tmp_path, monkeypatch)
     settings, broker = pipeline.settings, local_kafka.server(private_broker)
@@ -74,11 +80,17 @@ def test_broker_restart_mid_stream_loses_no_event(
     counts = settle(sent, outputs)
     _, miscounted = miscounted_windows(settings, sent)
     scenario = "broker-restart" if not down_s else f"broker-outage-{down_s}s"
-    chaos_ledger.record(scenario, **{k: v for k, v in counts.items() if k != "wrong"}, wrong=counts["wrong"],
-                        worker_alive=worker.poll() is None, feature_worker_alive=features.poll() is None,
-                        worker_restarts=int(worker.poll() is not None) + int(features.poll() is not None),
-                        commits_refused=pipeline.log(worker).count("commit failed"),
-                        miscounted_entities=len(miscounted), **details)  # fmt: skip
+    chaos_ledger.record(
+        scenario,
+        **{k: v for k, v in counts.items() if k != "wrong"},
+        wrong=counts["wrong"],
+        worker_alive=worker.poll() is None,
+        feature_worker_alive=features.poll() is None,
+        worker_restarts=int(worker.poll() is not None) + int(features.poll() is not None),
+        commits_refused=pipeline.log(worker).count("commit failed"),
+        miscounted_entities=len(miscounted),
+        **details,
+    )
     pipeline.close()
     if failure:
         raise failure
@@ -90,12 +102,18 @@ def test_broker_restart_mid_stream_loses_no_event(
 
 
 def test_sigterm_with_the_broker_down_ends_the_inference_worker_in_time(
-    private_broker, settings_factory, triton_server, keyword_model, tmp_path, monkeypatch,
-):  # fmt: skip
+    private_broker,
+    settings_factory,
+    triton_server,
+    keyword_model,
+    tmp_path,
+    monkeypatch,
+):
     grace_s = 8.0
     base = settings_factory(kafka={"bootstrap_servers": private_broker.kafka_bootstrap})
-    pipeline = open_pipeline(base, triton_server, keyword_model, tmp_path, monkeypatch,
-                             DRIFTLOOP_WORKERS__SHUTDOWN_GRACE_S=str(grace_s))  # fmt: skip
+    pipeline = open_pipeline(
+        base, triton_server, keyword_model, tmp_path, monkeypatch, DRIFTLOOP_WORKERS__SHUTDOWN_GRACE_S=str(grace_s)
+    )
     settings, broker = pipeline.settings, local_kafka.server(private_broker)
     worker = pipeline.start("run", "--role", "inference")
     outputs = Outputs(settings)

@@ -67,12 +67,18 @@ def test_locked_online_store_is_waited_out_without_wrong_features(pipeline, chao
     except AssertionError as exc:
         failure = exc
     counts = settle(sent, outputs)
-    wrong_features = sum(1 for features in outputs.features.values()
-                         if {name: features.get(name) for name in PUSHED} != PUSHED)  # fmt: skip
+    wrong_features = sum(
+        1 for features in outputs.features.values() if {name: features.get(name) for name in PUSHED} != PUSHED
+    )
     log = pipeline.log(worker)
-    chaos_ledger.record("feast-online-store-locked", **{k: v for k, v in counts.items() if k != "wrong"},
-                        wrong=counts["wrong"], wrong_features=wrong_features,
-                        outage_retries=log.count("feast unavailable (attempt"), **details)  # fmt: skip
+    chaos_ledger.record(
+        "feast-online-store-locked",
+        **{k: v for k, v in counts.items() if k != "wrong"},
+        wrong=counts["wrong"],
+        wrong_features=wrong_features,
+        outage_retries=log.count("feast unavailable (attempt"),
+        **details,
+    )
     if failure:
         raise failure
     assert len(sent) == WARMUP + EVENTS and sent.refused

@@ -44,12 +44,18 @@ def _exit_seconds(proc: subprocess.Popen, timeout_s: float) -> float:
 
 def test_sigterm_ends_the_feature_worker_with_kafka_and_feast_down(
     private_broker, settings_factory, tmp_path, monkeypatch, chaos_ledger
-):  # fmt: skip
+):
     redis = PersistentRedis(tmp_path / "redis")  # not started yet: the online store is down from the start
     base = settings_factory(kafka={"bootstrap_servers": private_broker.kafka_bootstrap})
     pipeline = open_pipeline(
-        base, NO_TRITON, "unused", tmp_path, monkeypatch, DRIFTLOOP_FEAST__ONLINE_STORE="redis",
-        DRIFTLOOP_FEAST__REDIS_CONNECTION_STRING=redis.address, DRIFTLOOP_WORKERS__SHUTDOWN_GRACE_S=str(GRACE_S),
+        base,
+        NO_TRITON,
+        "unused",
+        tmp_path,
+        monkeypatch,
+        DRIFTLOOP_FEAST__ONLINE_STORE="redis",
+        DRIFTLOOP_FEAST__REDIS_CONNECTION_STRING=redis.address,
+        DRIFTLOOP_WORKERS__SHUTDOWN_GRACE_S=str(GRACE_S),
     )
     settings, broker = pipeline.settings, local_kafka.server(private_broker)
     group, topic = settings.workers.features_group, settings.kafka.topic("events-v1")
@@ -79,8 +85,16 @@ def test_sigterm_ends_the_feature_worker_with_kafka_and_feast_down(
         log = pipeline.log(worker)
         pipeline.close()
         redis.stop()
-    chaos_ledger.record("feature-worker-sigterm-offline", produced=len(sent), predicted=0, dead_lettered=0,
-                        lost=details["entities_unwritten"], duplicates=0, restarts=0, **details)  # fmt: skip
+    chaos_ledger.record(
+        "feature-worker-sigterm-offline",
+        produced=len(sent),
+        predicted=0,
+        dead_lettered=0,
+        lost=details["entities_unwritten"],
+        duplicates=0,
+        restarts=0,
+        **details,
+    )
     assert details["committed_while_held"] == 0, "offsets were committed for events whose push did not succeed"
     assert details["exit_s"] <= GRACE_S + MARGIN_S, f"exit took {details['exit_s']}s:\n{log[-3000:]}"
     assert "left unacknowledged" in log, log[-3000:]

@@ -96,8 +96,15 @@ def test_broker_limits_for_large_values(settings_factory, chaos_ledger):
         deadline = time.monotonic() + 30
         while len(sizes) < accepted and time.monotonic() < deadline:
             sizes += [len(m.value()) for m in consumer.consume_batch(10, 0.5)]
-    chaos_ledger.record("broker-limits", produced=accepted, predicted=0, dead_lettered=0, lost=accepted - len(sizes),
-                        duplicates=max(0, len(sizes) - accepted), refused_at_produce=2)  # fmt: skip
+    chaos_ledger.record(
+        "broker-limits",
+        produced=accepted,
+        predicted=0,
+        dead_lettered=0,
+        lost=accepted - len(sizes),
+        duplicates=max(0, len(sizes) - accepted),
+        refused_at_produce=2,
+    )
     assert sorted(sizes) == sorted([MAX_PLAIN_VALUE, 1_048_400, COMPRESSED_VALUE])
 
 
@@ -127,9 +134,10 @@ class Outputs:
         self.predictions: Counter[str] = Counter()
         self.letters: list[DeadLetter] = []
         self._consumer = KafkaConsumer(
-            settings, f"chaos-{uuid.uuid4().hex[:6]}",
+            settings,
+            f"chaos-{uuid.uuid4().hex[:6]}",
             [settings.kafka.topic("predictions-v1"), settings.kafka.topic("dlq-v1")],
-        )  # fmt: skip
+        )
 
     def poll(self) -> Outputs:
         dlq = self.settings.kafka.topic("dlq-v1")
@@ -183,8 +191,10 @@ def test_hostile_records_all_reach_the_dlq_and_valid_events_keep_flowing(pipelin
     mixed_valid, mixed_ids = _valid_records(settings, VALID, seed=102, first_id=WARMUP + VALID)
     corpus = hostile_corpus(HOSTILE, seed=7)
     first_hostile = WARMUP + 2 * VALID
-    hostile = [Record(topic, r.value, key=r.key, headers=[(ID_HEADER, str(first_hostile + i).encode())])
-               for i, r in enumerate(corpus)]  # fmt: skip
+    hostile = [
+        Record(topic, r.value, key=r.key, headers=[(ID_HEADER, str(first_hostile + i).encode())])
+        for i, r in enumerate(corpus)
+    ]
     mixed = hostile + mixed_valid
     random.Random(7).shuffle(mixed)
 
@@ -208,8 +218,9 @@ def test_hostile_records_all_reach_the_dlq_and_valid_events_keep_flowing(pipelin
         produced += len(mixed)
         pipeline.wait(
             lambda: len(outputs.poll().predictions) >= WARMUP + 2 * VALID and len(outputs.letters) >= HOSTILE,
-            240, "the hostile run's predictions and dead letters",
-        )  # fmt: skip
+            240,
+            "the hostile run's predictions and dead letters",
+        )
         mixed_s = time.monotonic() - started
         time.sleep(2)  # a late duplicate, if there were one
     except AssertionError as exc:  # a dead worker or a timeout: account for what happened, then fail
@@ -231,15 +242,21 @@ def test_hostile_records_all_reach_the_dlq_and_valid_events_keep_flowing(pipelin
     duplicates = sum(n - 1 for n in outputs.predictions.values()) + sum(len(v) - 1 for v in letters_by_id.values())
     ratio = clean_s / mixed_s if clean_s and mixed_s else None  # valid events per second: mixed / clean
     chaos_ledger.record(
-        "hostile-input", produced=produced, predicted=len(set(outputs.predictions) & valid_ids),
-        dead_lettered=len(set(letters_by_id) & hostile_ids), lost=lost, duplicates=duplicates,
-        hostile=len(hostile_ids), valid=len(valid_ids), kinds=len({r.kind for r in corpus}),
+        "hostile-input",
+        produced=produced,
+        predicted=len(set(outputs.predictions) & valid_ids),
+        dead_lettered=len(set(letters_by_id) & hostile_ids),
+        lost=lost,
+        duplicates=duplicates,
+        hostile=len(hostile_ids),
+        valid=len(valid_ids),
+        kinds=len({r.kind for r in corpus}),
         worker_exits=0 if still_running else 1,
         clean_valid_per_s=round(VALID / clean_s, 1) if clean_s else None,
         mixed_valid_per_s=round(VALID / mixed_s, 1) if mixed_s else None,
         throughput_ratio=round(ratio, 3) if ratio else None,
         failure=str(failure).splitlines()[0] if failure else None,
-    )  # fmt: skip
+    )
     if failure:
         raise failure
 

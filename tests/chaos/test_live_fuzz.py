@@ -43,8 +43,13 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 SEED = 11
 #: Generated records per topic (the fixed list comes on top): 2,300 in all.
 GENERATED = {"events": 1000, "labels": 400, "predictions": 300, "drift": 300, "models": 300}
-TOPIC_NAMES = {"events": "events-v1", "labels": "labels-v1", "predictions": "predictions-v1", "drift": "drift-v1",
-               "models": "models-v1"}  # fmt: skip
+TOPIC_NAMES = {
+    "events": "events-v1",
+    "labels": "labels-v1",
+    "predictions": "predictions-v1",
+    "drift": "drift-v1",
+    "models": "models-v1",
+}
 WORKERS = ("inference", "features", "monitor", "retrain")
 
 
@@ -74,8 +79,16 @@ def inject(settings: Settings, records: list[Hostile], backdate_s: float = 600.0
     valid-shaped prediction of another model would otherwise pass for the workers' first answer. The workers' consumer
     groups read from the earliest offset, so they meet every hostile record.
     """
-    config = client_config(settings, {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                                      "compression.type": "lz4", "partitioner": "murmur2_random"})  # fmt: skip
+    config = client_config(
+        settings,
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "partitioner": "murmur2_random",
+        },
+    )
     producer, failures = Producer(config), []
     stamp = int((time.time() - backdate_s) * 1000)
 
@@ -84,8 +97,13 @@ def inject(settings: Settings, records: list[Hostile], backdate_s: float = 600.0
             failures.append(f"{msg.topic()}: {err}")
 
     for record in records:
-        kwargs = {"key": record.key, "value": record.value, "headers": [(FOREIGN_HEADER, b"live-fuzz")],
-                  "timestamp": stamp, "on_delivery": delivered}  # fmt: skip
+        kwargs = {
+            "key": record.key,
+            "value": record.value,
+            "headers": [(FOREIGN_HEADER, b"live-fuzz")],
+            "timestamp": stamp,
+            "on_delivery": delivered,
+        }
         while True:
             try:
                 producer.produce(settings.kafka.topic(TOPIC_NAMES[record.topic]), **kwargs)
@@ -136,8 +154,10 @@ def tracebacks(logs: Path) -> dict[str, int]:
 
 @pytest.mark.timeout(900)  # start-up of the workers (up to 180 s), the plan's own timeout (300 s), the accounting
 def test_hostile_records_on_every_topic_stop_nothing_and_the_loop_still_heals(
-    loop_settings, tmp_path, chaos_ledger,
-):  # fmt: skip
+    loop_settings,
+    tmp_path,
+    chaos_ledger,
+):
     from training.pipeline import train_version
 
     settings, config_file = loop_settings
@@ -172,14 +192,23 @@ def test_hostile_records_on_every_topic_stop_nothing_and_the_loop_still_heals(
     outputs.close()
     counts = account(sent, outputs)
     entry = chaos_ledger.record(
-        "live-fuzz", produced=counts["produced"], predicted=counts["predicted"],
-        dead_lettered=counts["dead_lettered"], lost=counts["lost"], duplicates=counts["duplicates"],
-        wrong=counts["wrong"], restarts=restarted, fuzzed=dict(fuzzed), hostile=len(corpus),
-        tracebacks=tracebacks(logs), dead_letters_of_other_topics=dict(outputs.other_letters),
+        "live-fuzz",
+        produced=counts["produced"],
+        predicted=counts["predicted"],
+        dead_lettered=counts["dead_lettered"],
+        lost=counts["lost"],
+        duplicates=counts["duplicates"],
+        wrong=counts["wrong"],
+        restarts=restarted,
+        fuzzed=dict(fuzzed),
+        hostile=len(corpus),
+        tracebacks=tracebacks(logs),
+        dead_letters_of_other_topics=dict(outputs.other_letters),
         new_version=summary.get("new_version"),
-        time_to_detect_s=summary.get("time_to_detect_s"), time_to_promote_s=summary.get("time_to_promote_s"),
+        time_to_detect_s=summary.get("time_to_detect_s"),
+        time_to_promote_s=summary.get("time_to_promote_s"),
         failure=str(failure).splitlines()[0] if failure else None,
-    )  # fmt: skip
+    )
     print(entry)
 
     assert sum(fuzzed.values()) >= 2000 and set(fuzzed) == set(GENERATED)

@@ -22,22 +22,32 @@ import pytest
 from monitoring.synthetic import WordModel, version_metadata, write_version_metadata
 from streams import ensure_topics
 from streams.synthetic import SyntheticStream
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions
 from tests.helpers import wait_until
+from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions
 from tests.streams.support import group_caught_up
 
 pytestmark = pytest.mark.chaos
 
 # Labels may be read a batch after their predictions: the time-based check (every 2 s) judges the labelled window.
-MONITORING = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 2.0,
-              "num_threshold": 0.01, "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100,
-              "cooldown_s": 3600, "metrics_port": 0}  # fmt: skip
+MONITORING = {
+    "window_size": 300,
+    "min_window": 200,
+    "check_every_events": 100,
+    "check_interval_s": 2.0,
+    "num_threshold": 0.01,
+    "hysteresis_checks": 2,
+    "resolve_checks": 2,
+    "min_labelled": 100,
+    "cooldown_s": 3600,
+    "metrics_port": 0,
+}
 
 
 def _start(env: dict[str, str], log_path) -> subprocess.Popen:
     with log_path.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "driftloop.cli", "monitor"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "driftloop.cli", "monitor"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _caught_up(settings, group: str) -> bool:
@@ -66,15 +76,17 @@ def test_killing_the_monitor_neither_reopens_nor_forgets_its_alerts(settings_fac
         return [(classifier.predict(example.event), example.label) for example in stream]
 
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "TRITON_URL")}
-    env.update({
-        "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "DRIFTLOOP_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
-        "DRIFTLOOP_MONITORING__GROUP_ID": group,
-        "DRIFTLOOP_MONITORING__REPORTS_DIR": str(tmp_path / "reports"),
-        **{f"DRIFTLOOP_MONITORING__{k.upper()}": str(v) for k, v in MONITORING.items()},
-    })  # fmt: skip
+    env.update(
+        {
+            "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+            "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "DRIFTLOOP_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
+            "DRIFTLOOP_MONITORING__GROUP_ID": group,
+            "DRIFTLOOP_MONITORING__REPORTS_DIR": str(tmp_path / "reports"),
+            **{f"DRIFTLOOP_MONITORING__{k.upper()}": str(v) for k, v in MONITORING.items()},
+        }
+    )
     log_path = tmp_path / "monitor.log"
     drift = DriftTopic(settings)
     proc = _start(env, log_path)
@@ -110,10 +122,16 @@ def test_killing_the_monitor_neither_reopens_nor_forgets_its_alerts(settings_fac
     opened_ids = {e.id for e in opened if e.status == "firing"}
     per_kind = Counter(e.kind for e in firing)
     chaos_ledger.record(
-        "monitor-sigkill", produced=len(opened_ids), predicted=len(resolved), dead_lettered=0,
-        lost=len(opened_ids - {e.firing_event_id for e in resolved}), duplicates=sum(n - 1 for n in per_kind.values()),
-        unit="drift alerts", restarts=1, alerts_opened=dict(per_kind),
-    )  # fmt: skip
+        "monitor-sigkill",
+        produced=len(opened_ids),
+        predicted=len(resolved),
+        dead_lettered=0,
+        lost=len(opened_ids - {e.firing_event_id for e in resolved}),
+        duplicates=sum(n - 1 for n in per_kind.values()),
+        unit="drift alerts",
+        restarts=1,
+        alerts_opened=dict(per_kind),
+    )
     assert all(n == 1 for n in per_kind.values()), firing  # the restart opened nothing again
     assert sorted(e.firing_event_id for e in resolved) == sorted(opened_ids)  # each resolves once, the same alert
     assert "open alerts restored" in log_path.read_text(errors="replace")

@@ -2,8 +2,9 @@
 on the same port and data folder (append-only file on, so what was written before survives, as a production Redis
 with persistence does).
 
-The documented behaviour (docs/fault-suite.md, "Outages are waited out"): the feature worker holds the batch it could not push,
-unacknowledged, retries with backoff for as long as Redis is down, and commits nothing it has not written. Afterwards
+The documented behaviour (docs/fault-suite.md, "Outages are waited out"): the feature worker holds the batch it
+could not push, unacknowledged, retries with backoff for as long as Redis is down, and commits nothing it has not
+written. Afterwards
 every entity's online features equal a recomputation from the events topic (``streams.windows.add_event`` over the
 entity's events in topic order, the newest event's features being the ones served, as Redis keeps the newest row),
 the faust table holds each event once, and the worker never restarted (neither the process nor faust's agent).
@@ -23,9 +24,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from foundation.settings import Settings
 from driftloop.stack.process import ServerProcess
 from features.store import online_features, open_store
+from foundation.settings import Settings
 from streams import KafkaConsumer
 from streams.schemas import Event, InvalidEvent, parse_event
 from streams.windows import FEATURES, add_event
@@ -54,8 +55,23 @@ class PersistentRedis:
         self.port = free_port()
         self.folder = folder
         self.process = ServerProcess("redis", folder)
-        self._argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                      "--appendfsync", "always", "--daemonize", "no", "--dir", str(folder)]  # fmt: skip
+        self._argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(folder),
+        ]
 
     @property
     def address(self) -> str:
@@ -129,8 +145,14 @@ def test_redis_outage_commits_nothing_unwritten(settings_factory, tmp_path, monk
     redis = PersistentRedis(tmp_path / "redis")
     redis.start()
     pipeline = open_pipeline(
-        settings_factory(), NO_TRITON, "unused", tmp_path, monkeypatch, DRIFTLOOP_FEAST__ONLINE_STORE="redis",
-        DRIFTLOOP_FEAST__REDIS_CONNECTION_STRING=redis.address, DRIFTLOOP_WORKERS__OUTAGE_BACKOFF_MAX_S="2",
+        settings_factory(),
+        NO_TRITON,
+        "unused",
+        tmp_path,
+        monkeypatch,
+        DRIFTLOOP_FEAST__ONLINE_STORE="redis",
+        DRIFTLOOP_FEAST__REDIS_CONNECTION_STRING=redis.address,
+        DRIFTLOOP_WORKERS__OUTAGE_BACKOFF_MAX_S="2",
     )
     settings = pipeline.settings
     group, topic = settings.workers.features_group, settings.kafka.topic("events-v1")
@@ -168,15 +190,28 @@ def test_redis_outage_commits_nothing_unwritten(settings_factory, tmp_path, monk
     entities = sorted(stream.by_entity)
     online = online_features(open_store(settings), entities)
     served = [{name: online[name][i] for name in FEATURES} for i in range(len(entities))]
-    mismatched = [entity for entity, row in zip(entities, served, strict=True)
-                  if differs(row, recompute(stream.by_entity[entity]))]  # fmt: skip
+    mismatched = [
+        entity
+        for entity, row in zip(entities, served, strict=True)
+        if differs(row, recompute(stream.by_entity[entity]))
+    ]
     _, miscounted = miscounted_windows(settings, stream.sent)
     log = pipeline.log(worker)
     restarts = restarts_in(log, worker.poll() is None)
-    chaos_ledger.record("redis-outage", produced=len(stream.sent), predicted=0, dead_lettered=0,
-                        lost=sum(len(stream.by_entity[e]) for e in mismatched), duplicates=0, restarts=restarts,
-                        entities=len(entities), mismatched_entities=len(mismatched),
-                        miscounted_entities=len(miscounted), outage_retries=log.count(HOLDING), **details)  # fmt: skip
+    chaos_ledger.record(
+        "redis-outage",
+        produced=len(stream.sent),
+        predicted=0,
+        dead_lettered=0,
+        lost=sum(len(stream.by_entity[e]) for e in mismatched),
+        duplicates=0,
+        restarts=restarts,
+        entities=len(entities),
+        mismatched_entities=len(mismatched),
+        miscounted_entities=len(miscounted),
+        outage_retries=log.count(HOLDING),
+        **details,
+    )
     pipeline.close()
     redis.stop()
     if failure:

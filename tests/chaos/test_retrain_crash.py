@@ -84,11 +84,17 @@ def test_killing_the_retraining_consumer_mid_run_heals_once_and_loses_nothing(lo
     triggers = Counter((repo.metadata(v) or {}).get("trigger_id") for v in repo.versions())
     built_twice = {trigger: n for trigger, n in triggers.items() if n > 1}
     chaos_ledger.record(
-        "retrain-sigkill-mid-run", produced=summary["events_produced"], predicted=summary["predictions"],
-        dead_lettered=summary["failed_predictions"], lost=summary["events_lost"], duplicates=len(built_twice),
-        kills=killer.kills, restarts=summary["restarts"], versions=dict(triggers),
+        "retrain-sigkill-mid-run",
+        produced=summary["events_produced"],
+        predicted=summary["predictions"],
+        dead_lettered=summary["failed_predictions"],
+        lost=summary["events_lost"],
+        duplicates=len(built_twice),
+        kills=killer.kills,
+        restarts=summary["restarts"],
+        versions=dict(triggers),
         time_to_serve_new_version_s=summary["time_to_serve_new_version_s"],
-    )  # fmt: skip
+    )
     assert killer.kills == list(KILL_AT), killer.kills
     assert summary["restarts"] == {"retrain": 2}, summary["restarts"]
     assert built_twice == {}, triggers  # the restart resumed the version it had published

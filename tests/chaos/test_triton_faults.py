@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from foundation.settings import Settings, load_settings
 from driftloop.stack import triton as local_triton
+from foundation.settings import Settings, load_settings
 from tests.chaos.accounting import Outputs, Producer, committed_total, read_events, settle, warm_up
 from tests.helpers import free_port
 from tests.streams.support import MODEL, MODEL_DIR, open_pipeline
@@ -70,8 +70,13 @@ def private_triton(stack_settings, tmp_path_factory):
     shutil.copytree(MODEL_DIR, repository / MODEL)
     shutil.copytree(SLOW_DIR, repository / SLOW_MODEL)
     shutil.copytree(OOM_DIR, repository / OOM_MODEL)
-    stack = {**stack_settings.stack.model_dump(), "run_dir": tmp_path_factory.mktemp("private_triton"),
-             "triton_http_port": free_port(), "triton_grpc_port": free_port(), "triton_metrics_port": free_port()}  # fmt: skip
+    stack = {
+        **stack_settings.stack.model_dump(),
+        "run_dir": tmp_path_factory.mktemp("private_triton"),
+        "triton_http_port": free_port(),
+        "triton_grpc_port": free_port(),
+        "triton_metrics_port": free_port(),
+    }
     settings = load_settings(stack=stack, triton={"model_repository": repository})
     triton = PrivateTriton(settings, settings.triton_http, settings.triton_grpc)
     triton.start()
@@ -129,8 +134,12 @@ def _run_fault(pipeline, chaos_ledger, scenario: str, seed: int, inject) -> dict
         failure = exc
     counts = settle(sent, outputs)
     log = pipeline.log(worker)
-    details.update(wrong=counts["wrong"], client_retries=log.count("Triton call failed"),
-                   outage_retries=log.count("unavailable (attempt"), worker_alive=worker.poll() is None)  # fmt: skip
+    details.update(
+        wrong=counts["wrong"],
+        client_retries=log.count("Triton call failed"),
+        outage_retries=log.count("unavailable (attempt"),
+        worker_alive=worker.poll() is None,
+    )
     chaos_ledger.record(scenario, **{k: v for k, v in counts.items() if k != "wrong"}, **details)
     if failure:
         raise failure
@@ -213,10 +222,16 @@ def _rss_mb(pid: int) -> float:
 def test_slow_model_keeps_in_flight_work_bounded(settings_factory, triton, tmp_path, monkeypatch, chaos_ledger):
     batch, in_flight, events = 16, 2, 600
     port = free_port()
-    pipeline = open_pipeline(settings_factory(), triton, SLOW_MODEL, tmp_path, monkeypatch,
-                             DRIFTLOOP_WORKERS__MAX_BATCH_SIZE=str(batch),
-                             DRIFTLOOP_WORKERS__MAX_IN_FLIGHT=str(in_flight),
-                             DRIFTLOOP_WORKERS__METRICS_PORT=str(port))  # fmt: skip
+    pipeline = open_pipeline(
+        settings_factory(),
+        triton,
+        SLOW_MODEL,
+        tmp_path,
+        monkeypatch,
+        DRIFTLOOP_WORKERS__MAX_BATCH_SIZE=str(batch),
+        DRIFTLOOP_WORKERS__MAX_IN_FLIGHT=str(in_flight),
+        DRIFTLOOP_WORKERS__METRICS_PORT=str(port),
+    )
     settings = pipeline.settings
     metrics = f"http://127.0.0.1:{port + 1}/metrics"  # inference is role 1 of replica 0: metrics_port + 1
     producer = Producer(settings, events, seed=121, rate=10_000.0)  # the whole backlog first
@@ -236,19 +251,28 @@ def test_slow_model_keeps_in_flight_work_bounded(settings_factory, triton, tmp_p
                 pipeline.wait(lambda: False, 0, "every event of the backlog")  # raises with the log
             samples.append(_scrape(metrics))
             rss.append(_rss_mb(worker.pid))
-            lag.append(len(sent) - committed_total(settings, settings.workers.inference_group,
-                                                   settings.kafka.topic("events-v1")))  # fmt: skip
+            lag.append(
+                len(sent)
+                - committed_total(settings, settings.workers.inference_group, settings.kafka.topic("events-v1"))
+            )
     except AssertionError as exc:
         failure = exc
     pipeline.close()
     counts = settle(sent, outputs)
     peak_batches = max((s.get("driftloop_in_flight_batches", 0) for s in samples), default=None)
     peak_events = max((s.get("driftloop_in_flight_events", 0) for s in samples), default=None)
-    chaos_ledger.record("triton-slow-model", **{k: v for k, v in counts.items() if k != "wrong"},
-                        wrong=counts["wrong"], samples=len(samples), peak_in_flight_batches=peak_batches,
-                        peak_in_flight_events=peak_events, bound_events=batch * in_flight,
-                        peak_lag=max(lag, default=None), rss_mb_first=rss[0] if rss else None,
-                        rss_mb_peak=max(rss, default=None))  # fmt: skip
+    chaos_ledger.record(
+        "triton-slow-model",
+        **{k: v for k, v in counts.items() if k != "wrong"},
+        wrong=counts["wrong"],
+        samples=len(samples),
+        peak_in_flight_batches=peak_batches,
+        peak_in_flight_events=peak_events,
+        bound_events=batch * in_flight,
+        peak_lag=max(lag, default=None),
+        rss_mb_first=rss[0] if rss else None,
+        rss_mb_peak=max(rss, default=None),
+    )
     if failure:
         raise failure
     assert counts["lost"] == 0 and counts["wrong"] == 0, counts

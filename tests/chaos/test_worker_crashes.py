@@ -56,8 +56,13 @@ def test_sigkill_of_the_inference_worker_mid_batch_loses_no_event(pipeline, chao
     except AssertionError as exc:
         failure = exc
     counts = settle(sent, outputs)
-    chaos_ledger.record("sigkill-inference-worker", **{k: v for k, v in counts.items() if k != "wrong"},
-                        wrong=counts["wrong"], predicted_at_kill=at_kill, restarts=1)  # fmt: skip
+    chaos_ledger.record(
+        "sigkill-inference-worker",
+        **{k: v for k, v in counts.items() if k != "wrong"},
+        wrong=counts["wrong"],
+        predicted_at_kill=at_kill,
+        restarts=1,
+    )
     if failure:
         raise failure
     assert len(sent) == WARMUP + EVENTS and sent.refused, "the producer's records, some refused by the contract"
@@ -92,9 +97,16 @@ def test_sigkill_of_the_feature_worker_replays_its_events_once(pipeline, chaos_l
         failure = exc
     entities, miscounted = miscounted_windows(settings, sent)
     counts = settle(sent, outputs)
-    chaos_ledger.record("sigkill-feature-worker", **{k: v for k, v in counts.items() if k != "wrong"},
-                        wrong=counts["wrong"], committed_at_kill=committed_at_kill, caught_up_s=caught_up_s,
-                        entities=entities, miscounted_entities=len(miscounted), restarts=1)  # fmt: skip
+    chaos_ledger.record(
+        "sigkill-feature-worker",
+        **{k: v for k, v in counts.items() if k != "wrong"},
+        wrong=counts["wrong"],
+        committed_at_kill=committed_at_kill,
+        caught_up_s=caught_up_s,
+        entities=entities,
+        miscounted_entities=len(miscounted),
+        restarts=1,
+    )
     if failure:
         raise failure
     assert committed_at_kill < len(sent), "the kill came after the feature worker was done"

@@ -83,7 +83,7 @@ SCALED_OBJECT = {
                         "replicas": {"type": "integer", "minimum": 0},
                         "behavior": {
                             "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
-                        },  # fmt: skip
+                        },
                     },
                     "additionalProperties": False,
                 },
@@ -186,16 +186,38 @@ SCHEMAS = {"ScaledObject": SCALED_OBJECT, "TriggerAuthentication": TRIGGER_AUTHE
 
 #: Parameters of KEDA's ``kafka`` scaler (trigger metadata) and of its TriggerAuthentication.
 KAFKA_METADATA = {
-    "bootstrapServers", "bootstrapServersFromEnv", "consumerGroup", "consumerGroupFromEnv", "topic", "topicFromEnv",
-    "lagThreshold", "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset",
-    "excludePersistentLag", "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions", "version",
-    "partitionLimitation", "sasl", "saslTokenProvider", "tls", "unsafeSsl", "awsRegion",
-}  # fmt: skip
+    "bootstrapServers",
+    "bootstrapServersFromEnv",
+    "consumerGroup",
+    "consumerGroupFromEnv",
+    "topic",
+    "topicFromEnv",
+    "lagThreshold",
+    "activationLagThreshold",
+    "offsetResetPolicy",
+    "allowIdleConsumers",
+    "scaleToZeroOnInvalidOffset",
+    "excludePersistentLag",
+    "limitToPartitionsWithLag",
+    "ensureEvenDistributionOfPartitions",
+    "version",
+    "partitionLimitation",
+    "sasl",
+    "saslTokenProvider",
+    "tls",
+    "unsafeSsl",
+    "awsRegion",
+}
 KAFKA_AUTH_PARAMETERS = {"sasl", "username", "password", "tls", "ca", "cert", "key", "keyPassword"}
 KAFKA_SASL_MODES = {"plaintext", "scram_sha256", "scram_sha512", "gssapi", "oauthbearer", "none"}
 #: librdkafka's ``sasl.mechanism`` (driftloop's ``kafka.sasl_mechanism``) -> KEDA's ``sasl`` mode.
-KAFKA_SASL_FOR_MECHANISM = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512",
-                            "GSSAPI": "gssapi", "OAUTHBEARER": "oauthbearer"}  # fmt: skip
+KAFKA_SASL_FOR_MECHANISM = {
+    "PLAIN": "plaintext",
+    "SCRAM-SHA-256": "scram_sha256",
+    "SCRAM-SHA-512": "scram_sha512",
+    "GSSAPI": "gssapi",
+    "OAUTHBEARER": "oauthbearer",
+}
 
 
 def validate(resource: dict[str, Any]) -> None:

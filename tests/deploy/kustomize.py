@@ -10,8 +10,8 @@ import functools
 import os
 import re
 import shutil
-import sys
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any

@@ -120,8 +120,12 @@ def ignored(relative: str, patterns: list[str]) -> bool:
 def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     result = subprocess.run(
         [require_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(dockerfile)],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO_ROOT,
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
 

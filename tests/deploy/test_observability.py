@@ -34,12 +34,23 @@ DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.
 
 #: Triton 24.10's metric names (Triton's metrics documentation: counts, latency counters, GPU and CPU gauges).
 TRITON_METRICS = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
-    "nv_inference_pending_request_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us", "nv_gpu_utilization", "nv_gpu_memory_total_bytes",
-    "nv_gpu_memory_used_bytes", "nv_gpu_power_usage", "nv_cpu_utilization", "nv_cpu_memory_used_bytes",
-}  # fmt: skip
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_power_usage",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_used_bytes",
+}
 #: The Kafka exporter's consumer-group metrics (compose's kafka-exporter service).
 KAFKA_EXPORTER_METRICS = {
     "kafka_consumergroup_lag",
@@ -48,14 +59,46 @@ KAFKA_EXPORTER_METRICS = {
 }
 PROMETHEUS_METRICS = {"up"}
 PROMQL_WORDS = {
-    "sum", "max", "min", "avg", "count", "rate", "increase", "irate", "by", "without", "and", "or", "unless", "on",
-    "ignoring", "group_left", "group_right", "histogram_quantile", "clamp_min", "clamp_max", "le", "bool", "offset",
-    "abs", "absent", "topk", "bottomk", "label_replace", "vector", "scalar", "time",
-}  # fmt: skip
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "rate",
+    "increase",
+    "irate",
+    "by",
+    "without",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "histogram_quantile",
+    "clamp_min",
+    "clamp_max",
+    "le",
+    "bool",
+    "offset",
+    "abs",
+    "absent",
+    "topk",
+    "bottomk",
+    "label_replace",
+    "vector",
+    "scalar",
+    "time",
+}
 
 
-METRIC_SUFFIXES = {"Counter": ("_total",), "Histogram": ("_bucket", "_sum", "_count"), "Gauge": ("",),
-                   "Summary": ("_sum", "_count")}  # fmt: skip
+METRIC_SUFFIXES = {
+    "Counter": ("_total",),
+    "Histogram": ("_bucket", "_sum", "_count"),
+    "Gauge": ("",),
+    "Summary": ("_sum", "_count"),
+}
 
 
 def declared_metrics(module: Path) -> set[str]:

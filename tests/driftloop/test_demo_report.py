@@ -18,10 +18,22 @@ pytestmark = pytest.mark.unit
 
 ONSET = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SUMMARY_FIELDS = {
-    "timeline", "initial_champion", "new_version", "time_to_detect_s", "time_to_serve_new_version_s",
-    "time_to_promote_s", "accuracy_before_drift", "accuracy_after_drift", "accuracy_after_promotion",
-    "events_produced", "predictions", "failed_predictions", "drift_alerts", "events_lost", "canary",
-}  # fmt: skip
+    "timeline",
+    "initial_champion",
+    "new_version",
+    "time_to_detect_s",
+    "time_to_serve_new_version_s",
+    "time_to_promote_s",
+    "accuracy_before_drift",
+    "accuracy_after_drift",
+    "accuracy_after_promotion",
+    "events_produced",
+    "predictions",
+    "failed_predictions",
+    "drift_alerts",
+    "events_lost",
+    "canary",
+}
 
 
 @pytest.fixture
@@ -36,11 +48,16 @@ def _feed(view: TopicView, settings, topic: str, record: dict) -> None:
 
 def _prediction(i: int, at: datetime, label: str, version: int) -> dict:
     return {
-        "event_id": f"e{i}", "entity_id": "entity-0001", "event_time": at.isoformat(), "label": label,
-        "scores": {label: 0.9}, "model": {"name": "classifier", "version": version}, "features": {},
+        "event_id": f"e{i}",
+        "entity_id": "entity-0001",
+        "event_time": at.isoformat(),
+        "label": label,
+        "scores": {label: 0.9},
+        "model": {"name": "classifier", "version": version},
+        "features": {},
         "timings_ms": {"queue": 1, "features": 1, "inference": 1, "end_to_end": 3},
         "predicted_at": (at + timedelta(milliseconds=50)).isoformat(),
-    }  # fmt: skip
+    }
 
 
 def _state(event: str, at: datetime, champion: int, candidate: int | None = None) -> dict:
@@ -49,11 +66,19 @@ def _state(event: str, at: datetime, champion: int, candidate: int | None = None
 
 def _drift(kind: str, detected: datetime) -> dict:
     return {
-        "id": f"d-{kind}", "kind": kind, "status": "firing", "severity": "warning", "model": "classifier",
-        "version": 1, "dedup_key": f"driftloop/classifier/{kind}",
-        "window": {"start": None, "end": None, "size": 400, "labelled": 120}, "metrics": {}, "drifted_columns": [],
-        "started_at": detected.isoformat(), "detected_at": detected.isoformat(),
-    }  # fmt: skip
+        "id": f"d-{kind}",
+        "kind": kind,
+        "status": "firing",
+        "severity": "warning",
+        "model": "classifier",
+        "version": 1,
+        "dedup_key": f"driftloop/classifier/{kind}",
+        "window": {"start": None, "end": None, "size": 400, "labelled": 120},
+        "metrics": {},
+        "drifted_columns": [],
+        "started_at": detected.isoformat(),
+        "detected_at": detected.isoformat(),
+    }
 
 
 def _loop(settings) -> tuple[TopicView, dict[str, datetime]]:
@@ -69,8 +94,12 @@ def _loop(settings) -> tuple[TopicView, dict[str, datetime]]:
         right = i < 60 or i >= 120 or i % 2 == 0
         _feed(view, settings, "predictions-v1", _prediction(i, at, "positive" if right else "negative", version))
         if i % 3:  # a share of the events is labelled
-            _feed(view, settings, "labels-v1", {"event_id": f"e{i}", "label": "positive",
-                                                "labelled_at": (at + timedelta(seconds=30)).isoformat()})  # fmt: skip
+            _feed(
+                view,
+                settings,
+                "labels-v1",
+                {"event_id": f"e{i}", "label": "positive", "labelled_at": (at + timedelta(seconds=30)).isoformat()},
+            )
     _feed(view, settings, "models-v1", _state("published", ONSET - timedelta(minutes=5), champion=1))
     _feed(view, settings, "drift-v1", _drift("performance", ONSET + timedelta(seconds=35)))
     _feed(view, settings, "models-v1", _state("published", ONSET + timedelta(seconds=50), champion=1, candidate=2))
@@ -83,10 +112,20 @@ def _runs(settings) -> list[dict]:
     start, end = ONSET + timedelta(seconds=36), ONSET + timedelta(seconds=61)
     verdict = {"decision": "promote", "reason": "candidate 0.98 >= champion 0.5"}
     repo.record_run({"run": "d-old", "trigger": "d-old", "version": 5, "status": "promoted"})  # another version
-    repo.record_run({"run": "d-performance", "trigger": "d-performance", "status": "running",
-                     "started_at": start.isoformat()})  # fmt: skip
-    repo.record_run({"run": "d-performance", "trigger": "d-performance", "version": 2, "status": "promoted",
-                     "verdict": verdict, "started_at": start.isoformat(), "ended_at": end.isoformat()})  # fmt: skip
+    repo.record_run(
+        {"run": "d-performance", "trigger": "d-performance", "status": "running", "started_at": start.isoformat()}
+    )
+    repo.record_run(
+        {
+            "run": "d-performance",
+            "trigger": "d-performance",
+            "version": 2,
+            "status": "promoted",
+            "verdict": verdict,
+            "started_at": start.isoformat(),
+            "ended_at": end.isoformat(),
+        }
+    )
     return repo.runs(200)
 
 

@@ -12,9 +12,9 @@ import tomllib
 
 import pytest
 
-from foundation.settings import load_settings
-from foundation.paths import DEPLOY_DIR
 from features.store import apply_repo
+from foundation.paths import DEPLOY_DIR
+from foundation.settings import load_settings
 from streams import ensure_topics
 from tests.helpers import free_port
 

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from foundation.settings import Settings, load_settings
 from driftloop.stack.process import ServerProcess
 from features import apply_repo
+from foundation.settings import Settings, load_settings
 from tests.helpers import free_port
 
 ONLINE_STORES = ("sqlite", "redis")
@@ -73,8 +73,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
     server = ServerProcess("redis", workdir)
-    server.start([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                  "--daemonize", "no", "--dir", str(workdir)])  # fmt: skip
+    server.start(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+    )
     try:
         server.wait_ready(lambda: _redis_answers(port), 15, f"PING on port {port}")
         yield f"127.0.0.1:{port}"

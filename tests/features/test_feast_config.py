@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from foundation.settings import load_settings
 from features import FeatureStoreConfigError, definitions, repo_config
 from features.offline_store import STORE_TYPE, resolve_source
 from features.store import online_store_config
+from foundation.settings import load_settings
 
 pytestmark = pytest.mark.unit
 

@@ -242,8 +242,10 @@ def test_historical_reads_during_offline_appends_always_answer(feast_store, stre
     if feast_store.settings.feast.online_store != "sqlite":
         pytest.skip("the offline store (DuckDB on parquet) is the same whatever the online store: tested once")
     push_stream_features(feast_store.store, stream_rows_factory([(f"race-{i}", T1, i) for i in range(200)]))
-    writer = subprocess.Popen([sys.executable, "-c", APPEND_FOREVER], env={**os.environ,
-                              "SETTINGS_JSON": feast_store.settings.model_dump_json()})  # fmt: skip
+    writer = subprocess.Popen(
+        [sys.executable, "-c", APPEND_FOREVER],
+        env={**os.environ, "SETTINGS_JSON": feast_store.settings.model_dump_json()},
+    )
     try:
         entities = pd.DataFrame({"entity_id": [f"race-{i}" for i in range(200)], "event_timestamp": [T2] * 200})
         deadline = time.monotonic() + 60

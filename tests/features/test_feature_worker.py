@@ -32,8 +32,12 @@ FAST_BACKOFF = {"outage_backoff_max_s": 0.4}
 
 
 def _row(entity: str, at: datetime, count: int) -> dict:
-    features = {"msg_count_1h": count, "msg_count_24h": count * 10, "mean_text_length": count / 2,
-                "seconds_since_last_event": None}  # fmt: skip
+    features = {
+        "msg_count_1h": count,
+        "msg_count_24h": count * 10,
+        "mean_text_length": count / 2,
+        "seconds_since_last_event": None,
+    }
     return {"entity_id": entity, "event_timestamp": at, **features, "event_id": f"{entity}-{count}"}
 
 
@@ -57,8 +61,23 @@ def _redis(tmp_path, port: int) -> ServerProcess:
     if binary is None:
         pytest.fail("redis-server is not on PATH (Debian's package redis-server)", pytrace=False)
     server = ServerProcess(f"redis-{port}", tmp_path / "redis")
-    server.start([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                  "--daemonize", "no", "--dir", str(tmp_path)])  # fmt: skip
+    server.start(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ]
+    )
     server.wait_ready(lambda: _redis_answers(port), 15, f"PING on port {port}")
     return server
 
@@ -98,8 +117,9 @@ def test_a_row_the_store_refuses_is_skipped_alone(feast_store) -> None:
 
     entities = [row["entity_id"] for row in rows]
     online = online_features(feast_store.store, entities)
-    assert online["msg_count_1h"] == [None if e.endswith("-bad") else row["msg_count_1h"]
-                                      for e, row in zip(entities, rows, strict=True)]  # fmt: skip
+    assert online["msg_count_1h"] == [
+        None if e.endswith("-bad") else row["msg_count_1h"] for e, row in zip(entities, rows, strict=True)
+    ]
     assert pusher.skipped.count(EVENTS_TOPIC, "feature push refused the row") == before + 1
 
 
@@ -113,9 +133,12 @@ def test_a_push_is_held_through_a_redis_outage_and_written_after(tmp_path) -> No
         redis.stop()
         retries_before = _outage_retries()
         result: dict[str, object] = {}
-        pushing = threading.Thread(target=lambda: result.update(ok=asyncio.run(
-            _pusher(settings, **FAST_BACKOFF).push([_row("held-a", NOW, 4), _row("held-b", NOW, 5)]))),
-            daemon=True)  # fmt: skip
+        pushing = threading.Thread(
+            target=lambda: result.update(
+                ok=asyncio.run(_pusher(settings, **FAST_BACKOFF).push([_row("held-a", NOW, 4), _row("held-b", NOW, 5)]))
+            ),
+            daemon=True,
+        )
         pushing.start()
         # One attempt against a stopped Redis takes seconds (the client retries its connection): one is enough.
         _wait_for(lambda: _outage_retries() >= retries_before + 1, 90, "an outage retry")

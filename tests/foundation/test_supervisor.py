@@ -51,8 +51,9 @@ def test_a_child_that_keeps_exiting_is_restarted_with_a_doubling_delay(tmp_path)
     supervisor = Supervisor([Child("crasher", _crasher(starts))], restart_delay_s=0.2, max_delay_s=5, stable_s=60)
     supervisor.start()
     try:
-        wait_until(lambda: supervisor.check() is not None and len(_started(starts)) >= 4, 30, "three restarts",
-                   poll_s=0.02)  # fmt: skip
+        wait_until(
+            lambda: supervisor.check() is not None and len(_started(starts)) >= 4, 30, "three restarts", poll_s=0.02
+        )
     finally:
         supervisor.stop()
     times = _started(starts)
@@ -66,8 +67,9 @@ def test_a_child_that_ran_long_enough_is_restarted_after_the_first_delay_again(t
     supervisor = Supervisor([Child("crasher", _crasher(starts))], restart_delay_s=0.3, max_delay_s=60, stable_s=0)
     supervisor.start()
     try:
-        wait_until(lambda: supervisor.check() is not None and len(_started(starts)) >= 4, 30, "three restarts",
-                   poll_s=0.02)  # fmt: skip
+        wait_until(
+            lambda: supervisor.check() is not None and len(_started(starts)) >= 4, 30, "three restarts", poll_s=0.02
+        )
     finally:
         supervisor.stop()
     times = _started(starts)

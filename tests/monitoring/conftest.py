@@ -162,8 +162,16 @@ def running_alertmanager(folder: Path, config: str) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = ServerProcess("alertmanager", folder)
-    server.start([binary, f"--config.file={config_file}", f"--storage.path={folder / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"])  # fmt: skip
+    server.start(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ]
+    )
     try:
         server.wait_ready(lambda: _answers(f"{url}/-/ready"), 30, f"{url}/-/ready")
         yield url

@@ -24,10 +24,13 @@ def produce_predictions(settings: Settings, pairs: list[tuple[Prediction, str]],
     if labels:
         now = datetime.now(UTC)
         records += [
-            Record(label_topic, Label(event_id=p.event_id, label=label, labelled_at=now).to_bytes(),
-                   key=p.event_id.encode())
+            Record(
+                label_topic,
+                Label(event_id=p.event_id, label=label, labelled_at=now).to_bytes(),
+                key=p.event_id.encode(),
+            )
             for p, label in pairs
-        ]  # fmt: skip
+        ]
     with KafkaProducer(settings) as producer:
         producer.produce_batch(records)
 
@@ -36,17 +39,27 @@ def produce_labels(settings: Settings, pairs: list[tuple[Prediction, str]]) -> N
     """The ground truth of ``pairs`` alone, sent after their predictions (late labels)."""
     now = datetime.now(UTC)
     records = [
-        Record(settings.kafka.topic("labels-v1"), Label(event_id=p.event_id, label=label, labelled_at=now).to_bytes(),
-               key=p.event_id.encode())
+        Record(
+            settings.kafka.topic("labels-v1"),
+            Label(event_id=p.event_id, label=label, labelled_at=now).to_bytes(),
+            key=p.event_id.encode(),
+        )
         for p, label in pairs
-    ]  # fmt: skip
+    ]
     with KafkaProducer(settings) as producer:
         producer.produce_batch(records)
 
 
 def produce_champion(settings: Settings, model: str, champion: int) -> None:
-    value = {"model": model, "champion": champion, "candidate": None, "previous_champion": None,
-             "event": "promoted", "at": datetime.now(UTC).isoformat(), "reason": "test"}  # fmt: skip
+    value = {
+        "model": model,
+        "champion": champion,
+        "candidate": None,
+        "previous_champion": None,
+        "event": "promoted",
+        "at": datetime.now(UTC).isoformat(),
+        "reason": "test",
+    }
     with KafkaProducer(settings) as producer:
         producer.produce_batch(
             [Record(settings.kafka.topic("models-v1"), json.dumps(value).encode(), key=model.encode())]
@@ -84,8 +97,9 @@ class DriftTopic:
     """Reads the drift topic as a consumer group of its own; records that break the contract are kept aside."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = KafkaConsumer(settings, f"drift-reader-{uuid.uuid4().hex[:6]}",
-                                       [settings.kafka.topic("drift-v1")])  # fmt: skip
+        self._consumer = KafkaConsumer(
+            settings, f"drift-reader-{uuid.uuid4().hex[:6]}", [settings.kafka.topic("drift-v1")]
+        )
         self.events: list[DriftEvent] = []
         self.keys: list[bytes] = []
         self.invalid: list[bytes | None] = []

@@ -35,15 +35,22 @@ SLACK_PATH = "/services/T000/B000/XXXXsecretXXXX"
 def make_event(status="firing", model="classifier", kind="data", severity="critical", **extra) -> DriftEvent:
     now = datetime.now(UTC)
     return DriftEvent(
-        id=str(uuid.uuid4()), kind=kind, status=status, severity=severity, model=model, version=3,
+        id=str(uuid.uuid4()),
+        kind=kind,
+        status=status,
+        severity=severity,
+        model=model,
+        version=3,
         dedup_key=f"driftloop/{model}/{kind}",
         window=WindowInfo(start=now - timedelta(minutes=5), end=now, size=5000, labelled=800),
         metrics={"drift_share": 0.8, "drifted_count": 4.0, "column_count": 5.0},
         drifted_columns=["amount", "oov_share"] if status == "firing" else [],
         scores={"amount": ColumnScore(method="ks", score=0.0, threshold=0.05, drifted=True)},
-        started_at=now - timedelta(seconds=30), detected_at=now, report_path="/reports/drift-classifier-v3.html",
+        started_at=now - timedelta(seconds=30),
+        detected_at=now,
+        report_path="/reports/drift-classifier-v3.html",
         **extra,
-    )  # fmt: skip
+    )
 
 
 class FakeTransport:
@@ -74,8 +81,10 @@ RETRY = RetryPolicy(retries=3, backoff_s=0.1, backoff_max_s=0.25, timeout_s=1)
 
 @pytest.mark.unit
 def test_transient_failures_are_retried_with_growing_capped_backoff():
-    transport, sleeps = FakeTransport(ConnectionRefusedError("refused"), HttpResponse(503), HttpResponse(429),
-                                      HttpResponse(202)), Sleeps()  # fmt: skip
+    transport, sleeps = (
+        FakeTransport(ConnectionRefusedError("refused"), HttpResponse(503), HttpResponse(429), HttpResponse(202)),
+        Sleeps(),
+    )
     assert deliver(SlackReceiver("http://hooks.test" + SLACK_PATH), make_event(), RETRY, transport, sleeps) == 4
     assert len(transport.calls) == 4 and len(sleeps) == 3
     # backoff_s * 2**n plus up to backoff_s of jitter, capped at backoff_max_s (foundation.retry's one policy)
@@ -129,8 +138,12 @@ def test_a_failing_receiver_does_not_stop_the_others_and_is_counted():
     receivers = [PagerDutyReceiver(ROUTING_KEY, "http://pd.test/v2/enqueue"), SlackReceiver("http://hooks.test/x")]
     dispatcher = AlertDispatcher(receivers, RETRY, transport=transport, sleep=Sleeps(), metrics=metrics)
     assert dispatcher.dispatch(make_event()) == {"pagerduty": "failed", "slack": "sent"}
-    assert metrics.registry.get_sample_value("driftloop_alert_deliveries_total",
-                                             {"receiver": "pagerduty", "outcome": "failed"}) == 1  # fmt: skip
+    assert (
+        metrics.registry.get_sample_value(
+            "driftloop_alert_deliveries_total", {"receiver": "pagerduty", "outcome": "failed"}
+        )
+        == 1
+    )
     # The failed receiver was never sent the firing, so it gets no resolve.
     assert dispatcher.dispatch(make_event("resolved")) == {"pagerduty": "not_fired", "slack": "sent"}
 
@@ -139,8 +152,9 @@ def test_a_failing_receiver_does_not_stop_the_others_and_is_counted():
 def test_secrets_never_reach_the_logs(caplog):
     slack_url = "http://hooks.test" + SLACK_PATH
     pd_url = "http://pd.test/v2/enqueue?token=URLSECRET"
-    transport = FakeTransport(HttpResponse(503), OSError(f"cannot reach {slack_url}"),
-                              HttpResponse(202), HttpResponse(200))  # fmt: skip
+    transport = FakeTransport(
+        HttpResponse(503), OSError(f"cannot reach {slack_url}"), HttpResponse(202), HttpResponse(200)
+    )
     receivers = [SlackReceiver(slack_url), PagerDutyReceiver(ROUTING_KEY, pd_url)]
     dispatcher = AlertDispatcher(receivers, RetryPolicy(retries=1, backoff_s=0), transport=transport, sleep=Sleeps())
     with caplog.at_level(logging.DEBUG):
@@ -157,9 +171,13 @@ def test_secrets_never_reach_the_logs(caplog):
 @pytest.mark.unit
 def test_receivers_come_from_settings_and_secrets_stay_hidden():
     assert build_receivers(MonitoringSettings()) == []
-    settings = MonitoringSettings(alertmanager_url="http://am:9093", pagerduty_routing_key=ROUTING_KEY,
-                                  slack_webhook_url="https://hooks.slack.com" + SLACK_PATH, cooldown_s=5,
-                                  delivery_retries=1)  # fmt: skip
+    settings = MonitoringSettings(
+        alertmanager_url="http://am:9093",
+        pagerduty_routing_key=ROUTING_KEY,
+        slack_webhook_url="https://hooks.slack.com" + SLACK_PATH,
+        cooldown_s=5,
+        delivery_retries=1,
+    )
     dispatcher = build_dispatcher(settings)
     assert [r.name for r in dispatcher.receivers] == ["alertmanager", "pagerduty", "slack"]
     assert dispatcher.cooldown_s == 5 and dispatcher.retry.retries == 1
@@ -171,15 +189,21 @@ def test_receivers_come_from_settings_and_secrets_stay_hidden():
 def test_alertmanager_alert_shape():
     receiver = AlertmanagerReceiver("http://am:9093", alert_ttl_s=600, generator_url="http://grafana/d/drift")
     firing = receiver.alert(make_event())
-    assert firing["labels"] == {"alertname": "ModelDrift", "model": "classifier", "kind": "data",
-                                "severity": "critical", "service": "driftloop"}  # fmt: skip
+    assert firing["labels"] == {
+        "alertname": "ModelDrift",
+        "model": "classifier",
+        "kind": "data",
+        "severity": "critical",
+        "service": "driftloop",
+    }
     assert firing["generatorURL"] == "http://grafana/d/drift"
     ends = datetime.fromisoformat(firing["endsAt"])
     assert timedelta(seconds=590) < ends - datetime.now(UTC) <= timedelta(seconds=600)
     event = make_event("resolved")
     resolved = receiver.alert(event)
     assert datetime.fromisoformat(resolved["endsAt"]) == event.detected_at.replace(
-        microsecond=event.detected_at.microsecond // 1000 * 1000)  # fmt: skip
+        microsecond=event.detected_at.microsecond // 1000 * 1000
+    )
     assert resolved["labels"] == firing["labels"]
 
 
@@ -198,8 +222,16 @@ def test_pagerduty_events_v2_trigger_and_resolve_reach_a_real_server(recorder_fa
     assert trigger["routing_key"] == ROUTING_KEY and trigger["event_action"] == "trigger"
     assert trigger["dedup_key"] == "driftloop/classifier/data" and trigger["client"] == "driftloop"
     payload = trigger["payload"]
-    assert set(payload) == {"summary", "source", "severity", "timestamp", "component", "group", "class",
-                            "custom_details"}  # fmt: skip
+    assert set(payload) == {
+        "summary",
+        "source",
+        "severity",
+        "timestamp",
+        "component",
+        "group",
+        "class",
+        "custom_details",
+    }
     assert payload["severity"] == "critical" and payload["component"] == "classifier"
     assert payload["group"] == "classifier v3" and payload["class"] == "data drift"
     assert "amount" in payload["summary"] and len(payload["summary"]) <= 1024
@@ -224,8 +256,14 @@ def test_slack_messages_and_retries_against_a_real_server(recorder_factory):
     assert firing["text"].startswith("[WARNING] data drift of classifier v3 in amount, oov_share")
     attachment = firing["attachments"][0]
     assert attachment["color"] == "#f2a900" and attachment["title"] == "data drift detected: classifier"
-    assert {f["title"] for f in attachment["fields"]} == {"Model", "Kind", "Window", "Metrics", "Drifted columns",
-                                                          "Report"}  # fmt: skip
+    assert {f["title"] for f in attachment["fields"]} == {
+        "Model",
+        "Kind",
+        "Window",
+        "Metrics",
+        "Drifted columns",
+        "Report",
+    }
     assert resolved["text"].startswith("[RESOLVED] data drift of classifier v3 cleared")
     assert resolved["attachments"][0]["color"] == "#2eb886"
 
@@ -238,8 +276,13 @@ def test_alertmanager_holds_a_firing_alert_and_drops_it_on_resolve(alertmanager)
     assert dispatcher.dispatch(fired) == {"alertmanager": "sent"}
     alerts = alertmanager.wait_alerts(lambda a: len(a) == 1, model=model)
     alert = alerts[0]
-    assert alert["labels"] == {"alertname": "ModelDrift", "model": model, "kind": "data", "severity": "critical",
-                               "service": "driftloop"}  # fmt: skip
+    assert alert["labels"] == {
+        "alertname": "ModelDrift",
+        "model": model,
+        "kind": "data",
+        "severity": "critical",
+        "service": "driftloop",
+    }
     assert alert["status"]["state"] == "active"
     assert (
         alert["annotations"]["event_id"] == fired.id and alert["annotations"]["drifted_columns"] == "amount,oov_share"

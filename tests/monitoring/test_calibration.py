@@ -43,17 +43,19 @@ def _events(rng, n, *, shift=0.0, oov=0.1, prior=(1 / 3, 1 / 3, 1 / 3), relabel=
     predicted = np.where(rng.random(n) < 0.92, true, (true + 1) % 3)
     truth = np.where(rng.random(n) < relabel, (true + 1) % 3, true)
     names = np.array(LABELS, dtype=object)
-    return pd.DataFrame({
-        "amount": rng.lognormal(3.5 + shift, 0.6, n),
-        "items": rng.integers(1, 6, n).astype("float64"),
-        "text_length": rng.normal(40 + 4 * true, 9, n).round(),
-        "word_count": rng.poisson(7 + true, n).astype("float64"),
-        "oov_share": np.where(rng.random(n) < oov, rng.uniform(0.05, 0.5, n), 0.0),
-        "label": names[predicted],
-        "max_score": rng.beta(9 - 2 * (predicted != true), 1.5, n),
-        "true_label": np.where(rng.random(n) < label_share, names[truth], None),
-        "entity_id": rng.integers(0, 200, n).astype(str),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "amount": rng.lognormal(3.5 + shift, 0.6, n),
+            "items": rng.integers(1, 6, n).astype("float64"),
+            "text_length": rng.normal(40 + 4 * true, 9, n).round(),
+            "word_count": rng.poisson(7 + true, n).astype("float64"),
+            "oov_share": np.where(rng.random(n) < oov, rng.uniform(0.05, 0.5, n), 0.0),
+            "label": names[predicted],
+            "max_score": rng.beta(9 - 2 * (predicted != true), 1.5, n),
+            "true_label": np.where(rng.random(n) < label_share, names[truth], None),
+            "entity_id": rng.integers(0, 200, n).astype(str),
+        }
+    )
 
 
 def _reference(rng, n=600) -> ReferenceSample:
@@ -191,8 +193,14 @@ def test_a_short_window_or_few_entities_is_not_judged(calibrated):
 def test_a_calibration_is_stored_with_its_version_and_reused_only_for_the_same_settings(calibrated):
     reference, _ = calibrated
     rows = reference.frame.to_dict("records")
-    metadata = {"model": "m", "version": 1, "labels": list(LABELS), "feature_names": list(FEATURES),
-                "reference": rows, "metrics": reference.metrics}  # fmt: skip
+    metadata = {
+        "model": "m",
+        "version": 1,
+        "labels": list(LABELS),
+        "feature_names": list(FEATURES),
+        "reference": rows,
+        "metrics": reference.metrics,
+    }
     policy = DriftPolicy(window_size=WINDOW, calibration_resamples=500)
     metadata["calibration"] = version_calibration(metadata, policy)
     loaded = reference_from_metadata(metadata, "m", 1, Path("metadata.json"))

@@ -81,8 +81,9 @@ def test_drift_report_checks_the_latest_predictions_and_saves_the_html(served, t
     report = summary["report_path"]
     assert report.startswith(str(tmp_path / "reports")) and os.path.isfile(report)
 
-    text = runner.invoke(cli, ["drift", "report", "--model", model, "--window", "300", "--out", str(tmp_path / "x")],
-                         env=env)  # fmt: skip
+    text = runner.invoke(
+        cli, ["drift", "report", "--model", model, "--window", "300", "--out", str(tmp_path / "x")], env=env
+    )
     assert text.exit_code == 0, text.output
     assert f"{model} v1: window of 300 predictions (300 labelled) vs 600 reference rows" in text.output
     assert "report: " + str(tmp_path / "x") in text.output

@@ -43,7 +43,10 @@ def test_stable_window_has_no_drift_of_any_kind(synthetic_factory):
     data = result.kinds["data"]
     assert data.metrics["statistic"] < data.metrics["threshold"] and not data.drifted_columns
     assert {k: data.metrics[k] for k in ("drift_share", "drifted_count", "column_count")} == {
-        "drift_share": 0.0, "drifted_count": 0.0, "column_count": 5.0}  # fmt: skip
+        "drift_share": 0.0,
+        "drifted_count": 0.0,
+        "column_count": 5.0,
+    }
     assert result.comparable and set(result.statistics) == set(result.columns)
     assert result.statistics["amount"].method == "ks" and result.statistics["label"].method == "jensenshannon"
     assert result.kinds["performance"].metrics["accuracy"] > 0.95
@@ -116,10 +119,14 @@ def test_categorical_and_few_valued_columns_avoid_evidentlys_chi_square(syntheti
     chi = get_stattest(reference, current, ColumnType.Categorical, None)
     assert chi.name == "chisquare"
     flagged = sum(
-        chi(pd.Series(rng.choice(["a", "b", "c"], 1000)), pd.Series(rng.choice(["a", "b", "c"], 10_000)),
-            ColumnType.Categorical, None).drifted
+        chi(
+            pd.Series(rng.choice(["a", "b", "c"], 1000)),
+            pd.Series(rng.choice(["a", "b", "c"], 10_000)),
+            ColumnType.Categorical,
+            None,
+        ).drifted
         for _ in range(20)
-    )  # fmt: skip
+    )
     assert flagged >= 5
     assert not column_drift("label", reference, current, DriftPolicy()).drifted
     assert column_drift("label", reference, current, DriftPolicy()).method == "jensenshannon"

@@ -26,8 +26,10 @@ def test_a_check_sets_share_scores_window_and_accuracy_gauges(synthetic_factory)
     result = _result(synthetic_factory(), 400, drift_at=0)
     metrics.observe_check(result)
     value = metrics.registry.get_sample_value
-    assert value("driftloop_drift_share", {"model": "classifier", "kind": "data"}) == result.kinds["data"].metrics[
-        "drift_share"]  # fmt: skip
+    assert (
+        value("driftloop_drift_share", {"model": "classifier", "kind": "data"})
+        == result.kinds["data"].metrics["drift_share"]
+    )
     assert value("driftloop_drift_score", {"model": "classifier", "column": "amount", "method": "ks"}) < 0.05
     assert value("driftloop_drift_column_drifted", {"model": "classifier", "column": "amount"}) == 1.0
     assert value("driftloop_drift_window_size", {"model": "classifier"}) == 400

@@ -14,8 +14,16 @@ from streams.schemas import Label
 
 pytestmark = pytest.mark.unit
 
-SMALL = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 3600,
-         "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100, "reports_keep": 3}  # fmt: skip
+SMALL = {
+    "window_size": 300,
+    "min_window": 200,
+    "check_every_events": 100,
+    "check_interval_s": 3600,
+    "hysteresis_checks": 2,
+    "resolve_checks": 2,
+    "min_labelled": 100,
+    "reports_keep": 3,
+}
 
 
 class Clock:
@@ -78,8 +86,13 @@ def test_drift_fires_after_k_checks_repeats_while_open_and_resolves_when_it_clea
     assert (data.model, data.version, data.dedup_key) == ("classifier", 1, "driftloop/classifier/data")
     assert data.window.size == 300 and data.window.labelled == 300 and data.window.start < data.window.end
     assert {"amount", "items", "oov_share"} <= set(data.drifted_columns)
-    assert data.metrics["drift_share"] >= 0.5 and set(data.scores) == {"amount", "items", "text_length",
-                                                                         "word_count", "oov_share"}  # fmt: skip
+    assert data.metrics["drift_share"] >= 0.5 and set(data.scores) == {
+        "amount",
+        "items",
+        "text_length",
+        "word_count",
+        "oov_share",
+    }
     assert data.report_path and Path(data.report_path).is_file()
     assert events["performance"].metrics["accuracy"] < 0.7
     assert DriftEvent.from_bytes(data.to_bytes()) == data
@@ -204,7 +217,10 @@ def test_a_new_champion_switches_the_reference_and_an_open_alert_waits_for_clean
     assert track.reference.version == 2
     resolved = outcomes[0].events
     assert {(e.kind, e.status, e.version) for e in resolved} == {
-        ("data", "resolved", 2), ("prediction", "resolved", 2), ("performance", "resolved", 2)}  # fmt: skip
+        ("data", "resolved", 2),
+        ("prediction", "resolved", 2),
+        ("performance", "resolved", 2),
+    }
 
 
 def test_a_missing_reference_is_logged_once_and_checks_resume_when_it_appears(make_monitor, synthetic_factory, caplog):

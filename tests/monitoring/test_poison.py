@@ -25,8 +25,15 @@ from streams.skips import SkippedRecords
 
 pytestmark = pytest.mark.unit
 
-SMALL = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 3600,
-         "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100}  # fmt: skip
+SMALL = {
+    "window_size": 300,
+    "min_window": 200,
+    "check_every_events": 100,
+    "check_interval_s": 3600,
+    "hysteresis_checks": 2,
+    "resolve_checks": 2,
+    "min_labelled": 100,
+}
 YEAR_ONE = "0001-01-01T00:00:00+01:00"
 NAIVE = "2026-11-27T10:00:00"
 GARBAGE = [None, b"", b"\xff\xfe\x00\x81binary", b"not json", b"[1, 2]", b"null", b"{" * 5000, b'{"a": NaN}']
@@ -119,9 +126,11 @@ def test_valid_predictions_with_absurd_values_enter_the_window_and_checks_still_
     worker = MonitorWorker(settings)
     messages = []
     for i, (prediction, _) in enumerate(served.predictions(250, seed=4)):
-        absurd = {"features": {k: (1e308 if i % 2 else -1e308) for k in prediction.features},
-                  "text_stats": {k: 1e308 for k in prediction.text_stats or {}},
-                  "scores": {} if i % 3 else {prediction.label: -1e308}}  # fmt: skip
+        absurd = {
+            "features": {k: (1e308 if i % 2 else -1e308) for k in prediction.features},
+            "text_stats": {k: 1e308 for k in prediction.text_stats or {}},
+            "scores": {} if i % 3 else {prediction.label: -1e308},
+        }
         value = _json({**json.loads(prediction.to_bytes()), **absurd})  # NaN / Infinity: refused by the contract
         messages.append(_msg(settings, "predictions-v1", value, i))
     folded = worker._fold(messages)
@@ -149,18 +158,30 @@ def test_an_unexpected_exception_dead_letters_that_prediction_only(settings, ser
 def test_a_check_that_raises_is_counted_and_the_loop_goes_on(settings, served, caplog):
     def broken_reference(settings, model, version) -> ReferenceSample:
         reference = load_reference(settings, model, version)
-        return ReferenceSample(model, version, reference.labels, reference.feature_names,
-                               reference.frame.drop(columns=["label"]), reference.metrics, reference.path)  # fmt: skip
+        return ReferenceSample(
+            model,
+            version,
+            reference.labels,
+            reference.feature_names,
+            reference.frame.drop(columns=["label"]),
+            reference.metrics,
+            reference.path,
+        )
 
     metrics = MonitorMetrics()
-    worker = MonitorWorker(settings, metrics=metrics,
-                           monitor=Monitor(settings, metrics, reference_loader=broken_reference))  # fmt: skip
+    worker = MonitorWorker(
+        settings, metrics=metrics, monitor=Monitor(settings, metrics, reference_loader=broken_reference)
+    )
     pairs = served.predictions(420, seed=6)
     messages = [_msg(settings, "predictions-v1", p.to_bytes(), i) for i, (p, _) in enumerate(pairs)]
     folded = worker._fold(messages)  # checks fall due at 200, 300, 400
     assert folded.outcomes == [] and folded.dead == []
-    assert metrics.registry.get_sample_value("driftloop_drift_check_errors_total",
-                                             {"model": "classifier", "error": "KeyError"}) == 3  # fmt: skip
+    assert (
+        metrics.registry.get_sample_value(
+            "driftloop_drift_check_errors_total", {"model": "classifier", "error": "KeyError"}
+        )
+        == 3
+    )
     assert len(worker.monitor.tracks["classifier"].window) == 300
     assert "drift check failed" in caplog.text
 
@@ -187,8 +208,9 @@ def test_hostile_labels_are_skipped_counted_and_never_dead_lettered(settings, se
     labels = [Label(event_id=p.event_id, label=label, labelled_at=datetime.now(UTC)) for p, label in pairs]
     messages += [_msg(settings, "labels-v1", label.to_bytes(), 200 + i) for i, label in enumerate(labels)]
     # A label for an event nobody has seen (yet) is kept aside, not refused: its prediction may come later.
-    messages.append(_msg(settings, "labels-v1", _json({"event_id": "later", "label": "positive",
-                                                       "labelled_at": now}), 300))  # fmt: skip
+    messages.append(
+        _msg(settings, "labels-v1", _json({"event_id": "later", "label": "positive", "labelled_at": now}), 300)
+    )
 
     skipped = worker.metrics.skipped
     before = {r: _skipped(skipped, "labels-v1", r) for r in ("labelled_at", "unknown label", "not json", "event_id")}
@@ -220,8 +242,9 @@ def test_a_pending_label_the_version_does_not_have_is_dropped_when_its_predictio
 
 
 def test_a_prediction_dated_far_ahead_cannot_empty_a_window_with_a_max_age(tmp_path, served):
-    settings = load_settings(triton={"model_repository": tmp_path / "repo"},
-                             monitoring={**SMALL, "window_max_age_s": 3600})  # fmt: skip
+    settings = load_settings(
+        triton={"model_repository": tmp_path / "repo"}, monitoring={**SMALL, "window_max_age_s": 3600}
+    )
     worker = MonitorWorker(settings)
     pairs = served.predictions(10, seed=9)
     ahead = pairs[0][0].model_copy(update={"event_id": "ahead", "event_time": datetime.now(UTC) + timedelta(days=3)})
@@ -236,17 +259,31 @@ def test_a_prediction_dated_far_ahead_cannot_empty_a_window_with_a_max_age(tmp_p
 
 def _drift_event(model: str) -> dict:
     now = datetime.now(UTC).isoformat()
-    return {"id": "ev-1", "kind": "data", "status": "firing", "severity": "critical", "model": model, "version": 1,
-            "dedup_key": f"driftloop/{model}/data", "window": {"start": now, "end": now, "size": 300, "labelled": 0},
-            "metrics": {"drift_share": 0.8}, "drifted_columns": ["amount"], "started_at": now, "detected_at": now}  # fmt: skip
+    return {
+        "id": "ev-1",
+        "kind": "data",
+        "status": "firing",
+        "severity": "critical",
+        "model": model,
+        "version": 1,
+        "dedup_key": f"driftloop/{model}/data",
+        "window": {"start": now, "end": now, "size": 300, "labelled": 0},
+        "metrics": {"drift_share": 0.8},
+        "drifted_columns": ["amount"],
+        "started_at": now,
+        "detected_at": now,
+    }
 
 
 def test_drift_events_read_back_skip_what_cannot_be_used(settings, served):
     worker = MonitorWorker(settings)
     skipped = worker.metrics.skipped
     before = _skipped(skipped, "drift-v1", "unknown model"), _skipped(skipped, "drift-v1", "window.start")
-    hostile = [*GARBAGE, _json(_drift_event("nobody")), _json({**_drift_event("classifier"),
-               "window": {"start": YEAR_ONE, "end": None, "size": 1, "labelled": 0}})]  # fmt: skip
+    hostile = [
+        *GARBAGE,
+        _json(_drift_event("nobody")),
+        _json({**_drift_event("classifier"), "window": {"start": YEAR_ONE, "end": None, "size": 1, "labelled": 0}}),
+    ]
     assert [worker._own_event(v) for v in hostile] == [None] * len(hostile)
     event = worker._own_event(_json(_drift_event("classifier")))
     assert event is not None and event.model == "classifier"
@@ -272,8 +309,10 @@ def test_model_states_that_cannot_be_followed_are_skipped_and_counted(settings, 
         "huge model name": _json({**state, "model": "m" * 200_000}),
         "absurd champion": _json({**state, "champion": 10**400}),
     }
-    results = {name: followed_state(_msg(settings, "models-v1", v, i), repository, skipped)
-               for i, (name, v) in enumerate(hostile.items())}  # fmt: skip
+    results = {
+        name: followed_state(_msg(settings, "models-v1", v, i), repository, skipped)
+        for i, (name, v) in enumerate(hostile.items())
+    }
     assert results == dict.fromkeys(hostile)
     assert skipped.count("models-v1", "unknown model") == 1 and skipped.count("models-v1", "unknown version") == 1
     assert skipped.count("models-v1", "empty value") == 1
@@ -299,20 +338,30 @@ def test_the_demo_observer_skips_what_it_cannot_read(settings, served):
         ("predictions-v1", _json({**valid, "predicted_at": YEAR_ONE})),
         ("labels-v1", _json({"event_id": prediction.event_id, "label": label, "labelled_at": NAIVE})),
         ("labels-v1", _json({"event_id": prediction.event_id, "label": "x" * 200_000, "labelled_at": now})),
-        ("drift-v1", _json([1, 2])), ("drift-v1", _json({**_drift_event("classifier"), "detected_at": YEAR_ONE})),
-        ("dlq-v1", b"garbage"), ("dlq-v1", None),
-        ("models-v1", None), ("models-v1", _json({"model": "classifier", "champion": "two"})),
+        ("drift-v1", _json([1, 2])),
+        ("drift-v1", _json({**_drift_event("classifier"), "detected_at": YEAR_ONE})),
+        ("dlq-v1", b"garbage"),
+        ("dlq-v1", None),
+        ("models-v1", None),
+        ("models-v1", _json({"model": "classifier", "champion": "two"})),
         *((topic, g) for topic in ("labels-v1", "drift-v1", "models-v1") for g in GARBAGE),
-    ]  # fmt: skip
-    accepted = [(topic, (value or b"")[:100]) for i, (topic, value) in enumerate(hostile)
-                if view.observe(_msg(settings, topic, value, i))]  # fmt: skip
+    ]
+    accepted = [
+        (topic, (value or b"")[:100])
+        for i, (topic, value) in enumerate(hostile)
+        if view.observe(_msg(settings, topic, value, i))
+    ]
     assert accepted == []
 
     state = {"model": "classifier", "champion": 1, "event": "promoted", "at": now}
     letter = DeadLetter.of("inference", "x", {"topic": "t", "partition": 0, "offset": 1}, None, b"v")
-    good = [("predictions-v1", prediction.to_bytes()), ("labels-v1", Label(event_id=prediction.event_id, label=label,
-            labelled_at=datetime.now(UTC)).to_bytes()), ("drift-v1", _json(_drift_event("classifier"))),
-            ("dlq-v1", letter.to_bytes()), ("models-v1", _json(state))]  # fmt: skip
+    good = [
+        ("predictions-v1", prediction.to_bytes()),
+        ("labels-v1", Label(event_id=prediction.event_id, label=label, labelled_at=datetime.now(UTC)).to_bytes()),
+        ("drift-v1", _json(_drift_event("classifier"))),
+        ("dlq-v1", letter.to_bytes()),
+        ("models-v1", _json(state)),
+    ]
     assert all(view.observe(_msg(settings, topic, value)) for topic, value in good)
     seen = view.seen
     assert list(seen.predictions) == [prediction.event_id] and seen.labels == {prediction.event_id: label}
@@ -326,12 +375,21 @@ def test_the_demo_observer_skips_what_it_cannot_read(settings, served):
 @pytest.mark.parametrize("stream", ["predictions", "labels", "drift", "models", "dlq", "events"])
 def test_tail_prints_any_record_as_one_line(stream, served):
     (prediction, _), *_ = served.predictions(1, seed=11)
-    values = [*GARBAGE, b"x" * 300_000, b"\xff" * 300_000, _json({"event_time": YEAR_ONE}),
-              _json({**json.loads(prediction.to_bytes()), "scores": {}}), prediction.to_bytes()]  # fmt: skip
+    values = [
+        *GARBAGE,
+        b"x" * 300_000,
+        b"\xff" * 300_000,
+        _json({"event_time": YEAR_ONE}),
+        _json({**json.loads(prediction.to_bytes()), "scores": {}}),
+        prediction.to_bytes(),
+    ]
     for value in values:
         line = pretty_line(stream, value, "t[0]@1")
         assert "\n" not in line and len(line) < 2000, line[:200]
-    assert pretty_line(stream, None, "t[0]@7") == f"! t[0]@7 invalid {stream} record: empty value (tombstone) | (tombstone)"
+    assert (
+        pretty_line(stream, None, "t[0]@7")
+        == f"! t[0]@7 invalid {stream} record: empty value (tombstone) | (tombstone)"
+    )
     assert "base64:" in pretty_line(stream, b"\xff\x00binary")
 
 

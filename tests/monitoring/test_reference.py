@@ -34,16 +34,29 @@ def test_load_reference_builds_the_window_columns(settings, synthetic_factory):
     reference = load_reference(settings, "classifier", 1)
     assert reference.feature_names == ("amount", "items")
     assert reference.labels == ("negative", "neutral", "positive")
-    assert list(reference.frame.columns) == ["amount", "items", "text_length", "word_count", "oov_share", "label",
-                                             "max_score"]  # fmt: skip
+    assert list(reference.frame.columns) == [
+        "amount",
+        "items",
+        "text_length",
+        "word_count",
+        "oov_share",
+        "label",
+        "max_score",
+    ]
     assert len(reference.frame) == 50
     assert reference.frame["amount"].dtype == "float64" and reference.frame["label"].dtype == object
     assert reference.metrics == {"accuracy": 0.98, "macro_f1": 0.98}
 
 
 def test_missing_values_and_columns_become_nan(settings):
-    _write(settings, {"feature_names": ["amount"], "labels": ["a"], "reference": [
-        {"amount": None, "label": "a", "max_score": 0.9}, {"amount": 2.5, "label": "a"}]})  # fmt: skip
+    _write(
+        settings,
+        {
+            "feature_names": ["amount"],
+            "labels": ["a"],
+            "reference": [{"amount": None, "label": "a", "max_score": 0.9}, {"amount": 2.5, "label": "a"}],
+        },
+    )
     reference = load_reference(settings, "classifier", 1)
     assert reference.descriptor_columns == ()
     assert reference.frame["amount"].isna().tolist() == [True, False]

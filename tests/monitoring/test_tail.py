@@ -17,9 +17,17 @@ from streams.schemas import Label
 
 pytestmark = pytest.mark.integration
 
-HOSTILE = [b"\xff\xfe\x00binary", b"not json", b"[1, 2]", b'{"a": NaN}', b"{" * 5000, b"x" * 200_000, None,
-           json.dumps({"event_id": "e", "label": "positive", "labelled_at": "0001-01-01T00:00:00+01:00"}).encode(),
-           b'{"multi":\n "line"}']  # fmt: skip
+HOSTILE = [
+    b"\xff\xfe\x00binary",
+    b"not json",
+    b"[1, 2]",
+    b'{"a": NaN}',
+    b"{" * 5000,
+    b"x" * 200_000,
+    None,
+    json.dumps({"event_id": "e", "label": "positive", "labelled_at": "0001-01-01T00:00:00+01:00"}).encode(),
+    b'{"multi":\n "line"}',
+]
 
 
 @click.group()
@@ -39,15 +47,20 @@ def garbage_everywhere(settings_factory, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     settings = settings_factory()
     ensure_topics(settings)
-    records = [Record(settings.kafka.topic(topic), value, key=f"k-{uuid.uuid4().hex[:6]}".encode())
-               for topic in TAILABLE.values() for value in HOSTILE]  # fmt: skip
+    records = [
+        Record(settings.kafka.topic(topic), value, key=f"k-{uuid.uuid4().hex[:6]}".encode())
+        for topic in TAILABLE.values()
+        for value in HOSTILE
+    ]
     label = Label(event_id="ev-1", label="positive", labelled_at=datetime.now(UTC))
     records.append(Record(settings.kafka.topic("labels-v1"), label.to_bytes(), key=b"ev-1"))
     with KafkaProducer(settings) as producer:
         producer.produce_batch(records)
-    env = {"DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-           "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-           "DRIFTLOOP_KAFKA__SESSION_TIMEOUT_MS": "6000"}  # fmt: skip
+    env = {
+        "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+        "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "DRIFTLOOP_KAFKA__SESSION_TIMEOUT_MS": "6000",
+    }
     return settings, env
 
 

@@ -56,8 +56,18 @@ def test_frame_has_features_descriptors_prediction_and_truth(predictions):
     for prediction, label in predictions:
         window.add(prediction, true_label=label)
     frame = window.frame(("amount", "items", "missing"))
-    assert list(frame.columns) == ["amount", "items", "missing", "text_length", "word_count", "oov_share", "label",
-                                   "max_score", TRUE_LABEL, ENTITY_ID]  # fmt: skip
+    assert list(frame.columns) == [
+        "amount",
+        "items",
+        "missing",
+        "text_length",
+        "word_count",
+        "oov_share",
+        "label",
+        "max_score",
+        TRUE_LABEL,
+        ENTITY_ID,
+    ]
     assert frame[ENTITY_ID].tolist() == [p.entity_id for p, _ in predictions]
     assert frame["missing"].isna().all()
     assert frame["amount"].tolist() == [p.features["amount"] for p, _ in predictions]

@@ -26,9 +26,19 @@ K = 400  # events before the shift
 DRIFTED = 600
 CLEARING = 800
 # Windows of 300 checked every 100 events overlap; the calibrated thresholds keep the stable phases quiet.
-SMALL = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 3600,
-         "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100, "reports_keep": 10,
-         "retry_backoff_s": 0.05, "delivery_timeout_s": 2.0, "cooldown_s": 3600}  # fmt: skip
+SMALL = {
+    "window_size": 300,
+    "min_window": 200,
+    "check_every_events": 100,
+    "check_interval_s": 3600,
+    "hysteresis_checks": 2,
+    "resolve_checks": 2,
+    "min_labelled": 100,
+    "reports_keep": 10,
+    "retry_backoff_s": 0.05,
+    "delivery_timeout_s": 2.0,
+    "cooldown_s": 3600,
+}
 
 
 @pytest.fixture
@@ -38,11 +48,17 @@ def monitored(settings_factory, tmp_path, alertmanager, recorder_factory, synthe
     hooks = recorder_factory()
     settings = settings_factory(
         triton={"model_repository": tmp_path / "repo"},
-        monitoring={**SMALL, "reports_dir": tmp_path / "reports", "metrics_port": free_port(),
-                    "group_id": f"monitor-{model}", "alertmanager_url": alertmanager.url,
-                    "pagerduty_url": hooks.url + "/v2/enqueue", "pagerduty_routing_key": "routing-key-secret",
-                    "slack_webhook_url": hooks.url + "/slack/T0/B0/secret"},
-    )  # fmt: skip
+        monitoring={
+            **SMALL,
+            "reports_dir": tmp_path / "reports",
+            "metrics_port": free_port(),
+            "group_id": f"monitor-{model}",
+            "alertmanager_url": alertmanager.url,
+            "pagerduty_url": hooks.url + "/v2/enqueue",
+            "pagerduty_routing_key": "routing-key-secret",
+            "slack_webhook_url": hooks.url + "/slack/T0/B0/secret",
+        },
+    )
     ensure_topics(settings)
     setup = synthetic_factory(name=model)
     setup.write(settings.triton.model_repository)
@@ -112,11 +128,15 @@ def test_drift_after_event_k_fires_alerts_and_clearing_resolves_them(monitored, 
             assert resolved["data"].firing_event_id == data.id and resolved["data"].drifted_columns == []
             alertmanager.wait_alerts(lambda a: a == [], model=model)
             alertmanager.notifications.wait_for(
-                lambda bodies: any(b["commonLabels"].get("model") == model and b["status"] == "resolved"
-                                   for b in bodies), path="/alertmanager")  # fmt: skip
+                lambda bodies: any(
+                    b["commonLabels"].get("model") == model and b["status"] == "resolved" for b in bodies
+                ),
+                path="/alertmanager",
+            )
             resolves = hooks.wait_for(lambda b: sum(x["event_action"] == "resolve" for x in b) == 3, path="/v2/enqueue")
             assert {r["dedup_key"] for r in resolves if r["event_action"] == "resolve"} == {
-                t["dedup_key"] for t in triggers}  # fmt: skip
+                t["dedup_key"] for t in triggers
+            }
             assert sum(b["text"].startswith("[RESOLVED]") for b in hooks.bodies("/slack/T0/B0/secret")) == 3
             wait_until(lambda: worker.monitor.observed["labels"] >= K + DRIFTED + CLEARING, what="all consumed")
         assert len(drift.poll()) == 6
@@ -166,8 +186,10 @@ def test_with_late_partial_labels_it_pages_on_a_real_drift_and_not_before(monito
             wait_until(lambda: worker.monitor.observed["predictions"] >= 600, what="stable predictions consumed")
             produce_labels(settings, stable[::2])
             track = worker.monitor.tracks[model]
-            wait_until(lambda: track.last_result is not None and track.last_result.window.labelled == 300,
-                       what="a check of the stable window with its late labels")  # fmt: skip
+            wait_until(
+                lambda: track.last_result is not None and track.last_result.window.labelled == 300,
+                what="a check of the stable window with its late labels",
+            )
             assert track.last_result.kinds["performance"].detected is False
             assert drift.poll() == [] and hooks.bodies("/v2/enqueue") == []
 

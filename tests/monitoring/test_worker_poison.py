@@ -19,16 +19,25 @@ from monitoring import MonitorWorker
 from monitoring.sources import read_tail
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import DeadLetter
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, running
 from tests.helpers import wait_until
+from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_predictions, running
 
 pytestmark = pytest.mark.integration
 
 K = 400
 DRIFTED = 600
-SMALL = {"window_size": 300, "min_window": 200, "check_every_events": 100, "check_interval_s": 3600,
-         "num_threshold": 0.01, "hysteresis_checks": 2, "resolve_checks": 2, "min_labelled": 100,
-         "cooldown_s": 3600, "metrics_port": 0}  # fmt: skip
+SMALL = {
+    "window_size": 300,
+    "min_window": 200,
+    "check_every_events": 100,
+    "check_interval_s": 3600,
+    "num_threshold": 0.01,
+    "hysteresis_checks": 2,
+    "resolve_checks": 2,
+    "min_labelled": 100,
+    "cooldown_s": 3600,
+    "metrics_port": 0,
+}
 YEAR_ONE = "0001-01-01T00:00:00+01:00"
 GARBAGE = [b"\xff\xfe\x00binary", b"not json", b"[1, 2]", b"{" * 5000, b'{"a": NaN}', b""]
 
@@ -43,10 +52,22 @@ def _state(model: str, champion: int | None, at: str | None = None) -> bytes:
 
 def _drift_event(model: str, when: str | None = None) -> bytes:
     now = datetime.now(UTC).isoformat()
-    return _json({"id": uuid.uuid4().hex, "kind": "data", "status": "firing", "severity": "critical", "model": model,
-                  "version": 1, "dedup_key": f"driftloop/{model}/data", "metrics": {"drift_share": 0.9},
-                  "window": {"start": now, "end": now, "size": 300, "labelled": 0}, "drifted_columns": ["amount"],
-                  "started_at": when or now, "detected_at": when or now})  # fmt: skip
+    return _json(
+        {
+            "id": uuid.uuid4().hex,
+            "kind": "data",
+            "status": "firing",
+            "severity": "critical",
+            "model": model,
+            "version": 1,
+            "dedup_key": f"driftloop/{model}/data",
+            "metrics": {"drift_share": 0.9},
+            "window": {"start": now, "end": now, "size": 300, "labelled": 0},
+            "drifted_columns": ["amount"],
+            "started_at": when or now,
+            "detected_at": when or now,
+        }
+    )
 
 
 @pytest.fixture
@@ -63,8 +84,11 @@ def poisoned(settings_factory, tmp_path, synthetic_factory):
     produce_champion(settings, model, 1)
     drift, models = settings.kafka.topic("drift-v1"), settings.kafka.topic("models-v1")
     records = [Record(drift, g, key=model.encode()) for g in GARBAGE]
-    records += [Record(drift, None, key=model.encode()), Record(drift, _drift_event("nobody"), key=b"nobody"),
-                Record(drift, _drift_event(model, YEAR_ONE), key=model.encode())]  # fmt: skip
+    records += [
+        Record(drift, None, key=model.encode()),
+        Record(drift, _drift_event("nobody"), key=b"nobody"),
+        Record(drift, _drift_event(model, YEAR_ONE), key=model.encode()),
+    ]
     records += _models_poison(models, model)
     with KafkaProducer(settings) as producer:
         producer.produce_batch(records)
@@ -127,7 +151,7 @@ def test_poison_on_every_topic_stops_nothing_and_a_real_drift_still_alerts(poiso
                     + [Record(settings.kafka.topic("labels-v1"), v, key=b"x") for v in hostile_labels]
                     + [Record(settings.kafka.topic("labels-v1"), None, key=b"x")]
                     + _models_poison(settings.kafka.topic("models-v1"), model)
-                )  # fmt: skip
+                )
             produce_predictions(settings, stable[K // 2 :])
             observed = worker.monitor.observed
             # Labels that parse reach the monitor: the K valid ones and the two with an unknown label.
@@ -140,7 +164,9 @@ def test_poison_on_every_topic_stops_nothing_and_a_real_drift_still_alerts(poiso
             assert ours(drift.poll()) == []
 
             produce_predictions(settings, setup.predictions(DRIFTED, seed=42, drift_at=0))
-            events = ours(drift.wait_for(lambda ev: {e.kind for e in ours(ev)} == {"data", "prediction", "performance"}))
+            events = ours(
+                drift.wait_for(lambda ev: {e.kind for e in ours(ev)} == {"data", "prediction", "performance"})
+            )
             assert all(e.status == "firing" and e.version == 1 for e in events) and len(events) == 3
             assert {"amount", "items"} <= set(next(e for e in events if e.kind == "data").drifted_columns)
 
@@ -153,8 +179,9 @@ def test_poison_on_every_topic_stops_nothing_and_a_real_drift_still_alerts(poiso
             wait_until(lambda: len(dead_letters()) >= len(hostile_predictions), what="dead letters")
             assert len(letters) == len(hostile_predictions)
             assert sorted(d.original() for d in letters) == sorted(hostile_predictions)
-            assert all(d.stage == "monitoring" and d.source.topic == settings.kafka.topic("predictions-v1")
-                       for d in letters)  # fmt: skip
+            assert all(
+                d.stage == "monitoring" and d.source.topic == settings.kafka.topic("predictions-v1") for d in letters
+            )
             assert skipped.count("labels-v1", "unknown label") == 2
             assert skipped.count("labels-v1", "labelled_at") == 2
             assert skipped.count("labels-v1", "empty value") == 1  # the tombstone (b"" is an empty value: not JSON)

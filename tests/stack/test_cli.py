@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from driftloop.cli import main
-from foundation.settings import load_settings
 from driftloop.stack import kafka as local_kafka
+from foundation.settings import load_settings
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -27,10 +27,15 @@ def stack_env(tmp_path, stack_settings, monkeypatch):
         "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(tmp_path / "repo"),
         **{
             f"DRIFTLOOP_STACK__{name}": str(free_port())
-            for name in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT",
-                         "TRITON_METRICS_PORT")
+            for name in (
+                "KAFKA_PORT",
+                "KAFKA_CONTROLLER_PORT",
+                "TRITON_HTTP_PORT",
+                "TRITON_GRPC_PORT",
+                "TRITON_METRICS_PORT",
+            )
         },
-    }  # fmt: skip
+    }
     (tmp_path / "repo").mkdir()
     for key, value in env.items():
         monkeypatch.setenv(key, value)

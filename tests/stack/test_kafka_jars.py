@@ -19,7 +19,11 @@ def test_the_default_kafka_version_has_a_lock_with_the_broker_and_its_logging() 
     version = Settings().stack.kafka_version
     jars = kafka_jars.read_lock(kafka_jars.lock_path(kafka.KAFKA_DEPLOY, version))
     names = {f"{jar.group}:{jar.artifact}" for jar in jars}
-    assert {"org.apache.kafka:kafka_2.13", "org.apache.kafka:kafka-server", "org.apache.logging.log4j:log4j-core"} <= names
+    assert {
+        "org.apache.kafka:kafka_2.13",
+        "org.apache.kafka:kafka-server",
+        "org.apache.logging.log4j:log4j-core",
+    } <= names
     assert all(len(jar.sha256) == 64 for jar in jars)
     assert len(names) == len(jars)
     broker = next(jar for jar in jars if jar.artifact == "kafka_2.13")

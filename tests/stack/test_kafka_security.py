@@ -27,10 +27,10 @@ from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from driftloop.cli import main
-from foundation.settings import Settings, load_settings
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import kafka_roles
 from driftloop.stack.exceptions import StackError
+from foundation.settings import Settings, load_settings
 from streams import KafkaClientError, KafkaConsumer, KafkaProducer, Record, client_config, ensure_topics, redacted
 from streams.schemas import Event
 from tests.helpers import free_port, wait_until, worker_env
@@ -208,8 +208,10 @@ def test_feature_worker_consumes_and_commits_over_sasl_ssl(sasl_client, sasl_sta
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "driftloop.cli", "--log-level", "DEBUG", "workers", "run", "--role", "features"],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     try:
         deadline = time.monotonic() + 90
         while not _committed_to_end(sasl_stack, group, topic):
@@ -318,8 +320,15 @@ def test_client_logs_never_show_the_password(sasl_client, caplog):
 
 @pytest.mark.unit
 def test_redacted_hides_every_secret_value():
-    config = {"sasl.password": "p1", "ssl.key.password": "p2", "ssl.key.pem": "p3", "sasl.oauthbearer.config": "p4",
-              "SASL.PASSWORD": "p5", "sasl.username": "alice", "bootstrap.servers": "b:9092"}  # fmt: skip
+    config = {
+        "sasl.password": "p1",
+        "ssl.key.password": "p2",
+        "ssl.key.pem": "p3",
+        "sasl.oauthbearer.config": "p4",
+        "SASL.PASSWORD": "p5",
+        "sasl.username": "alice",
+        "bootstrap.servers": "b:9092",
+    }
     safe = redacted(config)
     assert not {"p1", "p2", "p3", "p4", "p5"} & set(safe.values())
     assert safe["sasl.username"] == "alice" and safe["bootstrap.servers"] == "b:9092"
@@ -361,9 +370,17 @@ def test_feature_worker_credentials_follow_the_client_settings(tmp_path):
     other = load_settings(stack={"run_dir": tmp_path})
     local_kafka.ensure_certificates(other)
     ca = local_kafka.ca_file(other)
-    creds = broker_credentials(load_settings(kafka={
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "scram-sha-512", "sasl_username": "alice",
-        "sasl_password": PASSWORD, "ssl_ca_location": ca}))  # fmt: skip
+    creds = broker_credentials(
+        load_settings(
+            kafka={
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "scram-sha-512",
+                "sasl_username": "alice",
+                "sasl_password": PASSWORD,
+                "ssl_ca_location": ca,
+            }
+        )
+    )
     assert isinstance(creds, faust.SASLCredentials)
     assert creds.mechanism.value == "SCRAM-SHA-512" and creds.protocol.value == "SASL_SSL"
     assert creds.username == "alice" and creds.password == PASSWORD and PASSWORD not in repr(creds)
@@ -461,9 +478,17 @@ def _produce(settings: Settings, topic: str) -> KafkaError | None:
 
 
 def _consume_one(settings: Settings, topic: str, group: str) -> Message:
-    consumer = Consumer(client_config(settings, {
-        "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False, "error_cb": lambda _e: None,
-    }))  # fmt: skip
+    consumer = Consumer(
+        client_config(
+            settings,
+            {
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "error_cb": lambda _e: None,
+            },
+        )
+    )
     consumer.subscribe([settings.kafka.topic(topic)])
     try:
         return wait_until(lambda: consumer.poll(0.5), timeout_s=30, what=f"a record or an error from {topic}")

@@ -70,11 +70,16 @@ def loaded_model(triton_server):
     else:  # an external server: ship the files with the load request
         client.load_model(
             MODEL,
-            config=json.dumps({"backend": "python", "max_batch_size": 32,
-                               "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [4]}],
-                               "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [2]}]}),
+            config=json.dumps(
+                {
+                    "backend": "python",
+                    "max_batch_size": 32,
+                    "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [4]}],
+                    "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [2]}],
+                }
+            ),
             files={"file:1/model.py": base64.b64encode(MODEL_PY.encode()).decode()},
-        )  # fmt: skip
+        )
     yield client
     if client.is_model_ready(MODEL):
         client.unload_model(MODEL)

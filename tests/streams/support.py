@@ -21,8 +21,8 @@ import pytest
 import tritonclient.http as httpclient
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from foundation.settings import Settings, load_settings
 from features.store import apply_repo
+from foundation.settings import Settings, load_settings
 from streams import KafkaConsumer, KafkaProducer, ensure_topics
 from streams.client import client_config
 from streams.generator import produce, synthetic_records
@@ -104,8 +104,12 @@ class Pipeline:
 
     def start(self, *args: str) -> subprocess.Popen:
         log = (self.folder / f"worker-{len(self.processes)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "driftloop.cli", "workers", *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftloop.cli", "workers", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
         self.processes.append(proc)
         return proc
 

@@ -25,8 +25,15 @@ FEATURES = ("account_age_days", "lifetime_events")
 
 
 def _event(event_id: str, entity_id: str = "user-1", text: str = "great service") -> bytes:
-    return json.dumps({"schema_version": 1, "event_id": event_id, "entity_id": entity_id,
-                       "event_time": "2026-11-30T12:00:00Z", "text": text}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": event_id,
+            "entity_id": entity_id,
+            "event_time": "2026-11-30T12:00:00Z",
+            "text": text,
+        }
+    ).encode()
 
 
 def _message(value: bytes | None, key: bytes | None = b"user-1", offset: int = 0, **extra) -> Message:
@@ -52,8 +59,14 @@ def _state(champion: int | None, candidate: int | None = None) -> ModelState:
 def test_valid_events_pass_and_each_refused_record_becomes_a_validate_dead_letter() -> None:
     worker = _worker()
     good = _message(_event("e1"), offset=1)
-    batch = Batch([good, _message(_event("e2"), key=b"someone-else", offset=2), _message(b"{not json", offset=3),
-                   _message(None, offset=4)])  # fmt: skip
+    batch = Batch(
+        [
+            good,
+            _message(_event("e2"), key=b"someone-else", offset=2),
+            _message(b"{not json", offset=3),
+            _message(None, offset=4),
+        ]
+    )
 
     events = worker._parse(batch)
 
@@ -96,31 +109,45 @@ def test_roles_follow_the_version_that_answered_and_failed_shadow_answers_are_dr
     served = Served([(probs, 1), (probs, 2), failed], [(probs, 2), failed, (probs, 2)], candidate=2)
 
     assert [(i, role) for i, _, role in served.answers()] == [
-        (0, "champion"), (1, "candidate"), (2, "champion"), (0, "shadow"), (2, "shadow")
-    ]  # fmt: skip
+        (0, "champion"),
+        (1, "candidate"),
+        (2, "champion"),
+        (0, "shadow"),
+        (2, "shadow"),
+    ]
     assert [role for _, _, role in Served([(probs, 1)], [], candidate=None).answers()] == ["champion"]
 
 
 def test_answers_become_predictions_and_failed_answers_dead_letters() -> None:
     worker = _worker()
     worker._vocabs = {1: None, 2: None}  # no model repository here
-    batch = Batch([_message(_event(f"e{i}"), offset=i, headers=[("traceparent", b"00-abc")] if i == 0 else None)
-                   for i in range(4)], read_at=100.0)  # fmt: skip
+    batch = Batch(
+        [
+            _message(_event(f"e{i}"), offset=i, headers=[("traceparent", b"00-abc")] if i == 0 else None)
+            for i in range(4)
+        ],
+        read_at=100.0,
+    )
     events = worker._parse(batch)
     features = {"account_age_days": [3, None, 5, 6], "lifetime_events": [10, 20, 30, 40]}
     served = Served(
-        [(np.array([0.1, 0.2, 0.7]), 1), TritonRequestError("text refused"), (np.array([0.6, 0.4]), 1),
-         (np.array([0.2, 0.5, 0.3]), 2)],
+        [
+            (np.array([0.1, 0.2, 0.7]), 1),
+            TritonRequestError("text refused"),
+            (np.array([0.6, 0.4]), 1),
+            (np.array([0.2, 0.5, 0.3]), 2),
+        ],
         [(np.array([0.9, 0.05, 0.05]), 2), TritonRequestError("shadow refused")],
         candidate=2,
-    )  # fmt: skip
+    )
 
     worker._answer(batch, events, served, features, FEATURES, Stamps(100.0, 100.5, 100.75, 101.0))
 
     assert batch.predicted == 2 and batch.dead == 2  # the shadow answer is a record, not a prediction of its own
     assert [(letter.source.offset, letter.error) for letter in _letters(batch)] == [
-        (1, "text refused"), (2, "ValueError: zip() argument 2 is shorter than argument 1")
-    ]  # fmt: skip
+        (1, "text refused"),
+        (2, "ValueError: zip() argument 2 is shorter than argument 1"),
+    ]
     assert {letter.stage for letter in _letters(batch)} == {"inference"}
     first, candidate, shadow = _predictions(batch)
     assert (first.event_id, first.label, first.role, first.model.version) == ("e0", "positive", "champion", 1)
@@ -142,8 +169,14 @@ def test_stage_timings_run_from_the_broker_timestamp_or_else_from_the_read() -> 
     worker = _worker()
     worker._vocabs = {1: None}
     batch = Batch([_message(_event("e1"), timestamp=(0, -1))])  # no broker timestamp
-    worker._answer(batch, worker._parse(batch), Served([(np.array([1.0, 0, 0]), 1)], [], None),
-                   {name: [1] for name in FEATURES}, FEATURES, stamps)  # fmt: skip
+    worker._answer(
+        batch,
+        worker._parse(batch),
+        Served([(np.array([1.0, 0, 0]), 1)], [], None),
+        {name: [1] for name in FEATURES},
+        FEATURES,
+        stamps,
+    )
     assert _predictions(batch)[0].timings_ms.queue == 250  # from read_at
 
 
@@ -192,8 +225,9 @@ def test_the_canary_share_goes_to_the_candidate_and_the_shadow_asks_it_for_every
 
     assert [role for _, _, role in served.answers()] == ["candidate"] * 4 + ["shadow"] * 4
     assert sorted(triton.calls) == [(2, 4), (2, 4)]
-    assert [role for _, _, role in _classify(_worker(canary_share=0.0), ScriptedTriton({1, 2}),
-                                             _state(1, 2)).answers()] == ["champion"] * 4  # fmt: skip
+    assert [
+        role for _, _, role in _classify(_worker(canary_share=0.0), ScriptedTriton({1, 2}), _state(1, 2)).answers()
+    ] == ["champion"] * 4
 
 
 def test_a_failing_candidate_falls_back_to_the_champion_and_an_unavailable_shadow_is_skipped() -> None:

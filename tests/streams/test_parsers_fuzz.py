@@ -43,10 +43,16 @@ PARSERS = {
     "models": (parse_model_state, InvalidRecord),
 }
 # No example database: the working tree is shared, and a failure prints its input anyway.
-FUZZ = settings(max_examples=150, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
-ISSUE_RECORD = (b'{"schema_version": 1, "event_id": "p-1", "entity_id": "cust-7", '
-                b'"event_time": "0001-01-01T00:00:00+01:00", "text": "my card was declined again"}')  # fmt: skip
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+ISSUE_RECORD = (
+    b'{"schema_version": 1, "event_id": "p-1", "entity_id": "cust-7", '
+    b'"event_time": "0001-01-01T00:00:00+01:00", "text": "my card was declined again"}'
+)
 
 
 def _times(value: object, where: str = "") -> list[tuple[str, datetime]]:
@@ -71,16 +77,16 @@ def check(topic: str, raw: bytes | None) -> object | None:
     except error:
         return None
     except Exception as exc:  # noqa: BLE001 - the property under test
-        pytest.fail(f"parse of a {topic} record raised {type(exc).__name__}, not {error.__name__}: {exc!r}; "
-                    f"input {raw[:300]!r}")  # fmt: skip
+        pytest.fail(
+            f"parse of a {topic} record raised {type(exc).__name__}, not {error.__name__}: {exc!r}; input {raw[:300]!r}"
+        )
     for where, when in _times(parsed):
         assert when.utcoffset() is not None and when.utcoffset().total_seconds() == 0, (where, when, raw[:300])
         assert MIN_TIME <= when < MAX_TIME, (where, when, raw[:300])
     try:
         again = parse(parsed.to_bytes())
     except Exception as exc:  # noqa: BLE001 - the property under test
-        pytest.fail(f"an accepted {topic} record does not round-trip: {type(exc).__name__}: {exc}; "
-                    f"input {raw[:300]!r}")  # fmt: skip
+        pytest.fail(f"an accepted {topic} record does not round-trip: {type(exc).__name__}: {exc}; input {raw[:300]!r}")
     assert again == parsed, (parsed, again, raw[:300])
     return parsed
 

@@ -1,4 +1,5 @@
-"""Text descriptors (streams.text_stats): length, word count, share of words unknown to the tokenizer; vocabularies from files."""
+"""Text descriptors (streams.text_stats): length, word count, share of words unknown to the tokenizer; vocabularies
+from files."""
 
 from __future__ import annotations
 

@@ -104,8 +104,10 @@ UNREACHABLE = "[StatusCode.UNAVAILABLE] failed to connect to all addresses; last
     ("message", "kind"),
     [
         ("Request for unknown model: 'classifier' version 3 is not found", VersionNotServed),
-        ("Failed to process the request(s) for model 'classifier', message: Stub process 'x' is not healthy.",
-         TritonModelUnhealthy),
+        (
+            "Failed to process the request(s) for model 'classifier', message: Stub process 'x' is not healthy.",
+            TritonModelUnhealthy,
+        ),
         (OOM, TritonServerFault),
         ("[StatusCode.INTERNAL] Internal error: the backend crashed", TritonServerFault),
         ("[StatusCode.RESOURCE_EXHAUSTED] resource exhausted", TritonServerFault),
@@ -114,7 +116,7 @@ UNREACHABLE = "[StatusCode.UNAVAILABLE] failed to connect to all addresses; last
         ("[StatusCode.INVALID_ARGUMENT] unexpected shape for input 'FEATURES'", TritonRequestError),
         ("poisoned text", TritonRequestError),
     ],
-)  # fmt: skip
+)
 def test_an_infer_error_is_classified_by_whose_failure_it_is(message, kind):
     error = classify_error(InferenceServerException(message), "classifier", 3)
     assert type(error) is kind

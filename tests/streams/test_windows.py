@@ -23,15 +23,21 @@ def test_counts_mean_and_gap_over_sliding_windows():
     _, f = _fold([("a", T0, 10), ("b", T0 + 600, 20), ("c", T0 + HOUR + 1, 30), ("d", T0 + DAY + 700, 40)])
     assert f[0] == {"msg_count_1h": 1, "msg_count_24h": 1, "mean_text_length": 10.0, "seconds_since_last_event": None}
     assert f[1]["msg_count_1h"] == 2 and f[1]["seconds_since_last_event"] == 600
-    assert f[2]["msg_count_1h"] == 2 and f[2]["msg_count_24h"] == 3  # "a" is 1 h + 1 s old and f[2]["mean_text_length"] == 20.0
+    assert (
+        f[2]["msg_count_1h"] == 2 and f[2]["msg_count_24h"] == 3
+    )  # "a" is 1 h + 1 s old and f[2]["mean_text_length"] == 20.0
     # a day and 700 s after the first: "a" and "b" left the 24 h window, "c" is still in it
     assert f[3]["msg_count_24h"] == 2 and f[3]["mean_text_length"] == 35.0
 
 
 def test_gap_longer_than_a_day_is_still_measured():
     state, f = _fold([("a", T0, 10), ("b", T0 + 3 * DAY, 20)])
-    assert f[1] == {"msg_count_1h": 1, "msg_count_24h": 1, "mean_text_length": 20.0,
-                    "seconds_since_last_event": 3 * DAY}  # fmt: skip
+    assert f[1] == {
+        "msg_count_1h": 1,
+        "msg_count_24h": 1,
+        "mean_text_length": 20.0,
+        "seconds_since_last_event": 3 * DAY,
+    }
     assert state["ids"] == ["b"]
 
 

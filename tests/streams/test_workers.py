@@ -30,6 +30,7 @@ from tests.streams.support import table_state as _table_state
 
 pytestmark = pytest.mark.integration
 
+
 def test_every_event_gets_a_prediction_or_a_dead_letter(pipeline):
     settings, start = pipeline.settings, pipeline.start
     valid, malformed = _produce(settings, 2000, malformed_share=0.05, seed=11)
@@ -46,8 +47,12 @@ def test_every_event_gets_a_prediction_or_a_dead_letter(pipeline):
     pipeline.wait(lambda: _group_caught_up(settings, settings.workers.features_group, events_topic), 120, "features")
 
     start("--role", "inference", "--replicas", "2")
-    predictions = [Prediction.model_validate_json(v) for v in
-                   _collect(settings, "predictions-v1", lambda r: len({json.loads(v)["event_id"] for v in r}) >= len(valid))]  # fmt: skip
+    predictions = [
+        Prediction.model_validate_json(v)
+        for v in _collect(
+            settings, "predictions-v1", lambda r: len({json.loads(v)["event_id"] for v in r}) >= len(valid)
+        )
+    ]
     letters = [DeadLetter.model_validate_json(v) for v in _collect(settings, "dlq-v1", lambda r: len(r) >= malformed)]
 
     predicted = {p.event_id for p in predictions}
@@ -89,7 +94,9 @@ def test_poisoned_event_is_isolated_into_the_dlq_and_its_batch_is_answered(pipel
     batches = list(synthetic_records(settings, 40, seed=31, labels=False))
     poisoned = json.loads(batches[17][0].value)
     poisoned["text"] = "POISON " + poisoned["text"]
-    batches[17][0] = batches[17][0].__class__(batches[17][0].topic, json.dumps(poisoned).encode(), key=batches[17][0].key)
+    batches[17][0] = batches[17][0].__class__(
+        batches[17][0].topic, json.dumps(poisoned).encode(), key=batches[17][0].key
+    )
     with KafkaProducer(settings) as producer:
         produce(producer, batches)
     start("run", "--role", "inference")
@@ -130,7 +137,9 @@ def test_sigterm_finishes_in_flight_batches_and_commits_them(pipeline):
     settings, start = pipeline.settings, pipeline.start
     worker = start("run", "--role", "inference")
     valid, _ = _produce(settings, 400, malformed_share=0.0, seed=51)
-    pipeline.wait(lambda: len(_collect(settings, "predictions-v1", lambda r: len(r) >= 100, 5)) >= 100, 90, "predictions")
+    pipeline.wait(
+        lambda: len(_collect(settings, "predictions-v1", lambda r: len(r) >= 100, 5)) >= 100, 90, "predictions"
+    )
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
 

@@ -72,9 +72,13 @@ def publish_settings(settings_factory, triton_server) -> Callable[..., Settings]
 
     def make(**training: object) -> Settings:
         return settings_factory(
-            triton={"url": triton_server.http, "grpc_url": triton_server.grpc,
-                    "model_repository": triton_server.repository, "model_name": name},
+            triton={
+                "url": triton_server.http,
+                "grpc_url": triton_server.grpc,
+                "model_repository": triton_server.repository,
+                "model_name": name,
+            },
             training={**TINY_TRAINING, **training},
-        )  # fmt: skip
+        )
 
     return make

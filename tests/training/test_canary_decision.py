@@ -50,10 +50,19 @@ def test_the_canary_needs_both_roles_a_silent_champion_is_no_comparison():
 def _event(kind: str, status: str, model: str = "classifier", minutes: int = 0) -> DriftEvent:
     at = datetime(2026, 11, 27, 10, tzinfo=UTC) + timedelta(minutes=minutes)
     return DriftEvent(
-        id=f"{kind}-{status}-{minutes}", kind=kind, status=status, severity="warning", model=model, version=1,
-        dedup_key=f"driftloop/{model}/{kind}", window={"start": at, "end": at, "size": 100, "labelled": 0},
-        metrics={}, drifted_columns=[], started_at=at, detected_at=at,
-    )  # fmt: skip
+        id=f"{kind}-{status}-{minutes}",
+        kind=kind,
+        status=status,
+        severity="warning",
+        model=model,
+        version=1,
+        dedup_key=f"driftloop/{model}/{kind}",
+        window={"start": at, "end": at, "size": 100, "labelled": 0},
+        metrics={},
+        drifted_columns=[],
+        started_at=at,
+        detected_at=at,
+    )
 
 
 def test_triggers_are_firing_events_of_the_model_and_kinds_oldest_first():

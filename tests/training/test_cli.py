@@ -50,8 +50,9 @@ def _env(settings) -> dict[str, str]:
         "DRIFTLOOP_TRITON__MODEL_NAME": settings.triton.model_name,
         "DRIFTLOOP_FEAST__DATA_DIR": str(settings.feast.data_dir),
     }
-    env.update({f"DRIFTLOOP_TRAINING__{k.upper()}": str(v) for k, v in settings.training.model_dump().items()
-                if k != "labels"})  # fmt: skip
+    env.update(
+        {f"DRIFTLOOP_TRAINING__{k.upper()}": str(v) for k, v in settings.training.model_dump().items() if k != "labels"}
+    )
     return env
 
 
@@ -64,8 +65,9 @@ def restore_logging():
 
 
 def _produce_drifted_events(settings, start: datetime, count: int) -> None:
-    generated = list(SyntheticStream(seed=11, entities=8).stream(count, start=start, interval=timedelta(minutes=1),
-                                                                 drift_at=0))  # fmt: skip
+    generated = list(
+        SyntheticStream(seed=11, entities=8).stream(count, start=start, interval=timedelta(minutes=1), drift_at=0)
+    )
     records = [
         Record(settings.kafka.topic("events-v1"), item.event.to_bytes(), key=item.event.entity_id.encode())
         for item in generated
@@ -106,18 +108,30 @@ def test_bootstrap_retrain_promote_and_rollback(publish_settings, tmp_path, rest
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     _produce_drifted_events(settings, start, 150)
-    retrain = json.loads(run(
-        "train", "--since", (start - timedelta(minutes=1)).isoformat(), "--until", datetime.now(UTC).isoformat(),
-        "--trigger-id", "drift-42", "--promote", "never", "--no-progress", "--json",
-    ))  # fmt: skip
+    retrain = json.loads(
+        run(
+            "train",
+            "--since",
+            (start - timedelta(minutes=1)).isoformat(),
+            "--until",
+            datetime.now(UTC).isoformat(),
+            "--trigger-id",
+            "drift-42",
+            "--promote",
+            "never",
+            "--no-progress",
+            "--json",
+        )
+    )
     assert retrain["version"] == 2 and retrain["parent_version"] == 1 and not retrain["promoted"]
     assert retrain["state"]["champion"] == 1 and retrain["state"]["candidate"] == 2
     assert retrain["champion_metrics"]["version"] == 1
     assert retrain["champion_metrics"]["samples"] == retrain["metrics"]["samples"] == 30
     # The concept drifted: the retrained candidate beats the champion on the same (drifted) holdout.
     assert retrain["metrics"]["accuracy"] > retrain["champion_metrics"]["accuracy"]
-    metadata = json.loads((settings.triton.model_repository / settings.triton.model_name / "2" / "metadata.json")
-                          .read_bytes())  # fmt: skip
+    metadata = json.loads(
+        (settings.triton.model_repository / settings.triton.model_name / "2" / "metadata.json").read_bytes()
+    )
     assert metadata["trigger_id"] == "drift-42" and metadata["data_window"]["source"] == "kafka+feast"
     assert metadata["encoder"]["initialised_from_version"] == 1
     # Each of the 8 entities' first event has no earlier row: serving saw nothing for it either.
@@ -126,8 +140,9 @@ def test_bootstrap_retrain_promote_and_rollback(publish_settings, tmp_path, rest
     rows = [json.loads(line) for line in run("models", "list", "--json").splitlines()]
     assert {r["kind"] for r in rows} == {"version"}  # no retraining runs yet
     assert [(r["version"], r["role"], r["triton"]) for r in rows] == [
-        (2, "candidate", "READY"), (1, "champion", "READY"),
-    ]  # fmt: skip
+        (2, "candidate", "READY"),
+        (1, "champion", "READY"),
+    ]
     assert "champion 2 (previous 1)" in run("models", "promote", "--reason", "beats the champion")
     assert "champion 1 (rolled back)" in run("models", "rollback")
     assert "no previous champion" in run("models", "rollback", code=1)

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from foundation.settings import load_settings
 from features import apply_repo, definitions, push_stream_features
 from features.store import source_schema
+from foundation.settings import load_settings
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import Event, Label
 from training.dataset import (
@@ -56,8 +56,15 @@ def test_join_labels_dedupes_prefers_the_latest_label_and_drops_the_rest() -> No
 
     assert frame[["event_id", "label"]].values.tolist() == [["a", "negative"], ["b", "neutral"]]
     assert str(frame["event_timestamp"].dt.tz) == "UTC"
-    assert stats == {"events": 6, "duplicate_events": 1, "outside_window": 1, "labels": 6, "unlabelled": 1,
-                     "unknown_label": 1, "labels_without_event": 1}  # fmt: skip
+    assert stats == {
+        "events": 6,
+        "duplicate_events": 1,
+        "outside_window": 1,
+        "labels": 6,
+        "unlabelled": 1,
+        "unknown_label": 1,
+        "labels_without_event": 1,
+    }
 
 
 @pytest.mark.unit
@@ -143,9 +150,11 @@ def _profile(store, rows: list[tuple[str, datetime, float, int]]) -> None:
     """Write the profile view's offline file, as the batch job that owns it would."""
     schema = source_schema(definitions.entity_profile)
     columns = {
-        "entity_id": [r[0] for r in rows], "event_timestamp": [r[1] for r in rows],
-        "account_age_days": [r[2] for r in rows], "lifetime_events": [r[3] for r in rows],
-    }  # fmt: skip
+        "entity_id": [r[0] for r in rows],
+        "event_timestamp": [r[1] for r in rows],
+        "account_age_days": [r[2] for r in rows],
+        "lifetime_events": [r[3] for r in rows],
+    }
     table = pa.table({name: columns[name] for name in schema.names}, schema=schema)
     pq.write_table(table, f"{store.config.repo_path}/{definitions.entity_profile.batch_source.path}")
 
@@ -157,12 +166,19 @@ def test_features_are_joined_as_of_each_event_time(feast_settings) -> None:
     store = apply_repo(settings)
     minute = timedelta(minutes=1)
     # msg_count_1h steps 1 -> 2 -> 3 over time; the other stream features follow it.
-    push_stream_features(store, pd.DataFrame({
-        "entity_id": ["e1", "e1", "e1"],
-        "event_timestamp": [T0, T0 + 10 * minute, T0 + 20 * minute],
-        "msg_count_1h": [1, 2, 3], "msg_count_24h": [10, 20, 30],
-        "mean_text_length": [1.5, 2.5, 3.5], "seconds_since_last_event": [11.0, 22.0, 33.0],
-    }))  # fmt: skip
+    push_stream_features(
+        store,
+        pd.DataFrame(
+            {
+                "entity_id": ["e1", "e1", "e1"],
+                "event_timestamp": [T0, T0 + 10 * minute, T0 + 20 * minute],
+                "msg_count_1h": [1, 2, 3],
+                "msg_count_24h": [10, 20, 30],
+                "mean_text_length": [1.5, 2.5, 3.5],
+                "seconds_since_last_event": [11.0, 22.0, 33.0],
+            }
+        ),
+    )
     _profile(store, [("e1", T0 - timedelta(days=1), 100.0, 7), ("e1", T0 + 15 * minute, 200.0, 9)])
     events = {
         "before-any": _event("before-any", -5),
@@ -178,10 +194,14 @@ def test_features_are_joined_as_of_each_event_time(feast_settings) -> None:
         Record(settings.kafka.topic("events-v1"), e.to_bytes(), key=e.entity_id.encode()) for e in events.values()
     ]
     records += [
-        Record(settings.kafka.topic("labels-v1"), _label(event_id, "neutral", 60 * 24 * 4).to_bytes(),
-               key=event_id.encode())
-        for event_id in events if event_id != "unlabelled"
-    ]  # fmt: skip
+        Record(
+            settings.kafka.topic("labels-v1"),
+            _label(event_id, "neutral", 60 * 24 * 4).to_bytes(),
+            key=event_id.encode(),
+        )
+        for event_id in events
+        if event_id != "unlabelled"
+    ]
     with KafkaProducer(settings) as producer:
         producer.produce_batch(records)
 
@@ -197,8 +217,10 @@ def test_features_are_joined_as_of_each_event_time(feast_settings) -> None:
     # each event's row at the event's time), and serving saw the entity's previous one.
     assert counts == {"after-1": 1, "exactly-2": 1, "between-2-3": 2, "after-3": 3}
     assert got.loc["between-2-3", ["msg_count_24h", "mean_text_length", "seconds_since_last_event"]].tolist() == [
-        20, 2.5, 22.0,
-    ]  # fmt: skip
+        20,
+        2.5,
+        22.0,
+    ]
     ages = got["account_age_days"].to_dict()
     assert (ages["after-1"], ages["between-2-3"], ages["after-3"], ages["stale"]) == (100, 200, 200, 200)
     assert np.isnan(ages["unknown-entity"])

@@ -20,8 +20,18 @@ from training.trainer import FitOptions, fit, resolve_device
 
 pytestmark = pytest.mark.unit
 
-CONTRACT_KEYS = {"labels", "feature_names", "version", "parent_version", "metrics", "data_window", "created_at",
-                 "trigger_id", "code_revision", "reference"}  # fmt: skip
+CONTRACT_KEYS = {
+    "labels",
+    "feature_names",
+    "version",
+    "parent_version",
+    "metrics",
+    "data_window",
+    "created_at",
+    "trigger_id",
+    "code_revision",
+    "reference",
+}
 
 
 def test_the_tiny_model_learns_the_synthetic_task(tiny_version) -> None:
@@ -47,8 +57,16 @@ def test_metadata_carries_the_contract_and_lineage(tiny_version) -> None:
     assert metadata.code_revision != ""
     row = metadata.reference[0]
     assert len(metadata.reference) == 40
-    assert set(row) == {*runtime.FEATURE_NAMES, "text_length", "word_count", "oov_share", "label", "max_score",
-                        "true_label", "event_time"}  # fmt: skip
+    assert set(row) == {
+        *runtime.FEATURE_NAMES,
+        "text_length",
+        "word_count",
+        "oov_share",
+        "label",
+        "max_score",
+        "true_label",
+        "event_time",
+    }
     assert row["label"] in metadata.labels and 1 / 3 <= row["max_score"] <= 1
     assert 0 <= row["oov_share"] <= 1 and row["word_count"] >= 1 and row["text_length"] >= row["word_count"]
     assert len(metadata.smoke["texts"]) == len(metadata.smoke["probs"]) == len(metadata.smoke["features"])
@@ -96,8 +114,14 @@ def test_training_is_seeded(tmp_path) -> None:
     def train_once() -> dict[str, torch.Tensor]:
         init = initial_model("tiny", 3, seed=5)
         encoder = runtime.TextEncoder(init.tokenizer_dir / "tokenizer.json", 32)
-        fit(init.model, encoder, train, validation, settings.training.labels,
-            FitOptions(epochs=1, batch_size=16, learning_rate=3e-3, seed=5, progress=False))  # fmt: skip
+        fit(
+            init.model,
+            encoder,
+            train,
+            validation,
+            settings.training.labels,
+            FitOptions(epochs=1, batch_size=16, learning_rate=3e-3, seed=5, progress=False),
+        )
         return init.model.state_dict()
 
     first, second = train_once(), train_once()
@@ -112,8 +136,14 @@ def test_a_small_window_trains_for_min_steps(tmp_path) -> None:
     def steps(epochs: int, min_steps: int) -> tuple[int, int]:
         init = initial_model("tiny", 3, seed=5)
         encoder = runtime.TextEncoder(init.tokenizer_dir / "tokenizer.json", 32)
-        report = fit(init.model, encoder, train, validation, settings.training.labels,
-                     FitOptions(epochs=epochs, min_steps=min_steps, batch_size=16, progress=False))  # fmt: skip
+        report = fit(
+            init.model,
+            encoder,
+            train,
+            validation,
+            settings.training.labels,
+            FitOptions(epochs=epochs, min_steps=min_steps, batch_size=16, progress=False),
+        )
         return report.steps, len(report.epochs)
 
     assert steps(1, 0) == (4, 1)
@@ -125,8 +155,15 @@ def test_a_retrain_warm_starts_from_the_champion_and_compares_on_the_same_holdou
     settings = load_settings(training={**tiny_version.settings.training.model_dump(), "epochs": 1, "seed": 9})
     dataset = bootstrap_dataset(settings, samples=120)
 
-    built = build_version(settings, dataset, tmp_path / "v2", champion=1, champion_dir=tiny_version.path,
-                          trigger_id="drift-1", progress=False)  # fmt: skip
+    built = build_version(
+        settings,
+        dataset,
+        tmp_path / "v2",
+        champion=1,
+        champion_dir=tiny_version.path,
+        trigger_id="drift-1",
+        progress=False,
+    )
 
     metadata = built.metadata
     assert metadata.parent_version == 1 and metadata.encoder["initialised_from_version"] == 1

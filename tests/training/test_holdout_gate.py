@@ -24,8 +24,15 @@ def test_a_candidate_worse_than_the_champion_on_the_same_holdout_is_refused(tiny
     learned = frame["event_id"].isin(set(train["event_id"]))
     frame.loc[learned, "label"] = frame.loc[learned, "label"].map(ROTATE)
 
-    built = build_version(settings, replace(dataset, frame=frame), tmp_path / "candidate", champion=1,
-                          champion_dir=tiny_version.path, warm_start=False, progress=False)  # fmt: skip
+    built = build_version(
+        settings,
+        replace(dataset, frame=frame),
+        tmp_path / "candidate",
+        champion=1,
+        champion_dir=tiny_version.path,
+        warm_start=False,
+        progress=False,
+    )
 
     assert built.champion_metrics is not None and built.champion_metrics.samples == built.metrics.samples
     assert built.champion_metrics.macro_f1 > built.metrics.macro_f1 + 0.5

@@ -32,8 +32,10 @@ def test_a_training_read_skips_hostile_events_and_labels(settings_factory) -> No
     ensure_topics(settings)
     events_topic, labels_topic = settings.kafka.topic("events-v1"), settings.kafka.topic("labels-v1")
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
-    good = [Event(event_id=f"e{i}", entity_id="c1", event_time=t0 + timedelta(minutes=i), text=f"text {i}")
-            for i in range(5)]  # fmt: skip
+    good = [
+        Event(event_id=f"e{i}", entity_id="c1", event_time=t0 + timedelta(minutes=i), text=f"text {i}")
+        for i in range(5)
+    ]
     records = [Record(events_topic, e.to_bytes(), key=b"c1") for e in good]
     far_future = json.loads(good[0].to_bytes()) | {"event_id": "future", "event_time": "2300-01-01T00:00:00Z"}
     records += [Record(events_topic, json.dumps(far_future).encode(), key=b"c1")]
@@ -67,10 +69,17 @@ def test_a_training_read_skips_hostile_events_and_labels(settings_factory) -> No
 def _prediction(event_id: str, role: str, version: int, label: str) -> Prediction:
     now = datetime.now(UTC)
     return Prediction(
-        event_id=event_id, entity_id="c1", event_time=now, label=label, scores={label: 1.0},
-        model=ModelRef(name="classifier", version=version), role=role, features={},
-        timings_ms=Timings(queue=1, features=1, inference=1, end_to_end=3), predicted_at=now,
-    )  # fmt: skip
+        event_id=event_id,
+        entity_id="c1",
+        event_time=now,
+        label=label,
+        scores={label: 1.0},
+        model=ModelRef(name="classifier", version=version),
+        role=role,
+        features={},
+        timings_ms=Timings(queue=1, features=1, inference=1, end_to_end=3),
+        predicted_at=now,
+    )
 
 
 def test_the_canary_watch_skips_hostile_predictions_and_labels(settings_factory) -> None:
@@ -82,8 +91,14 @@ def test_the_canary_watch_skips_hostile_predictions_and_labels(settings_factory)
     for i in range(6):
         role, version = ("candidate", 2) if i % 2 else ("champion", 1)
         records.append(Record(predictions_topic, _prediction(f"e{i}", role, version, "positive").to_bytes()))
-        records.append(Record(labels_topic, Label(event_id=f"e{i}", label="positive" if i < 4 else "negative",
-                                                  labelled_at=datetime.now(UTC)).to_bytes()))  # fmt: skip
+        records.append(
+            Record(
+                labels_topic,
+                Label(
+                    event_id=f"e{i}", label="positive" if i < 4 else "negative", labelled_at=datetime.now(UTC)
+                ).to_bytes(),
+            )
+        )
     bad_time = json.loads(_prediction("x", "champion", 1, "positive").to_bytes()) | {"event_time": "0001-01-01T00:00Z"}
     records += [Record(predictions_topic, json.dumps(bad_time).encode())]
     records += [Record(predictions_topic, raw) for raw in GARBAGE] + [Record(labels_topic, raw) for raw in GARBAGE]
@@ -95,8 +110,11 @@ def test_the_canary_watch_skips_hostile_predictions_and_labels(settings_factory)
 
     watch = CanaryWatch(settings, candidate=2, since=since)
     try:
-        wait_until(lambda: watch.poll(0.5) or watch.champion.labelled + watch.candidate_tally.labelled >= 6, 60,
-                   "six labelled answers")  # fmt: skip
+        wait_until(
+            lambda: watch.poll(0.5) or watch.champion.labelled + watch.candidate_tally.labelled >= 6,
+            60,
+            "six labelled answers",
+        )
     finally:
         watch.close()
 

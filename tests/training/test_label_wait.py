@@ -18,14 +18,23 @@ MODEL = "classifier"
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
-def _drift(event_id: str, fired: datetime, status: str = "firing", kind: str = "data",
-           window_start: datetime | None = None) -> DriftEvent:  # fmt: skip
+def _drift(
+    event_id: str, fired: datetime, status: str = "firing", kind: str = "data", window_start: datetime | None = None
+) -> DriftEvent:
     return DriftEvent(
-        id=event_id, kind=kind, status=status, severity="critical", model=MODEL, version=1,
+        id=event_id,
+        kind=kind,
+        status=status,
+        severity="critical",
+        model=MODEL,
+        version=1,
         dedup_key=f"driftloop/{MODEL}/{kind}",
         window=WindowInfo(start=window_start or fired - timedelta(seconds=40), end=fired, size=400, labelled=0),
-        metrics={"drift_share": 0.8}, drifted_columns=["text_length"], started_at=fired, detected_at=fired,
-    )  # fmt: skip
+        metrics={"drift_share": 0.8},
+        drifted_columns=["text_length"],
+        started_at=fired,
+        detected_at=fired,
+    )
 
 
 def _message(event: DriftEvent, offset: int) -> Message:
@@ -57,10 +66,17 @@ class Train:
 def _settings(tmp_path, **retrain):
     return load_settings(
         triton={"model_repository": tmp_path, "model_name": MODEL},
-        retrain={"trigger_kinds": ["data", "prediction", "performance"], "retry_after_s": 0, "settle_s": 0,
-                 "lookback_s": 10, "min_post_drift_labels": 5, "label_poll_s": 1e-6, "label_wait_timeout_s": 600,
-                 **retrain},
-    )  # fmt: skip
+        retrain={
+            "trigger_kinds": ["data", "prediction", "performance"],
+            "retry_after_s": 0,
+            "settle_s": 0,
+            "lookback_s": 10,
+            "min_post_drift_labels": 5,
+            "label_poll_s": 1e-6,
+            "label_wait_timeout_s": 600,
+            **retrain,
+        },
+    )
 
 
 def _planner(settings) -> RunPlanner:

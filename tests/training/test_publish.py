@@ -50,8 +50,13 @@ def test_round_trip_export_load_infer_equals_in_process(tiny_version, publish_se
     assert publication.path == repo.version_dir(1)
     # (__pycache__ aside: Triton's python backend compiles model.py into the folder when it loads it)
     assert sorted(p.name for p in publication.path.iterdir() if not p.name.startswith("__")) == [
-        "encoder_config.json", "metadata.json", "model.py", "model.safetensors", "runtime.py", "tokenizer",
-    ]  # fmt: skip
+        "encoder_config.json",
+        "metadata.json",
+        "model.py",
+        "model.safetensors",
+        "runtime.py",
+        "tokenizer",
+    ]
     assert json.loads((publication.path / "metadata.json").read_bytes())["version"] == 1
     assert served_versions(repo.config_path.read_text()) == [1]
     state = read_state(settings)
@@ -99,14 +104,17 @@ def _truncate_weights(version: Path) -> None:
 
 def _raise_in_initialize(version: Path) -> None:
     model = version / "model.py"
-    model.write_text(model.read_text().replace(
-        "        self.model_name = args[\"model_name\"]", "        raise RuntimeError(\"broken on purpose\")"
-    ))  # fmt: skip
+    model.write_text(
+        model.read_text().replace(
+            '        self.model_name = args["model_name"]', '        raise RuntimeError("broken on purpose")'
+        )
+    )
 
 
 def _raise_in_execute(version: Path) -> None:
-    (version / "model.py").write_text(textwrap.dedent(
-        """
+    (version / "model.py").write_text(
+        textwrap.dedent(
+            """
         import triton_python_backend_utils as pb_utils
 
 
@@ -117,7 +125,8 @@ def _raise_in_execute(version: Path) -> None:
             def execute(self, requests):
                 raise RuntimeError("fails every batch")
         """
-    ))  # fmt: skip
+        )
+    )
 
 
 def _shift_the_head(version: Path) -> None:

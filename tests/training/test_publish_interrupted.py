@@ -51,8 +51,9 @@ def _env(settings) -> dict[str, str]:
         "DRIFTLOOP_TRITON__MODEL_NAME": settings.triton.model_name,
         "PYTHONPATH": str(REPO_ROOT),
     }
-    env.update({f"DRIFTLOOP_TRAINING__{k.upper()}": str(v) for k, v in settings.training.model_dump().items()
-                if k != "labels"})  # fmt: skip
+    env.update(
+        {f"DRIFTLOOP_TRAINING__{k.upper()}": str(v) for k, v in settings.training.model_dump().items() if k != "labels"}
+    )
     return env
 
 
@@ -63,8 +64,13 @@ def _kill_between_load_and_announce(settings, tiny_version) -> tuple[int, int]:
     """
     repo = ModelRepository(settings)
     staging = tiny_version.copy_to(repo.staging_dir())
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(staging)], env=_env(settings), cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(staging)],
+        env=_env(settings),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     control = TritonControl(settings)
     try:
 

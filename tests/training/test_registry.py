@@ -83,16 +83,24 @@ def test_latest_record_per_model_wins_on_the_compacted_topic(settings_factory) -
     second = first.promoted(reason="good")
     announce(settings, second)
     with KafkaProducer(settings) as producer:
-        producer.produce_batch([
-            Record(topic, b"not json", key=b"broken"),
-            Record(topic, b"[" * 100_000, key=b"deep"),
-            Record(topic, second.to_bytes().replace(b'"at":"', b'"at":"0001-01-01T00:00:00+01:00","x":"'),
-                   key=settings.triton.model_name.encode()),  # out of range, and an unknown field
-            Record(topic, json.dumps(json.loads(second.to_bytes()) | {"at": "2026-11-27T10:00:00", "champion": 9})
-                   .encode(), key=settings.triton.model_name.encode()),  # a naive time
-            Record(topic, ModelState(model="gone").published(1).to_bytes(), key=b"gone"),
-            Record(topic, None, key=b"gone"),  # a tombstone forgets the model
-        ])  # fmt: skip
+        producer.produce_batch(
+            [
+                Record(topic, b"not json", key=b"broken"),
+                Record(topic, b"[" * 100_000, key=b"deep"),
+                Record(
+                    topic,
+                    second.to_bytes().replace(b'"at":"', b'"at":"0001-01-01T00:00:00+01:00","x":"'),
+                    key=settings.triton.model_name.encode(),
+                ),  # out of range, and an unknown field
+                Record(
+                    topic,
+                    json.dumps(json.loads(second.to_bytes()) | {"at": "2026-11-27T10:00:00", "champion": 9}).encode(),
+                    key=settings.triton.model_name.encode(),
+                ),  # a naive time
+                Record(topic, ModelState(model="gone").published(1).to_bytes(), key=b"gone"),
+                Record(topic, None, key=b"gone"),  # a tombstone forgets the model
+            ]
+        )
 
     assert read_state(settings) == second
     states = read_states(settings)

@@ -29,13 +29,15 @@ def test_config_follows_the_contract() -> None:
 
     assert served_versions(text) == [2, 4]
     for line in (
-        'name: "classifier"', 'backend: "python"', "max_batch_size: 64",
+        'name: "classifier"',
+        'backend: "python"',
+        "max_batch_size: 64",
         '{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }',
         '{ name: "FEATURES" data_type: TYPE_FP32 dims: [ 6 ] }',
         '{ name: "PROBS" data_type: TYPE_FP32 dims: [ 3 ] }',
         "dynamic_batching { max_queue_delay_microseconds: 500 }",
         "instance_group [ { kind: KIND_AUTO count: 2 } ]",
-    ):  # fmt: skip
+    ):
         assert line in text
     with pytest.raises(ValueError):
         render_config("classifier", 3, [])

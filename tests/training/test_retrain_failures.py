@@ -22,8 +22,8 @@ from confluent_kafka import Message
 from driftloop.commands.context import CommandContext
 from driftloop.commands.models import models_group
 from foundation.settings import load_settings
-from streams.schemas import DriftEvent
 from streams import KafkaProducer, Record, ensure_topics
+from streams.schemas import DriftEvent
 from streams.skips import SkippedRecords
 from tests.helpers import wait_until
 from tests.streams.support import group_caught_up
@@ -36,10 +36,19 @@ MODEL = "classifier"
 
 def _drift(event_id: str, started: datetime, status: str = "firing", kind: str = "performance") -> DriftEvent:
     return DriftEvent(
-        id=event_id, kind=kind, status=status, severity="critical", model=MODEL, version=1,
-        dedup_key=f"driftloop/{MODEL}/{kind}", window={"start": started, "end": started, "size": 100, "labelled": 50},
-        metrics={"accuracy": 0.4}, drifted_columns=[], started_at=started, detected_at=started,
-    )  # fmt: skip
+        id=event_id,
+        kind=kind,
+        status=status,
+        severity="critical",
+        model=MODEL,
+        version=1,
+        dedup_key=f"driftloop/{MODEL}/{kind}",
+        window={"start": started, "end": started, "size": 100, "labelled": 50},
+        metrics={"accuracy": 0.4},
+        drifted_columns=[],
+        started_at=started,
+        detected_at=started,
+    )
 
 
 HOSTILE = [
@@ -47,10 +56,18 @@ HOSTILE = [
     b"not json at all \xff",
     b"[1, 2, 3]",
     b'{"id": "x"}',
-    json.dumps({**json.loads(_drift("old", datetime(2026, 1, 1, tzinfo=UTC)).to_bytes()),
-                "started_at": "0001-01-01T00:00:00+01:00"}).encode(),  # fmt: skip
-    json.dumps({**json.loads(_drift("naive", datetime(2026, 1, 1, tzinfo=UTC)).to_bytes()),
-                "detected_at": "2026-11-27T10:00:00"}).encode(),  # fmt: skip
+    json.dumps(
+        {
+            **json.loads(_drift("old", datetime(2026, 1, 1, tzinfo=UTC)).to_bytes()),
+            "started_at": "0001-01-01T00:00:00+01:00",
+        }
+    ).encode(),
+    json.dumps(
+        {
+            **json.loads(_drift("naive", datetime(2026, 1, 1, tzinfo=UTC)).to_bytes()),
+            "detected_at": "2026-11-27T10:00:00",
+        }
+    ).encode(),
 ]
 
 
@@ -82,9 +99,8 @@ def test_unusable_drift_events_are_named() -> None:
 def test_a_run_that_raises_is_recorded_as_failed_and_retried_up_to_max_retries(tmp_path) -> None:
     settings = load_settings(
         triton={"model_repository": tmp_path, "model_name": MODEL},
-        retrain={"retry_after_s": 0.01, "max_retries": 2, "settle_s": 0, "lookback_s": 60,
-                 "min_post_drift_labels": 0},
-    )  # fmt: skip
+        retrain={"retry_after_s": 0.01, "max_retries": 2, "settle_s": 0, "lookback_s": 60, "min_post_drift_labels": 0},
+    )
     train = OutOfMemory()
     outcomes: list[RunOutcome] = []
     retrainer = Retrainer(settings, train=train, on_outcome=outcomes.append)
@@ -93,8 +109,10 @@ def test_a_run_that_raises_is_recorded_as_failed_and_retried_up_to_max_retries(t
     before = skipped.count("drift-v1", "not JSON")
     started = datetime.now(UTC) - timedelta(minutes=2)
     batch = [_message(raw, i) for i, raw in enumerate(HOSTILE)]
-    batch += [_message(_drift("future", datetime.now(UTC) + timedelta(days=30)).to_bytes(), 10),
-              _message(_drift("drift-1", started).to_bytes(), 11)]  # fmt: skip
+    batch += [
+        _message(_drift("future", datetime.now(UTC) + timedelta(days=30)).to_bytes(), 10),
+        _message(_drift("drift-1", started).to_bytes(), 11),
+    ]
 
     first = retrainer.step(planner, batch)
 
@@ -113,23 +131,29 @@ def test_a_run_that_raises_is_recorded_as_failed_and_retried_up_to_max_retries(t
 
     runs = ModelRepository(settings).runs()
     assert [(r["run"], r["status"]) for r in runs] == [
-        ("drift-1#retry2", "failed"), ("drift-1#retry1", "failed"), ("drift-1", "failed"),
-    ]  # fmt: skip
+        ("drift-1#retry2", "failed"),
+        ("drift-1#retry1", "failed"),
+        ("drift-1", "failed"),
+    ]
     assert "CUDA out of memory" in runs[0]["detail"] and runs[0]["attempt"] == 2
 
 
 @pytest.mark.unit
 def test_a_candidate_refused_by_the_holdout_gate_ends_the_run_as_rejected(tmp_path) -> None:
-    settings = load_settings(triton={"model_repository": tmp_path, "model_name": MODEL},
-                             retrain={"retry_after_s": 0, "holdout_margin": 0.02,
-                                      "min_post_drift_labels": 0})  # fmt: skip
+    settings = load_settings(
+        triton={"model_repository": tmp_path, "model_name": MODEL},
+        retrain={"retry_after_s": 0, "holdout_margin": 0.02, "min_post_drift_labels": 0},
+    )
     margins = []
 
     def worse(settings, *, holdout_margin, **kwargs) -> None:
         margins.append(holdout_margin)
         metrics = Metrics(samples=30, accuracy=0.5, macro_f1=0.4, log_loss=1.0, per_class={})
-        raise HoldoutGateRejected("rejected by the holdout gate: candidate macro-F1 0.400 < champion v1 0.900",
-                                  metrics, metrics.model_copy(update={"macro_f1": 0.9}))  # fmt: skip
+        raise HoldoutGateRejected(
+            "rejected by the holdout gate: candidate macro-F1 0.400 < champion v1 0.900",
+            metrics,
+            metrics.model_copy(update={"macro_f1": 0.9}),
+        )
 
     retrainer = Retrainer(settings, train=worse)
     planner = RunPlanner(MODEL, ("performance",), 0, 0)
@@ -167,10 +191,19 @@ cli.add_command(models_group)
 @pytest.mark.timeout(180)
 def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_path) -> None:
     settings = settings_factory(
-        triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1", "grpc_url": "127.0.0.1:1"},
-        retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0,
-                 "min_post_drift_labels": 0},
-    )  # fmt: skip
+        triton={
+            "model_repository": tmp_path / "repo",
+            "model_name": MODEL,
+            "url": "127.0.0.1:1",
+            "grpc_url": "127.0.0.1:1",
+        },
+        retrain={
+            "group_id": f"retrain-{uuid.uuid4().hex[:6]}",
+            "retry_after_s": 0,
+            "settle_s": 0,
+            "min_post_drift_labels": 0,
+        },
+    )
     ensure_topics(settings)
     topic = settings.kafka.topic("drift-v1")
     now = datetime.now(UTC)
@@ -219,7 +252,9 @@ def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_pat
     result = CliRunner().invoke(cli, ["models", "list", "--json"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
-    assert [(r["kind"], r["run"], r["status"]) for r in rows] == [("run", "drift-8", "failed"),
-                                                                   ("run", "drift-7", "failed")]  # fmt: skip
+    assert [(r["kind"], r["run"], r["status"]) for r in rows] == [
+        ("run", "drift-8", "failed"),
+        ("run", "drift-7", "failed"),
+    ]
     text = CliRunner().invoke(cli, ["models", "list"], env=env, catch_exceptions=False).output
     assert "last runs of the retraining consumer" in text and "failed" in text and "RuntimeError" in text

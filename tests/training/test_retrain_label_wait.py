@@ -55,10 +55,22 @@ cli.add_command(models_group)
 
 def _settings(settings_factory, tmp_path) -> Settings:
     settings = settings_factory(
-        triton={"model_repository": tmp_path / "repo", "model_name": MODEL, "url": "127.0.0.1:1", "grpc_url": "127.0.0.1:1"},
-        retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0, "lookback_s": 10,
-                 "min_post_drift_labels": NEEDED, "label_poll_s": 0.5, "label_wait_timeout_s": 180},
-    )  # fmt: skip
+        triton={
+            "model_repository": tmp_path / "repo",
+            "model_name": MODEL,
+            "url": "127.0.0.1:1",
+            "grpc_url": "127.0.0.1:1",
+        },
+        retrain={
+            "group_id": f"retrain-{uuid.uuid4().hex[:6]}",
+            "retry_after_s": 0,
+            "settle_s": 0,
+            "lookback_s": 10,
+            "min_post_drift_labels": NEEDED,
+            "label_poll_s": 0.5,
+            "label_wait_timeout_s": 180,
+        },
+    )
     ensure_topics(settings)
     return settings
 
@@ -66,10 +78,19 @@ def _settings(settings_factory, tmp_path) -> Settings:
 def _drift(event_id: str, onset: datetime, status: str = "firing") -> DriftEvent:
     fired = datetime.now(UTC)
     return DriftEvent(
-        id=event_id, kind="data", status=status, severity="critical", model=MODEL, version=1,
-        dedup_key=f"driftloop/{MODEL}/data", window=WindowInfo(start=onset, end=fired, size=400, labelled=0),
-        metrics={"drift_share": 0.8}, drifted_columns=["text_length"], started_at=fired, detected_at=fired,
-    )  # fmt: skip
+        id=event_id,
+        kind="data",
+        status=status,
+        severity="critical",
+        model=MODEL,
+        version=1,
+        dedup_key=f"driftloop/{MODEL}/data",
+        window=WindowInfo(start=onset, end=fired, size=400, labelled=0),
+        metrics={"drift_share": 0.8},
+        drifted_columns=["text_length"],
+        started_at=fired,
+        detected_at=fired,
+    )
 
 
 def _produce(settings: Settings, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
@@ -137,19 +158,31 @@ def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(setti
         assert record["labels"] == {"labelled": 0, "needed": NEEDED}
         assert record["onset"] == onset.isoformat() and train.calls == []
         # Waiting, the run is recorded: its drift event is committed (a restart resumes it from the run log).
-        wait_until(lambda: group_caught_up(settings, settings.retrain.group_id, settings.kafka.topic("drift-v1")),
-                   60, "the drift event committed")  # fmt: skip
+        wait_until(
+            lambda: group_caught_up(settings, settings.retrain.group_id, settings.kafka.topic("drift-v1")),
+            60,
+            "the drift event committed",
+        )
         text = _models_list(settings)
         assert "waiting_for_labels" in text and f"0 of {NEEDED} labelled events since the onset" in text
 
         # The late labels: too few at first, then enough.
-        _produce(settings, "labels-v1", [(i.event.event_id.encode(), i.label_record().to_bytes())
-                                         for i in after[: NEEDED - 5]])  # fmt: skip
-        wait_until(lambda: (_waiting(settings, "data-1") or {}).get("labels", {}).get("labelled") == NEEDED - 5, 60,
-                   "the first late labels counted")  # fmt: skip
+        _produce(
+            settings,
+            "labels-v1",
+            [(i.event.event_id.encode(), i.label_record().to_bytes()) for i in after[: NEEDED - 5]],
+        )
+        wait_until(
+            lambda: (_waiting(settings, "data-1") or {}).get("labels", {}).get("labelled") == NEEDED - 5,
+            60,
+            "the first late labels counted",
+        )
         assert train.calls == []
-        _produce(settings, "labels-v1", [(i.event.event_id.encode(), i.label_record().to_bytes())
-                                         for i in after[NEEDED - 5 :]])  # fmt: skip
+        _produce(
+            settings,
+            "labels-v1",
+            [(i.event.event_id.encode(), i.label_record().to_bytes()) for i in after[NEEDED - 5 :]],
+        )
         wait_until(lambda: bool(running.outcomes) or bool(running.errors), 60, "the run's outcome")
 
     assert not running.errors, running.errors
@@ -170,8 +203,11 @@ def test_a_resolve_drops_the_run_that_waits_for_labels(settings_factory, tmp_pat
         resolved = _drift("data-2-resolved", onset, status="resolved").model_copy(update={"firing_event_id": "data-2"})
         _produce(settings, "drift-v1", [(MODEL.encode(), resolved.to_bytes())])
         wait_until(lambda: bool(running.outcomes) or bool(running.errors), 60, "the run dropped")
-        wait_until(lambda: group_caught_up(settings, settings.retrain.group_id, settings.kafka.topic("drift-v1")),
-                   60, "the resolve committed")  # fmt: skip
+        wait_until(
+            lambda: group_caught_up(settings, settings.retrain.group_id, settings.kafka.topic("drift-v1")),
+            60,
+            "the resolve committed",
+        )
 
     assert not running.errors, running.errors
     assert running.outcomes[0].status == "dropped" and train.calls == []

@@ -24,11 +24,19 @@ MODEL = "classifier"
 
 def _drift(event_id: str, started: datetime, model: str = MODEL, status: str = "firing") -> DriftEvent:
     return DriftEvent(
-        id=event_id, kind="performance", status=status, severity="critical", model=model, version=1,
-        dedup_key=f"driftloop/{model}/performance", window={"start": started, "end": started, "size": 100,
-                                                           "labelled": 50},
-        metrics={"accuracy": 0.4}, drifted_columns=[], started_at=started, detected_at=started,
-    )  # fmt: skip
+        id=event_id,
+        kind="performance",
+        status=status,
+        severity="critical",
+        model=model,
+        version=1,
+        dedup_key=f"driftloop/{model}/performance",
+        window={"start": started, "end": started, "size": 100, "labelled": 50},
+        metrics={"accuracy": 0.4},
+        drifted_columns=[],
+        started_at=started,
+        detected_at=started,
+    )
 
 
 def _message(value: bytes, offset: int) -> Message:
@@ -59,8 +67,10 @@ def test_parse_keeps_valid_events_and_skips_what_cannot_start_a_run(tmp_path) ->
     events = retrainer.parse(batch)
 
     assert [(e.id, e.model, e.status) for e in events] == [
-        ("ok", MODEL, "firing"), ("other", "another", "firing"), ("ahead", MODEL, "resolved")
-    ]  # fmt: skip
+        ("ok", MODEL, "firing"),
+        ("other", "another", "firing"),
+        ("ahead", MODEL, "resolved"),
+    ]
     assert skipped.count("drift-v1", "not JSON") == before[0] + 1
     assert skipped.count("drift-v1", "unusable: x") == before[1] + 1
 
@@ -84,8 +94,17 @@ def test_the_version_built_for_a_trigger_is_found_newest_first(tmp_path) -> None
 def test_an_outcome_is_promoted_only_by_a_promote_verdict_and_records_every_field() -> None:
     started = datetime(2026, 11, 30, 12, tzinfo=UTC)
     verdict = Verdict("promote", Tally(50, 40), Tally(50, 45), "at least as accurate")
-    outcome = RunOutcome("drift-1", ("drift-2",), 3, verdict, "promote: ok", started, started + timedelta(minutes=5),
-                         started - timedelta(minutes=1), "promoted")  # fmt: skip
+    outcome = RunOutcome(
+        "drift-1",
+        ("drift-2",),
+        3,
+        verdict,
+        "promote: ok",
+        started,
+        started + timedelta(minutes=5),
+        started - timedelta(minutes=1),
+        "promoted",
+    )
 
     assert outcome.promoted
     assert not RunOutcome("d", (), 3, Verdict("rollback", Tally(), Tally(), "worse"), "", started, started).promoted
@@ -93,12 +112,21 @@ def test_an_outcome_is_promoted_only_by_a_promote_verdict_and_records_every_fiel
     record = outcome.as_dict()
     assert json.loads(json.dumps(record)) == record
     assert record == {
-        "trigger": "drift-1", "folded": ["drift-2"], "version": 3, "status": "promoted",
-        "verdict": {"decision": "promote", "champion": {"labelled": 50, "accuracy": 0.8},
-                    "candidate": {"labelled": 50, "accuracy": 0.9}, "reason": "at least as accurate"},
-        "detail": "promote: ok", "started_at": "2026-11-30T12:00:00+00:00", "ended_at": "2026-11-30T12:05:00+00:00",
+        "trigger": "drift-1",
+        "folded": ["drift-2"],
+        "version": 3,
+        "status": "promoted",
+        "verdict": {
+            "decision": "promote",
+            "champion": {"labelled": 50, "accuracy": 0.8},
+            "candidate": {"labelled": 50, "accuracy": 0.9},
+            "reason": "at least as accurate",
+        },
+        "detail": "promote: ok",
+        "started_at": "2026-11-30T12:00:00+00:00",
+        "ended_at": "2026-11-30T12:05:00+00:00",
         "data_end": "2026-11-30T11:59:00+00:00",
-    }  # fmt: skip
+    }
 
 
 def test_a_failing_reporting_hook_neither_stops_the_consumer_nor_loses_the_run_record(tmp_path) -> None:

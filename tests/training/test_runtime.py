@@ -19,8 +19,14 @@ pytestmark = pytest.mark.unit
 
 def test_the_encoder_matches_transformers_bert_with_padding() -> None:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=96, max_position_embeddings=40)  # fmt: skip
+    config = BertConfig(
+        vocab_size=500,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=40,
+    )
     reference = BertModel(config, add_pooling_layer=False).eval()
     encoder = runtime.BertEncoder(config.to_dict()).eval()
     encoder.load_state_dict(reference.state_dict(), strict=True)
@@ -38,8 +44,14 @@ def test_the_encoder_matches_transformers_bert_with_padding() -> None:
 
 
 def test_the_encoder_refuses_what_it_does_not_implement() -> None:
-    base = {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "intermediate_size": 8, "max_position_embeddings": 8}  # fmt: skip
+    base = {
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 8,
+        "max_position_embeddings": 8,
+    }
     with pytest.raises(ValueError, match="hidden_act"):
         runtime.BertEncoder({**base, "hidden_act": "swishy"})
     with pytest.raises(ValueError, match="position_embedding_type"):
@@ -85,9 +97,14 @@ def test_a_batch_answers_every_request_even_when_some_are_bad(tiny_version) -> N
 
     results = runtime.run_requests(
         predictor,
-        [(texts[:2], features[:2]), (np.array([[b"\xc3"]], dtype=object), features[:1]), (texts[2:3], nan),
-         (texts[2:], features[2:]), (texts[:1], features[:2])],
-    )  # fmt: skip
+        [
+            (texts[:2], features[:2]),
+            (np.array([[b"\xc3"]], dtype=object), features[:1]),
+            (texts[2:3], nan),
+            (texts[2:], features[2:]),
+            (texts[:1], features[:2]),
+        ],
+    )
 
     expected = predictor.predict_proba(holdout["text"].tolist(), features)
     np.testing.assert_allclose(results[0], expected[:2], atol=1e-6)
@@ -144,15 +161,28 @@ def test_the_config_check_accepts_the_rendered_config_and_names_mismatches() -> 
 
 
 def test_servable_files_import_nothing_from_the_project() -> None:
-    allowed = {"__future__", "json", "collections", "pathlib", "typing", "numpy", "torch", "tokenizers",
-               "safetensors", "importlib", "sys", "triton_python_backend_utils"}  # fmt: skip
+    allowed = {
+        "__future__",
+        "json",
+        "collections",
+        "pathlib",
+        "typing",
+        "numpy",
+        "torch",
+        "tokenizers",
+        "safetensors",
+        "importlib",
+        "sys",
+        "triton_python_backend_utils",
+    }
     for name in ("runtime.py", "model.py"):
         tree = ast.parse((SERVABLE_DIR / name).read_text(encoding="utf-8"))
         imported = {
             (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
-            for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
             for alias in node.names
-        }  # fmt: skip
+        }
         assert imported <= allowed, (name, imported - allowed)
 
 

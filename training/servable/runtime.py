@@ -414,7 +414,8 @@ def decode_texts(array: Any) -> list[str]:
             try:
                 texts.append(value.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                raise InvalidInput(f"{TEXT_INPUT} row {row} is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                reason = f"{TEXT_INPUT} row {row} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                raise InvalidInput(reason) from None
         elif isinstance(value, str):
             texts.append(value)
         else:
