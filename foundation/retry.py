@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import tenacity
 
@@ -30,15 +30,32 @@ RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Base
 OnRetry = Callable[[int, float, BaseException], None]
 
 
+class Limits(TypedDict, total=False):
+    """When to stop and how long to wait, shared by :func:`policy` and :func:`async_policy`.
+
+    ``attempts`` tries, ``deadline_s`` seconds, or until ``stop_when()`` is true (none given: retry forever); waits of
+    ``initial_s * 2**n`` plus up to ``initial_s`` of jitter, at most ``max_s``; ``what`` names the call in the log
+    line, which ``on_retry(attempt, delay_s, error)`` replaces when given.
+    """
+
+    attempts: int | None
+    deadline_s: float | None
+    initial_s: float
+    max_s: float
+    what: str
+    stop_when: Callable[[], bool] | None
+    on_retry: OnRetry | None
+
+
 def _arguments(
     retry_on: RetryOn,
-    attempts: int | None,
-    deadline_s: float | None,
-    initial_s: float,
-    max_s: float,
-    what: str,
-    stop_when: Callable[[], bool] | None,
-    on_retry: OnRetry | None,
+    attempts: int | None = None,
+    deadline_s: float | None = None,
+    initial_s: float = 0.2,
+    max_s: float = 10.0,
+    what: str = "call",
+    stop_when: Callable[[], bool] | None = None,
+    on_retry: OnRetry | None = None,
 ) -> dict[str, Any]:
     if isinstance(retry_on, type | tuple):
         retry = tenacity.retry_if_exception_type(retry_on)
@@ -77,44 +94,22 @@ def _arguments(
 
 
 def policy(
-    *,
-    retry_on: RetryOn,
-    attempts: int | None = None,
-    deadline_s: float | None = None,
-    initial_s: float = 0.2,
-    max_s: float = 10.0,
-    what: str = "call",
-    stop_when: Callable[[], bool] | None = None,
-    sleep: Callable[[float], object] = time.sleep,
-    on_retry: OnRetry | None = None,
+    *, retry_on: RetryOn, sleep: Callable[[float], object] = time.sleep, **limits: Unpack[Limits]
 ) -> tenacity.Retrying:
-    """A retrying context for plain code: retry what ``retry_on`` matches (exception types or a predicate), waiting
-    ``initial_s * 2**n`` plus up to ``initial_s`` of jitter (at most ``max_s``), until ``attempts`` tries,
-    ``deadline_s`` seconds or ``stop_when()`` is true (no limit given: retry forever). ``sleep`` is replaceable (a
-    test's recorder, or ``threading.Event.wait`` to cut a wait short on shutdown); ``on_retry`` replaces the log
-    line."""
-    return tenacity.Retrying(
-        sleep=sleep, **_arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when, on_retry)
-    )
+    """A retrying context for plain code: retry what ``retry_on`` matches (exception types or a predicate) within
+    ``limits`` (:class:`Limits`). ``sleep`` is replaceable (a test's recorder, or ``threading.Event.wait`` to cut a
+    wait short on shutdown)."""
+    return tenacity.Retrying(sleep=sleep, **_arguments(retry_on, **limits))
 
 
 def async_policy(
-    *,
-    retry_on: RetryOn,
-    attempts: int | None = None,
-    deadline_s: float | None = None,
-    initial_s: float = 0.2,
-    max_s: float = 10.0,
-    what: str = "call",
-    stop_when: Callable[[], bool] | None = None,
-    sleep: Callable[[float], Awaitable[Any]] | None = None,
-    on_retry: OnRetry | None = None,
+    *, retry_on: RetryOn, sleep: Callable[[float], Awaitable[Any]] | None = None, **limits: Unpack[Limits]
 ) -> tenacity.AsyncRetrying:
     """:func:`policy` for coroutines: ``async for attempt in async_policy(...): with attempt: await ...``.
 
     ``sleep`` (default ``asyncio.sleep``) is awaited between attempts: one that returns early on shutdown cuts the
     wait short."""
-    arguments = _arguments(retry_on, attempts, deadline_s, initial_s, max_s, what, stop_when, on_retry)
+    arguments = _arguments(retry_on, **limits)
     if sleep is not None:
         arguments["sleep"] = sleep
     return tenacity.AsyncRetrying(**arguments)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation.settings import Settings
+from foundation.supervisor import pid_alive
 from training.exceptions import PublishError
 from training.servable import runtime
 
@@ -318,7 +319,7 @@ def _staging_is_stale(folder: Path) -> bool:
     parts = folder.name[len(STAGING_PREFIX) :].rsplit("-", 2)
     if len(parts) == 3 and parts[0] == _host() and parts[1].split(".")[0].isdigit():
         pid = int(parts[1].split(".")[0])
-        return not _alive(pid) or _process_tag(pid) != parts[1]  # a reused pid (a restarted container) is another
+        return not pid_alive(pid) or _process_tag(pid) != parts[1]  # a reused pid (a restarted container) is another
     try:
         return time.time() - folder.stat().st_mtime > STALE_FOREIGN_STAGING_S
     except OSError:
@@ -332,15 +333,3 @@ def _process_tag(pid: int) -> str:
         return f"{pid}.{stat.rsplit(')', 1)[1].split()[19]}"
     except (OSError, IndexError):
         return str(pid)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -32,7 +32,7 @@ from streams.schemas import Event, InvalidEvent, parse_event
 from streams.windows import FEATURES, add_event
 from tests.chaos.accounting import Producer, Sent, committed_total, miscounted_windows, warm_up
 from tests.features.conftest import _redis_answers
-from tests.helpers import free_port
+from tests.helpers import free_port, redis_command
 from tests.streams.support import group_caught_up, open_pipeline
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -55,23 +55,7 @@ class PersistentRedis:
         self.port = free_port()
         self.folder = folder
         self.process = ServerProcess("redis", folder)
-        self._argv = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(folder),
-        ]
+        self._argv = redis_command(binary, self.port, folder, persistent=True)
 
     @property
     def address(self) -> str:

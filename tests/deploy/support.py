@@ -54,7 +54,7 @@ def health_port(role: str, settings: Settings | None = None) -> int:
     raise KeyError(role)
 
 
-#: How to install each external tool the deployment tests run (.ci/run installs them on a fresh machine).
+#: How to install each external tool the deployment tests run (make setup installs them on a fresh machine).
 TOOL_INSTALL = {
     "promtool": "apt-get install prometheus",
     "amtool": "apt-get install prometheus-alertmanager",

@@ -22,10 +22,10 @@ from feast import FeatureStore
 from driftloop.stack.process import ServerProcess
 from features import apply_repo
 from foundation.settings import Settings, load_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, redis_command
 
 ONLINE_STORES = ("sqlite", "redis")
-REDIS_PACKAGE = "redis-server"  # Debian's package; .ci/run installs it
+REDIS_PACKAGE = "redis-server"  # Debian's package; make setup installs it
 
 
 @dataclass(frozen=True)
@@ -67,29 +67,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if binary is None:
         pytest.fail(
             f"redis-server is not on PATH: install Debian's package {REDIS_PACKAGE!r} "
-            f"(apt-get install -y {REDIS_PACKAGE}); .ci/run installs it",
+            f"(apt-get install -y {REDIS_PACKAGE}); make setup installs it",
             pytrace=False,
         )
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
     server = ServerProcess("redis", workdir)
-    server.start(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(workdir),
-        ]
-    )
+    server.start(redis_command(binary, port, workdir))
     try:
         server.wait_ready(lambda: _redis_answers(port), 15, f"PING on port {port}")
         yield f"127.0.0.1:{port}"

@@ -25,7 +25,7 @@ from streams.metrics import OUTAGE_RETRIES
 from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream
 from tests.features.conftest import OnlineStore, _redis_answers
-from tests.helpers import free_port
+from tests.helpers import free_port, redis_command
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 FAST_BACKOFF = {"outage_backoff_max_s": 0.4}
@@ -61,23 +61,7 @@ def _redis(tmp_path, port: int) -> ServerProcess:
     if binary is None:
         pytest.fail("redis-server is not on PATH (Debian's package redis-server)", pytrace=False)
     server = ServerProcess(f"redis-{port}", tmp_path / "redis")
-    server.start(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ]
-    )
+    server.start(redis_command(binary, port, tmp_path))
     server.wait_ready(lambda: _redis_answers(port), 15, f"PING on port {port}")
     return server
 

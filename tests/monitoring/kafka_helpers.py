@@ -16,6 +16,17 @@ from monitoring import DriftEvent, MonitorWorker
 from streams import KafkaConsumer, KafkaProducer, Record
 from streams.schemas import InvalidRecord, Label, Prediction
 
+#: A small monitor: windows of 300 checked every 100 events (not by time), firing after 2 checks, 100 labels.
+SMALL_WINDOW = {
+    "window_size": 300,
+    "min_window": 200,
+    "check_every_events": 100,
+    "check_interval_s": 3600,
+    "hysteresis_checks": 2,
+    "resolve_checks": 2,
+    "min_labelled": 100,
+}
+
 
 def produce_predictions(settings: Settings, pairs: list[tuple[Prediction, str]], labels: bool = True) -> None:
     predictions = settings.kafka.topic("predictions-v1")

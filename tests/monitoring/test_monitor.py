@@ -11,17 +11,12 @@ import pytest
 from foundation.settings import load_settings
 from monitoring import DriftEvent, Monitor
 from streams.schemas import Label
+from tests.monitoring.kafka_helpers import SMALL_WINDOW
 
 pytestmark = pytest.mark.unit
 
 SMALL = {
-    "window_size": 300,
-    "min_window": 200,
-    "check_every_events": 100,
-    "check_interval_s": 3600,
-    "hysteresis_checks": 2,
-    "resolve_checks": 2,
-    "min_labelled": 100,
+    **SMALL_WINDOW,
     "reports_keep": 3,
 }
 

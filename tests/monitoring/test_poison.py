@@ -22,17 +22,12 @@ from monitoring.reference import ReferenceSample, load_reference
 from monitoring.sources import followed_state
 from streams.schemas import DeadLetter, Label, ModelState
 from streams.skips import SkippedRecords
+from tests.monitoring.kafka_helpers import SMALL_WINDOW
 
 pytestmark = pytest.mark.unit
 
 SMALL = {
-    "window_size": 300,
-    "min_window": 200,
-    "check_every_events": 100,
-    "check_interval_s": 3600,
-    "hysteresis_checks": 2,
-    "resolve_checks": 2,
-    "min_labelled": 100,
+    **SMALL_WINDOW,
 }
 YEAR_ONE = "0001-01-01T00:00:00+01:00"
 NAIVE = "2026-11-27T10:00:00"

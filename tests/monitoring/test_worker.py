@@ -18,7 +18,14 @@ from monitoring.sources import read_tail
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import DeadLetter
 from tests.helpers import free_port, wait_until
-from tests.monitoring.kafka_helpers import DriftTopic, produce_champion, produce_labels, produce_predictions, running
+from tests.monitoring.kafka_helpers import (
+    SMALL_WINDOW,
+    DriftTopic,
+    produce_champion,
+    produce_labels,
+    produce_predictions,
+    running,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +34,7 @@ DRIFTED = 600
 CLEARING = 800
 # Windows of 300 checked every 100 events overlap; the calibrated thresholds keep the stable phases quiet.
 SMALL = {
-    "window_size": 300,
-    "min_window": 200,
-    "check_every_events": 100,
-    "check_interval_s": 3600,
-    "hysteresis_checks": 2,
-    "resolve_checks": 2,
-    "min_labelled": 100,
+    **SMALL_WINDOW,
     "reports_keep": 10,
     "retry_backoff_s": 0.05,
     "delivery_timeout_s": 2.0,

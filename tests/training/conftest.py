@@ -82,3 +82,40 @@ def publish_settings(settings_factory, triton_server) -> Callable[..., Settings]
         )
 
     return make
+
+
+@pytest.fixture
+def retrain_settings(settings_factory, tmp_path) -> Callable[..., Settings]:
+    """Settings of a retraining consumer of its own (group, model repository under ``tmp_path``) with no Triton to
+    reach: ``retrain_settings(**retrain)`` overrides ``retrain.*``."""
+
+    def make(**retrain) -> Settings:
+        unreachable = "127.0.0.1:1"
+        return settings_factory(
+            triton={
+                "model_repository": tmp_path / "repo",
+                "model_name": "classifier",
+                "url": unreachable,
+                "grpc_url": unreachable,
+            },
+            retrain={"group_id": f"retrain-{uuid.uuid4().hex[:6]}", "retry_after_s": 0, "settle_s": 0, **retrain},
+        )
+
+    return make
+
+
+@pytest.fixture
+def models_cli():
+    """``driftloop models …`` as a click group of its own (run with ``CliRunner().invoke(models_cli, [...])``)."""
+    import click
+
+    from driftloop.commands.context import CommandContext
+    from driftloop.commands.models import models_group
+
+    @click.group()
+    @click.pass_context
+    def cli(ctx: click.Context) -> None:
+        ctx.obj = CommandContext(None, None, "WARNING")
+
+    cli.add_command(models_group)
+    return cli

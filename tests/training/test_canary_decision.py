@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streams.schemas import DriftEvent
+from tests.helpers import drift_event
 from training.canary import Tally, decide
 from training.retrain import RunPlanner, triggers
 
@@ -49,19 +50,15 @@ def test_the_canary_needs_both_roles_a_silent_champion_is_no_comparison():
 
 def _event(kind: str, status: str, model: str = "classifier", minutes: int = 0) -> DriftEvent:
     at = datetime(2026, 11, 27, 10, tzinfo=UTC) + timedelta(minutes=minutes)
-    return DriftEvent(
-        id=f"{kind}-{status}-{minutes}",
+    return drift_event(
+        f"{kind}-{status}-{minutes}",
+        at,
         kind=kind,
         status=status,
-        severity="warning",
         model=model,
-        version=1,
-        dedup_key=f"driftloop/{model}/{kind}",
-        window={"start": at, "end": at, "size": 100, "labelled": 0},
+        severity="warning",
+        labelled=0,
         metrics={},
-        drifted_columns=[],
-        started_at=at,
-        detected_at=at,
     )
 
 

@@ -10,6 +10,7 @@ from confluent_kafka import Message
 
 from foundation.settings import load_settings
 from streams.schemas import DriftEvent, WindowInfo
+from tests.helpers import drift_event
 from training.dataset import DataWindow
 from training.repository import ModelRepository
 from training.retrain import Retrainer, RunOutcome, RunPlanner, label_gate, onset
@@ -21,19 +22,17 @@ T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 def _drift(
     event_id: str, fired: datetime, status: str = "firing", kind: str = "data", window_start: datetime | None = None
 ) -> DriftEvent:
-    return DriftEvent(
-        id=event_id,
-        kind=kind,
+    return drift_event(
+        event_id,
+        fired,
         status=status,
-        severity="critical",
+        kind=kind,
         model=MODEL,
-        version=1,
-        dedup_key=f"driftloop/{MODEL}/{kind}",
-        window=WindowInfo(start=window_start or fired - timedelta(seconds=40), end=fired, size=400, labelled=0),
+        window_start=window_start or fired - timedelta(seconds=40),
+        size=400,
+        labelled=0,
         metrics={"drift_share": 0.8},
-        drifted_columns=["text_length"],
-        started_at=fired,
-        detected_at=fired,
+        drifted_columns=("text_length",),
     )
 
 

@@ -11,21 +11,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import click
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Message
 
-from driftloop.commands.context import CommandContext
-from driftloop.commands.models import models_group
 from foundation.settings import load_settings
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import DriftEvent
 from streams.skips import SkippedRecords
-from tests.helpers import wait_until
+from tests.helpers import drift_event, wait_until
 from tests.streams.support import group_caught_up
 from training.evaluation import HoldoutGateRejected, Metrics
 from training.repository import ModelRepository
@@ -35,20 +31,7 @@ MODEL = "classifier"
 
 
 def _drift(event_id: str, started: datetime, status: str = "firing", kind: str = "performance") -> DriftEvent:
-    return DriftEvent(
-        id=event_id,
-        kind=kind,
-        status=status,
-        severity="critical",
-        model=MODEL,
-        version=1,
-        dedup_key=f"driftloop/{MODEL}/{kind}",
-        window={"start": started, "end": started, "size": 100, "labelled": 50},
-        metrics={"accuracy": 0.4},
-        drifted_columns=[],
-        started_at=started,
-        detected_at=started,
-    )
+    return drift_event(event_id, started, status=status, kind=kind, model=MODEL)
 
 
 HOSTILE = [
@@ -178,32 +161,10 @@ def test_the_run_log_stays_bounded(tmp_path) -> None:
     assert repo.runs(1)[0]["run"] == "r59"
 
 
-@click.group()
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    ctx.obj = CommandContext(None, None, "WARNING")
-
-
-cli.add_command(models_group)
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_path) -> None:
-    settings = settings_factory(
-        triton={
-            "model_repository": tmp_path / "repo",
-            "model_name": MODEL,
-            "url": "127.0.0.1:1",
-            "grpc_url": "127.0.0.1:1",
-        },
-        retrain={
-            "group_id": f"retrain-{uuid.uuid4().hex[:6]}",
-            "retry_after_s": 0,
-            "settle_s": 0,
-            "min_post_drift_labels": 0,
-        },
-    )
+def test_the_consumer_commits_a_failed_run_and_goes_on(retrain_settings, models_cli, tmp_path) -> None:
+    settings = retrain_settings(min_post_drift_labels=0)
     ensure_topics(settings)
     topic = settings.kafka.topic("drift-v1")
     now = datetime.now(UTC)
@@ -249,12 +210,12 @@ def test_the_consumer_commits_a_failed_run_and_goes_on(settings_factory, tmp_pat
         "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
         "DRIFTLOOP_TRITON__MODEL_NAME": MODEL,
     }
-    result = CliRunner().invoke(cli, ["models", "list", "--json"], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(models_cli, ["models", "list", "--json"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [(r["kind"], r["run"], r["status"]) for r in rows] == [
         ("run", "drift-8", "failed"),
         ("run", "drift-7", "failed"),
     ]
-    text = CliRunner().invoke(cli, ["models", "list"], env=env, catch_exceptions=False).output
+    text = CliRunner().invoke(models_cli, ["models", "list"], env=env, catch_exceptions=False).output
     assert "last runs of the retraining consumer" in text and "failed" in text and "RuntimeError" in text

@@ -7,20 +7,16 @@ given is what is checked); the label count, the drift topic and the consumer gro
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from driftloop.commands.context import CommandContext
-from driftloop.commands.models import models_group
 from foundation.settings import Settings
 from streams import KafkaProducer, Record, ensure_topics
-from streams.schemas import DriftEvent, WindowInfo
+from streams.schemas import DriftEvent
 from streams.synthetic import SyntheticStream
-from tests.helpers import wait_until
+from tests.helpers import drift_event, wait_until
 from tests.streams.support import group_caught_up
 from training.dataset import DataWindow
 from training.exceptions import TrainingError
@@ -44,52 +40,23 @@ class Train:
         raise TrainingError("the test stops here: it checks what the run trained on")
 
 
-@click.group()
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    ctx.obj = CommandContext(None, None, "WARNING")
-
-
-cli.add_command(models_group)
-
-
-def _settings(settings_factory, tmp_path) -> Settings:
-    settings = settings_factory(
-        triton={
-            "model_repository": tmp_path / "repo",
-            "model_name": MODEL,
-            "url": "127.0.0.1:1",
-            "grpc_url": "127.0.0.1:1",
-        },
-        retrain={
-            "group_id": f"retrain-{uuid.uuid4().hex[:6]}",
-            "retry_after_s": 0,
-            "settle_s": 0,
-            "lookback_s": 10,
-            "min_post_drift_labels": NEEDED,
-            "label_poll_s": 0.5,
-            "label_wait_timeout_s": 180,
-        },
-    )
+def _settings(retrain_settings) -> Settings:
+    settings = retrain_settings(lookback_s=10, min_post_drift_labels=NEEDED, label_poll_s=0.5, label_wait_timeout_s=180)
     ensure_topics(settings)
     return settings
 
 
 def _drift(event_id: str, onset: datetime, status: str = "firing") -> DriftEvent:
-    fired = datetime.now(UTC)
-    return DriftEvent(
-        id=event_id,
+    return drift_event(
+        event_id,
+        datetime.now(UTC),
         kind="data",
         status=status,
-        severity="critical",
-        model=MODEL,
-        version=1,
-        dedup_key=f"driftloop/{MODEL}/data",
-        window=WindowInfo(start=onset, end=fired, size=400, labelled=0),
+        window_start=onset,
+        size=400,
+        labelled=0,
         metrics={"drift_share": 0.8},
-        drifted_columns=["text_length"],
-        started_at=fired,
-        detected_at=fired,
+        drifted_columns=("text_length",),
     )
 
 
@@ -127,7 +94,7 @@ def _waiting(settings: Settings, run_id: str) -> dict | None:
     return runs[0] if runs and runs[0]["status"] == "waiting_for_labels" else None
 
 
-def _models_list(settings: Settings) -> str:
+def _models_list(models_cli, settings: Settings) -> str:
     env = {
         "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
@@ -136,13 +103,15 @@ def _models_list(settings: Settings) -> str:
         "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
         "DRIFTLOOP_TRITON__MODEL_NAME": MODEL,
     }
-    result = CliRunner().invoke(cli, ["models", "list"], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(models_cli, ["models", "list"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(settings_factory, tmp_path) -> None:
-    settings = _settings(settings_factory, tmp_path)
+def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(
+    retrain_settings, models_cli, tmp_path
+) -> None:
+    settings = _settings(retrain_settings)
     onset = datetime.now(UTC) - timedelta(seconds=30)
     stream = SyntheticStream(seed=3, entities=10)
     before = list(stream.stream(15, start=onset - timedelta(seconds=8), interval=timedelta(milliseconds=400)))
@@ -163,7 +132,7 @@ def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(setti
             60,
             "the drift event committed",
         )
-        text = _models_list(settings)
+        text = _models_list(models_cli, settings)
         assert "waiting_for_labels" in text and f"0 of {NEEDED} labelled events since the onset" in text
 
         # The late labels: too few at first, then enough.
@@ -192,8 +161,8 @@ def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(setti
     assert rows[0]["status"] == "failed" and rows[0]["labels"]["labelled"] >= NEEDED
 
 
-def test_a_resolve_drops_the_run_that_waits_for_labels(settings_factory, tmp_path) -> None:
-    settings = _settings(settings_factory, tmp_path)
+def test_a_resolve_drops_the_run_that_waits_for_labels(retrain_settings, models_cli, tmp_path) -> None:
+    settings = _settings(retrain_settings)
     onset = datetime.now(UTC) - timedelta(seconds=20)
     _produce(settings, "drift-v1", [(MODEL.encode(), _drift("data-2", onset).to_bytes())])
 
@@ -211,4 +180,4 @@ def test_a_resolve_drops_the_run_that_waits_for_labels(settings_factory, tmp_pat
 
     assert not running.errors, running.errors
     assert running.outcomes[0].status == "dropped" and train.calls == []
-    assert "dropped" in _models_list(settings)
+    assert "dropped" in _models_list(models_cli, settings)

@@ -12,6 +12,7 @@ from confluent_kafka import Message
 from foundation.settings import load_settings
 from streams.schemas import DriftEvent
 from streams.skips import SkippedRecords
+from tests.helpers import drift_event
 from training.canary import Tally, Verdict
 from training.repository import ModelRepository
 from training.retrain import Retrainer, RunOutcome, RunPlanner, version_for_trigger
@@ -19,24 +20,12 @@ from training.servable import runtime
 
 pytestmark = pytest.mark.unit
 
+
 MODEL = "classifier"
 
 
 def _drift(event_id: str, started: datetime, model: str = MODEL, status: str = "firing") -> DriftEvent:
-    return DriftEvent(
-        id=event_id,
-        kind="performance",
-        status=status,
-        severity="critical",
-        model=model,
-        version=1,
-        dedup_key=f"driftloop/{model}/performance",
-        window={"start": started, "end": started, "size": 100, "labelled": 50},
-        metrics={"accuracy": 0.4},
-        drifted_columns=[],
-        started_at=started,
-        detected_at=started,
-    )
+    return drift_event(event_id, started, model=model, status=status)
 
 
 def _message(value: bytes, offset: int) -> Message:
