@@ -93,6 +93,10 @@ class TritonSettings(_Section):
     grpc_url: str | None = None
     model_name: str = "classifier"
     model_repository: Path = Path("triton_repo")
+    # Triton's model-repository API (load, unload, index: loading with file overrides runs arbitrary code) answers
+    # only requests that carry this key in the `driftloop-admin-key` header; the local stack starts tritonserver
+    # restricted so when it is set. A secret: never logged.
+    admin_key: SecretStr | None = None
 
 
 class FeastSettings(_Section):

@@ -225,8 +225,15 @@ class DetachedServer:
         self.pid_file.unlink(missing_ok=True)
         return None
 
-    def start(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
-        """Start ``argv`` in its own session, output appended to the log file; returns the PID.
+    def start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        redact: Sequence[str] = (),
+    ) -> int:
+        """Start ``argv`` in its own session, output appended to the log file (``redact``: values masked in the
+        command line written there); returns the PID.
 
         Raises:
             error: the server is already running.
@@ -234,7 +241,7 @@ class DetachedServer:
         if (pid := self.pid()) is not None:
             raise self.error(f"{self.name} is already running (pid {pid}); `driftloop stack down` first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        proc = spawn(argv, self.log_file, env, cwd, new_session=True)
+        proc = spawn(argv, self.log_file, env, cwd, new_session=True, redact=redact)
         self.pid_file.write_text(f"{proc.pid}\n")
         log.info("started %s", self.name, extra={"pid": proc.pid, "log": str(self.log_file)})
         return proc.pid
@@ -285,8 +292,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     new_session: bool = False,
+    redact: Sequence[str] = (),
 ) -> subprocess.Popen:
-    """Start ``argv``; with ``log_file`` its output is appended there after a header line, stdin is closed."""
+    """Start ``argv``; with ``log_file`` its output is appended there after a header line (the command, with every
+    value of ``redact`` masked: secrets a server takes on its command line), stdin is closed."""
     if log_file is None:
         return subprocess.Popen(
             list(argv),
@@ -296,7 +305,10 @@ def spawn(
         )
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        command = " ".join(argv)
+        for secret in filter(None, redact):
+            command = command.replace(secret, "***")
+        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {command}\n".encode())
         out.flush()
         return subprocess.Popen(  # noqa: S603 - argv is built by the caller's code, not from user input
             list(argv),

@@ -90,12 +90,25 @@ class TritonRequestError(StreamsError):
 Result = tuple[np.ndarray, int] | TritonRequestError
 
 
+#: The header that carries ``triton.admin_key`` on model-repository requests (tritonserver's restricted API). Over
+#: HTTP it is sent as is; over gRPC tritonserver expects it prefixed with ``triton-grpc-protocol-``.
+ADMIN_KEY_HEADER = "driftloop-admin-key"
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+
+
+def admin_headers(settings: Settings) -> dict[str, str] | None:
+    """The gRPC headers of a model-repository request: the admin key when Triton's repository API is restricted."""
+    key = settings.triton.admin_key
+    return {GRPC_ADMIN_KEY_HEADER: key.get_secret_value()} if key else None
+
+
 class TritonClassifier:
     def __init__(self, settings: Settings) -> None:
         self.model = settings.triton.model_name
         self.timeout_s = settings.workers.triton_timeout_s
         self.retries = settings.workers.triton_retries
         self._client = grpcclient.InferenceServerClient(settings.triton_grpc)
+        self._admin_headers = admin_headers(settings)
         self._served: frozenset[int] = frozenset()
         self._served_at = float("-inf")
 
@@ -110,8 +123,8 @@ class TritonClassifier:
         Raises:
             InferenceServerException: Triton refused or did not answer either request within ``timeout_s``.
         """
-        await self._client.unload_model(self.model, client_timeout=timeout_s)
-        await self._client.load_model(self.model, client_timeout=timeout_s)
+        await self._client.unload_model(self.model, headers=self._admin_headers, client_timeout=timeout_s)
+        await self._client.load_model(self.model, headers=self._admin_headers, client_timeout=timeout_s)
 
     async def served_versions(self, refresh: bool = False) -> frozenset[int]:
         """The versions of the model that Triton serves now (cached for ``SERVED_TTL_S``).
@@ -236,11 +249,18 @@ class TritonAdmin:
     Args:
         url: the gRPC endpoint, ``host:port`` (``settings.triton_grpc``).
         timeout_s: the deadline of each call.
+        headers: sent with the model-repository calls (:func:`admin_headers`: the admin key of a restricted API).
     """
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> None:
         self.url, self.timeout_s = url, timeout_s
         self._client = SyncClient(url)
+        self._headers = headers
+
+    @classmethod
+    def of(cls, settings: Settings, timeout_s: float = 5.0) -> TritonAdmin:
+        """The admin client of ``settings``' Triton, with its admin key."""
+        return cls(settings.triton_grpc, timeout_s, admin_headers(settings))
 
     def __enter__(self) -> TritonAdmin:
         return self
@@ -263,7 +283,10 @@ class TritonAdmin:
 
     def repository_index(self) -> list[dict]:
         """Every model of the repository: ``name``, ``version`` (when loaded), ``state`` (``READY``, ...)."""
-        return self._client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s).get("models", [])
+        index = self._client.get_model_repository_index(
+            headers=self._headers, as_json=True, client_timeout=self.timeout_s
+        )
+        return index.get("models", [])
 
     def loaded(self) -> list[str]:
         """``name:version`` of every ready model version."""
@@ -271,10 +294,10 @@ class TritonAdmin:
 
     def load(self, model: str) -> None:
         """Load (or reload) ``model`` from the repository: versions already loaded keep serving."""
-        self._client.load_model(model, client_timeout=self.timeout_s)
+        self._client.load_model(model, headers=self._headers, client_timeout=self.timeout_s)
 
     def unload(self, model: str) -> None:
-        self._client.unload_model(model, client_timeout=self.timeout_s)
+        self._client.unload_model(model, headers=self._headers, client_timeout=self.timeout_s)
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
         return self._client.is_model_ready(
@@ -296,7 +319,7 @@ class TritonAdmin:
 def server_ready(settings: Settings, timeout_s: float = 2.0) -> bool:
     """Whether the Triton of ``settings`` answers "ready" (False when it cannot be reached)."""
     try:
-        with TritonAdmin(settings.triton_grpc, timeout_s) as admin:
+        with TritonAdmin.of(settings, timeout_s) as admin:
             return admin.is_ready()
     except InferenceServerException:
         return False

@@ -40,7 +40,7 @@ def run_worker(settings: Settings, role: str, replica: int) -> None:
             from streams.triton_client import TritonAdmin
 
             # One client for every probe: the gRPC client is thread-safe (probes run in the health server's threads).
-            with TritonAdmin(settings.triton_grpc, timeout_s=2.0) as triton:
+            with TritonAdmin.of(settings, timeout_s=2.0) as triton:
                 health.add_check("triton", triton.is_ready)
                 asyncio.run(_run_inference(settings, replica, health))
     finally:

@@ -61,7 +61,7 @@ class TritonControl:
     def __init__(self, settings: Settings) -> None:
         self.url = settings.triton_grpc
         self.timeout_s = settings.training.load_timeout_s
-        self.client = TritonAdmin(self.url, timeout_s=self.timeout_s)
+        self.client = TritonAdmin.of(settings, timeout_s=self.timeout_s)
 
     def check_live(self) -> None:
         """Raises PublishError when the server does not answer."""

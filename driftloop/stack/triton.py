@@ -20,7 +20,7 @@ from pathlib import Path
 from driftloop.stack.exceptions import ComponentNotFound
 from driftloop.stack.process import ServerProcess
 from foundation.settings import Settings
-from streams.triton_client import TritonAdmin, server_ready
+from streams.triton_client import ADMIN_KEY_HEADER, TritonAdmin, server_ready
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,9 @@ def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str],
         argv.append(f"--backend-directory={install.backend_dir}")
     if not has_gpu():
         argv.append("--pinned-memory-pool-byte-size=0")
+    if settings.triton.admin_key:  # load/unload/index only with the key (ADMIN_KEY_HEADER), on both protocols
+        restricted = f"model-repository:{ADMIN_KEY_HEADER}={settings.triton.admin_key.get_secret_value()}"
+        argv += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
     # Explicit mode loads nothing by itself: load every model that has a config.
     argv += [f"--load-model={p.parent.name}" for p in sorted(repository.glob("*/config.pbtxt"))]
 
@@ -137,7 +140,8 @@ def start(settings: Settings) -> int:
     """Start tritonserver on the model repository (created when missing); returns its PID. Does not wait."""
     settings.triton.model_repository.mkdir(parents=True, exist_ok=True)
     argv, env = argv_and_env(settings, locate(settings))
-    return server(settings).start(argv, env=env)
+    key = settings.triton.admin_key
+    return server(settings).start(argv, env=env, redact=[key.get_secret_value()] if key else [])
 
 
 def is_ready(settings: Settings) -> bool:
@@ -164,12 +168,12 @@ def up(settings: Settings) -> list[str]:
 
 def loaded(settings: Settings) -> list[str]:
     """``name:version`` of every model version the server has ready."""
-    with TritonAdmin(settings.triton_grpc) as admin:
+    with TritonAdmin.of(settings) as admin:
         return admin.loaded()
 
 
 def repository_index(settings: Settings) -> list[dict]:
-    with TritonAdmin(settings.triton_grpc) as admin:
+    with TritonAdmin.of(settings) as admin:
         return admin.repository_index()
 
 
@@ -179,7 +183,7 @@ def describe(settings: Settings) -> str:
     Raises:
         InferenceServerException: the server does not answer.
     """
-    with TritonAdmin(settings.triton_grpc) as admin:
+    with TritonAdmin.of(settings) as admin:
         version = admin.metadata().get("version", "?")
         ready = admin.is_ready()
         models = admin.loaded()
