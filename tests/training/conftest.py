@@ -105,9 +105,11 @@ def retrain_settings(settings_factory, tmp_path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def models_cli():
-    """``driftloop models …`` as a click group of its own (run with ``CliRunner().invoke(models_cli, [...])``)."""
+def models_list() -> Callable[..., str]:
+    """``driftloop models list [ARGS]`` run against a settings' topics and model repository: ``models_list(settings,
+    "--json")`` returns its output (the command must succeed)."""
     import click
+    from click.testing import CliRunner
 
     from driftloop.commands.context import CommandContext
     from driftloop.commands.models import models_group
@@ -118,4 +120,18 @@ def models_cli():
         ctx.obj = CommandContext(None, None, "WARNING")
 
     cli.add_command(models_group)
-    return cli
+
+    def run(settings: Settings, *args: str) -> str:
+        env = {
+            "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+            "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "DRIFTLOOP_TRITON__URL": settings.triton.url or "",
+            "DRIFTLOOP_TRITON__GRPC_URL": settings.triton.grpc_url or "",
+            "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
+            "DRIFTLOOP_TRITON__MODEL_NAME": settings.triton.model_name,
+        }
+        result = CliRunner().invoke(cli, ["models", "list", *args], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return run

@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from click.testing import CliRunner
 from confluent_kafka import Message
 
 from foundation.settings import load_settings
@@ -163,7 +162,7 @@ def test_the_run_log_stays_bounded(tmp_path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-def test_the_consumer_commits_a_failed_run_and_goes_on(retrain_settings, models_cli, tmp_path) -> None:
+def test_the_consumer_commits_a_failed_run_and_goes_on(retrain_settings, models_list, tmp_path) -> None:
     settings = retrain_settings(min_post_drift_labels=0)
     ensure_topics(settings)
     topic = settings.kafka.topic("drift-v1")
@@ -202,20 +201,10 @@ def test_the_consumer_commits_a_failed_run_and_goes_on(retrain_settings, models_
         retrainer.stop()
         thread.join(30)
 
-    env = {
-        "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "DRIFTLOOP_TRITON__URL": "127.0.0.1:1",
-        "DRIFTLOOP_TRITON__GRPC_URL": "127.0.0.1:1",
-        "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
-        "DRIFTLOOP_TRITON__MODEL_NAME": MODEL,
-    }
-    result = CliRunner().invoke(models_cli, ["models", "list", "--json"], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in models_list(settings, "--json").splitlines()]
     assert [(r["kind"], r["run"], r["status"]) for r in rows] == [
         ("run", "drift-8", "failed"),
         ("run", "drift-7", "failed"),
     ]
-    text = CliRunner().invoke(models_cli, ["models", "list"], env=env, catch_exceptions=False).output
+    text = models_list(settings)
     assert "last runs of the retraining consumer" in text and "failed" in text and "RuntimeError" in text

@@ -10,7 +10,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from click.testing import CliRunner
 
 from foundation.settings import Settings
 from streams import KafkaProducer, Record, ensure_topics
@@ -94,22 +93,8 @@ def _waiting(settings: Settings, run_id: str) -> dict | None:
     return runs[0] if runs and runs[0]["status"] == "waiting_for_labels" else None
 
 
-def _models_list(models_cli, settings: Settings) -> str:
-    env = {
-        "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "DRIFTLOOP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "DRIFTLOOP_TRITON__URL": "127.0.0.1:1",
-        "DRIFTLOOP_TRITON__GRPC_URL": "127.0.0.1:1",
-        "DRIFTLOOP_TRITON__MODEL_REPOSITORY": str(settings.triton.model_repository),
-        "DRIFTLOOP_TRITON__MODEL_NAME": MODEL,
-    }
-    result = CliRunner().invoke(models_cli, ["models", "list"], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(
-    retrain_settings, models_cli, tmp_path
+    retrain_settings, models_list, tmp_path
 ) -> None:
     settings = _settings(retrain_settings)
     onset = datetime.now(UTC) - timedelta(seconds=30)
@@ -132,7 +117,7 @@ def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(
             60,
             "the drift event committed",
         )
-        text = _models_list(models_cli, settings)
+        text = models_list(settings)
         assert "waiting_for_labels" in text and f"0 of {NEEDED} labelled events since the onset" in text
 
         # The late labels: too few at first, then enough.
@@ -161,7 +146,7 @@ def test_a_data_drift_run_waits_for_late_labels_then_trains_from_the_onset(
     assert rows[0]["status"] == "failed" and rows[0]["labels"]["labelled"] >= NEEDED
 
 
-def test_a_resolve_drops_the_run_that_waits_for_labels(retrain_settings, models_cli, tmp_path) -> None:
+def test_a_resolve_drops_the_run_that_waits_for_labels(retrain_settings, models_list, tmp_path) -> None:
     settings = _settings(retrain_settings)
     onset = datetime.now(UTC) - timedelta(seconds=20)
     _produce(settings, "drift-v1", [(MODEL.encode(), _drift("data-2", onset).to_bytes())])
@@ -180,4 +165,4 @@ def test_a_resolve_drops_the_run_that_waits_for_labels(retrain_settings, models_
 
     assert not running.errors, running.errors
     assert running.outcomes[0].status == "dropped" and train.calls == []
-    assert "dropped" in _models_list(models_cli, settings)
+    assert "dropped" in models_list(settings)
