@@ -13,7 +13,10 @@ Three kinds of drift are decided, each by one rule (``decide``):
   may be late and partial: only the labelled part of the window counts.
 
 No kind is decided on a window that is not comparable with the reference: fewer than ``min_window`` events or fewer
-than ``min_entities`` distinct entities (a fresh store, a short window) leave every kind undecided.
+than ``min_entities`` distinct entities (a fresh store, a short window) leave every kind undecided. A feature that looks
+back over a span (``streams.windows.SPANS``: a count over the last day, say) is left out of the data kind while the
+feature store has observed less than that span (``observed_s``): on a fresh store such features grow for a day on
+clean traffic, so judging them then would page for the store's youth, not for drift.
 
 Evidently still tests each column (``columns``: its ``DataDriftPreset`` tests, chosen as Evidently chooses them, for
 the HTML report of ``monitoring.report``), with one change: Evidently's default for categorical and few-valued numeric
@@ -40,6 +43,7 @@ from monitoring.exceptions import DriftCheckError
 from monitoring.reference import PREDICTION_COLUMNS, ReferenceSample
 from monitoring.window import ENTITY_ID, TRUE_LABEL, WindowBounds
 from streams.schemas import Kind, Severity
+from streams.windows import SPANS
 
 KINDS: tuple[Kind, ...] = ("data", "prediction", "performance")
 
@@ -172,6 +176,7 @@ def check_drift(
     policy: DriftPolicy,
     window: WindowBounds | None = None,
     calibration: Calibration | None = None,
+    observed_s: float | None = None,
 ) -> DriftResult:
     """Compare a window frame (``SlidingWindow.frame``) with a reference sample: the decision and Evidently's tests.
 
@@ -182,6 +187,7 @@ def check_drift(
         policy: thresholds, budget and test choices.
         window: the window's bounds, reported in the result (derived from ``current`` when omitted).
         calibration: the reference's calibration; calibrated here (seconds) when omitted.
+        observed_s: how long the feature store has been observing (see :func:`decide`).
 
     Raises:
         DriftCheckError: the window is empty, or no data column can be compared.
@@ -206,7 +212,7 @@ def check_drift(
     if not any(name in columns for name in data_columns):
         raise DriftCheckError(f"{reference.model} v{reference.version}: no data column could be compared: {skipped}")
 
-    decision = decide(current, reference, calibration, policy)
+    decision = decide(current, reference, calibration, policy, observed_s)
     return DriftResult(
         model=reference.model,
         version=reference.version,
@@ -223,7 +229,11 @@ def check_drift(
 
 
 def decide(
-    current: pd.DataFrame, reference: ReferenceSample, calibration: Calibration, policy: DriftPolicy | None = None
+    current: pd.DataFrame,
+    reference: ReferenceSample,
+    calibration: Calibration,
+    policy: DriftPolicy | None = None,
+    observed_s: float | None = None,
 ) -> Decision:
     """The calibrated decision on a window frame (see the module docstring).
 
@@ -233,10 +243,11 @@ def decide(
         reference: the serving version's reference sample.
         calibration: ``calibrate(reference, settings)`` (or the one stored with the version).
         policy: ``min_window``, ``min_entities``, the performance settings and ``critical_*``; defaults when omitted.
+        observed_s: how long the feature store has been observing (None: long enough for every feature).
     """
     policy = policy or DriftPolicy()
     statistics: dict[str, ColumnStatistic] = {}
-    skipped: dict[str, str] = {}
+    skipped = warming_up(reference.feature_names, observed_s)
     kinds: dict[Kind, KindResult] = {}
     for kind in ("data", "prediction"):
         kinds[kind] = _calibrated_kind(kind, current, reference, calibration, policy, statistics, skipped)
@@ -246,6 +257,17 @@ def decide(
     if reason is not None:
         kinds = {k: KindResult(k, None, "warning", {**v.metrics, "comparable": 0.0}, ()) for k, v in kinds.items()}
     return Decision(kinds, statistics, reason is None, reason, skipped)
+
+
+def warming_up(feature_names: tuple[str, ...] | list[str], observed_s: float | None) -> dict[str, str]:
+    """The features not judged yet, with why: those whose span the feature store has not observed for."""
+    if observed_s is None:
+        return {}
+    return {
+        name: f"warming up: the store has observed {observed_s / 3600:.1f} h of the {span / 3600:.0f} h it covers"
+        for name in feature_names
+        if (span := SPANS.get(name)) is not None and observed_s < span
+    }
 
 
 def _not_comparable(current: pd.DataFrame, policy: DriftPolicy) -> str | None:
@@ -271,6 +293,8 @@ def _calibrated_kind(
     names = calibration.kinds.get(kind, ())
     tested: list[ColumnStatistic] = []
     for name in names:
+        if name in skipped:
+            continue  # warming up
         if name not in current.columns or name not in reference.frame.columns:
             skipped.setdefault(name, "not in the window")
             continue

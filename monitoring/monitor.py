@@ -91,6 +91,7 @@ class Monitor:
         metrics: where to record gauges; a private registry when omitted.
         clock: monotonic seconds, for the time-based schedule.
         reference_loader: reads a version's reference (``load_reference``).
+        wall_clock: epoch seconds, for how long the feature store has been observing (see :meth:`note_history`).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class Monitor:
         metrics: MonitorMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         reference_loader: ReferenceLoader = load_reference,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.config = settings.monitoring
@@ -106,6 +108,8 @@ class Monitor:
         self.metrics = metrics or MonitorMetrics()
         self._clock = clock
         self._load_reference = reference_loader
+        self._wall_clock = wall_clock
+        self.history_since: float | None = None  # epoch s: the oldest prediction known to have been served
         self.tracks: dict[str, ModelTrack] = {}
         self.pending_labels = PendingLabels(self.config.pending_labels_max)
         self.observed = {"predictions": 0, "labels": 0, "skipped": 0}
@@ -125,6 +129,8 @@ class Monitor:
         if prediction.role != "champion":
             return self._skip("role")
         self._check_event_time(prediction)
+        if self.history_since is None:
+            self.history_since = self._wall_clock()
         track = self._track(prediction.model.name)
         version = prediction.model.version
         if track.serving_version is None or (not track.from_models_topic and version > track.serving_version):
@@ -140,6 +146,14 @@ class Monitor:
         track.window.add(prediction, true_label=true_label)
         track.events_since_check += 1
         return True
+
+    def note_history(self, since: float) -> None:
+        """Predictions have been served since ``since`` (epoch s; e.g. the predictions topic's oldest record).
+
+        The feature store has been observing at least that long: features that look back over a longer span are not
+        judged yet (``monitoring.drift.warming_up``). Without a note, history starts at the first prediction seen.
+        """
+        self.history_since = since if self.history_since is None else min(self.history_since, since)
 
     def observe_label(self, label: Label) -> bool:
         """Attach a ground-truth label to its prediction; kept aside when the prediction has not arrived yet.
@@ -240,7 +254,10 @@ class Monitor:
             policy = self.policy
             if force:
                 policy = replace(policy, min_window=min(policy.min_window, len(current)))
-            result = check_drift(current, reference, policy, track.window.bounds(), self._calibration(track))
+            observed_s = None if self.history_since is None else self._wall_clock() - self.history_since
+            result = check_drift(
+                current, reference, policy, track.window.bounds(), self._calibration(track), observed_s
+            )
         except DriftCheckError as exc:
             log.warning("drift check skipped", extra={"model": model, "reason": str(exc)})
             return None

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from foundation.settings import Settings
 from monitoring.exceptions import MonitoringError
@@ -24,6 +24,7 @@ from streams.skips import SkippedRecords
 log = logging.getLogger(__name__)
 
 MODELS_TOPIC = "models-v1"
+HEAD_RECORDS = 1000  # per partition: how far oldest_record_at reads before it gives up on a partition's head
 
 
 def unusable_state(repository: Path, state: ModelState) -> str | None:
@@ -132,6 +133,36 @@ def read_tail(settings: Settings, logical_topic: str, per_partition: int, timeou
         raise MonitoringError(f"cannot read {topic}: {exc}") from exc
     finally:
         reader.close()
+
+
+def oldest_record_at(settings: Settings, logical_topic: str, timeout_s: float = 15.0) -> float | None:
+    """The broker timestamp (epoch s) of the oldest record still on a topic; None when it holds none.
+
+    Reads only the head of each partition (a bounded number of records), never the whole topic.
+
+    Raises:
+        MonitoringError: the topic does not exist or the broker does not answer.
+    """
+    topic = settings.kafka.topic(logical_topic)
+    reader = _open(settings, topic, BEGINNING, timeout_s)
+    oldest: float | None = None
+    seen: set[int] = set()
+    budget = HEAD_RECORDS * max(1, len(reader.positions))  # an empty partition must not make it read everything
+    try:
+        for read, msg in enumerate(reader.catch_up(timeout_s), start=1):
+            kind, at_ms = msg.timestamp()
+            if kind != TIMESTAMP_NOT_AVAILABLE and msg.partition() not in seen:
+                seen.add(msg.partition())
+                oldest = at_ms / 1000 if oldest is None else min(oldest, at_ms / 1000)
+            if len(seen) == len(reader.positions) or read >= budget:
+                break
+    except CatchUpTimeout as exc:
+        log.warning("head of %s not read to its end: %s", topic, exc, extra={"topic": topic})
+    except StreamsError as exc:
+        raise MonitoringError(f"cannot read {topic}: {exc}") from exc
+    finally:
+        reader.close()
+    return oldest
 
 
 def read_model_states(

@@ -45,10 +45,10 @@ from foundation.health import HealthServer
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from monitoring.alerts import AlertDispatcher, build_dispatcher
-from monitoring.exceptions import UnusableRecord
+from monitoring.exceptions import MonitoringError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor
-from monitoring.sources import ModelStatesReader, read_tail
+from monitoring.sources import ModelStatesReader, oldest_record_at, read_tail
 from streams.client import KafkaConsumer, KafkaProducer, Record
 from streams.schemas import (
     DeadLetter,
@@ -148,6 +148,7 @@ class MonitorWorker:
             models = await asyncio.to_thread(ModelStatesReader, self.settings, self.metrics.skipped)
             producer = KafkaProducer(self.settings, {"message.timeout.ms": 0})  # outages are waited out
             self._observe_states(await asyncio.to_thread(models.read_all))
+            await self._note_history()
             reopened = self.monitor.restore_alerts(await asyncio.to_thread(self._own_events))
             if reopened:
                 log.info("open alerts restored", extra={"alerts": [f"{e.model}/{e.kind}" for e in reopened]})
@@ -176,6 +177,17 @@ class MonitorWorker:
             if health is not None:
                 health.stop()
             log.info("monitor stopped", extra=dict(self.monitor.observed))
+
+    async def _note_history(self) -> None:
+        """Tell the monitor how long predictions have been served (the predictions topic's oldest record), so that a
+        restart does not take a store in its stride for a fresh one."""
+        try:
+            since = await asyncio.to_thread(oldest_record_at, self.settings, "predictions-v1")
+        except MonitoringError as exc:
+            log.warning("history of the predictions topic unknown: %s", exc)
+            return
+        if since is not None:
+            self.monitor.note_history(since)
 
     def _own_events(self) -> list[DriftEvent]:
         """The drift events of earlier runs (the tail of the drift topic); what cannot be used is skipped, counted."""

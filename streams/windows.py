@@ -14,6 +14,14 @@ DAY = 24 * HOUR
 MAX_EVENTS = 10_000
 
 FEATURES = ("msg_count_1h", "msg_count_24h", "mean_text_length", "seconds_since_last_event")
+#: How much history each feature looks back over. Until the store has observed that long, a feature's values are
+#: smaller (counts) or less steady (means, gaps) than on a store in its stride, whatever the traffic does.
+SPANS: dict[str, float] = {
+    "msg_count_1h": HOUR,
+    "msg_count_24h": DAY,
+    "mean_text_length": DAY,
+    "seconds_since_last_event": DAY,
+}
 
 Features = dict[str, float | int | None]
 

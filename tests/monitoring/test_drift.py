@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +11,9 @@ from evidently.legacy.calculations.stattests.registry import get_stattest
 from evidently.legacy.core import ColumnType
 
 from monitoring import DriftCheckError, DriftPolicy, check_drift
-from monitoring.drift import classification_scores, column_drift
+from monitoring.drift import classification_scores, column_drift, warming_up
 from monitoring.window import SlidingWindow
+from streams.windows import DAY, HOUR
 
 pytestmark = pytest.mark.unit
 
@@ -174,3 +177,33 @@ def test_classification_scores_match_scikit_learn():
     accuracy, macro_f1 = classification_scores(truth, predicted)
     assert accuracy == pytest.approx(accuracy_score(truth, predicted))
     assert macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"))
+
+
+def test_features_over_a_span_the_store_has_not_observed_are_not_judged(synthetic_factory):
+    setup = synthetic_factory()
+    # The synthetic "amount" feature stands for a day-long count here: it drifts in this window.
+    renamed = {"amount": "msg_count_24h"}
+    reference = setup.reference()
+    reference = replace(
+        reference,
+        feature_names=tuple(renamed.get(n, n) for n in reference.feature_names),
+        frame=reference.frame.rename(columns=renamed),
+    )
+    window = _window(setup, 1000, seed=3, drift_at=0)
+    current = window.frame(setup.reference().feature_names).rename(columns=renamed)
+
+    young = check_drift(current, reference, _policy(), window.bounds(), observed_s=2 * HOUR)
+    assert "msg_count_24h" not in young.statistics and "msg_count_24h" not in young.kinds["data"].drifted_columns
+    assert young.skipped_columns["msg_count_24h"].startswith("warming up: the store has observed 2.0 h of the 24 h")
+    assert "items" in young.kinds["data"].drifted_columns  # a feature without a span is judged all the same
+
+    for observed_s in (DAY, None):  # a day observed, or nothing known about the store's age
+        grown = check_drift(current, reference, _policy(), window.bounds(), observed_s=observed_s)
+        assert "msg_count_24h" in grown.kinds["data"].drifted_columns and "msg_count_24h" not in grown.skipped_columns
+
+
+def test_warming_up_names_each_feature_until_its_own_span_is_observed():
+    names = ("msg_count_1h", "msg_count_24h", "seconds_since_last_event", "amount")
+    assert set(warming_up(names, 30 * 60)) == {"msg_count_1h", "msg_count_24h", "seconds_since_last_event"}
+    assert set(warming_up(names, 2 * HOUR)) == {"msg_count_24h", "seconds_since_last_event"}
+    assert warming_up(names, DAY) == {} and warming_up(names, None) == {}

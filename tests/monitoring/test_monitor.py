@@ -227,3 +227,21 @@ def test_a_missing_reference_is_logged_once_and_checks_resume_when_it_appears(ma
     setup.write(settings.triton.model_repository)
     outcomes = _feed(monitor, setup, 100, seed=4)
     assert len(outcomes) == 1 and outcomes[0].result.version == 1
+
+
+def test_history_starts_at_the_first_prediction_unless_an_older_one_is_known(make_monitor, synthetic_factory):
+    settings = make_monitor()[1]
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    wall = Clock()
+    monitor = Monitor(settings, clock=Clock(), wall_clock=wall)
+    assert monitor.history_since is None
+    monitor.note_history(900.0)  # the predictions topic's oldest record
+    _feed(monitor, setup, 5, seed=3)
+    assert monitor.history_since == 900.0
+    monitor.note_history(950.0)  # a later note never makes the store younger
+    assert monitor.history_since == 900.0
+
+    fresh = Monitor(settings, clock=Clock(), wall_clock=wall)
+    _feed(fresh, setup, 5, seed=3)
+    assert fresh.history_since == wall.now

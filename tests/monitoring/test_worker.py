@@ -7,6 +7,7 @@ the stable stream of the same length gives nothing; the drift clearing resolves 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 
@@ -14,7 +15,7 @@ import pytest
 
 from monitoring import MonitorWorker
 from monitoring.drift import KINDS
-from monitoring.sources import read_tail
+from monitoring.sources import oldest_record_at, read_tail
 from streams import KafkaProducer, Record, ensure_topics
 from streams.schemas import DeadLetter
 from tests.helpers import free_port, wait_until
@@ -207,3 +208,18 @@ def test_with_late_partial_labels_it_pages_on_a_real_drift_and_not_before(monito
             assert {t["dedup_key"] for t in triggers} == {f"driftloop/{model}/{k}" for k in KINDS}
     finally:
         drift.close()
+
+
+def test_the_predictions_topics_oldest_record_dates_how_long_predictions_were_served(
+    settings_factory, synthetic_factory
+):
+    settings = settings_factory()
+    ensure_topics(settings)
+    setup = synthetic_factory()
+    assert oldest_record_at(settings, "predictions-v1") is None  # nothing served yet
+    before = time.time()
+    produce_predictions(settings, setup.predictions(60, seed=1), labels=False)
+    oldest = oldest_record_at(settings, "predictions-v1")
+    assert oldest is not None and before - 1 <= oldest <= time.time()
+    produce_predictions(settings, setup.predictions(60, seed=2), labels=False)
+    assert oldest_record_at(settings, "predictions-v1") == oldest  # newer records do not move it
