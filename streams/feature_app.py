@@ -39,7 +39,8 @@ from foundation.retry import async_policy
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from streams.client import client_config
-from streams.metrics import WorkerMetrics
+from streams.commit_gaps import HeadGaps
+from streams.metrics import COMMIT_GAP_REREADS, WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
 from streams.skips import SkippedRecords
 from streams.windows import FEATURES, add_event
@@ -50,6 +51,7 @@ TABLE = "entity-windows"
 EVENTS_TOPIC = "events-v1"  # the contract name skipped records are counted under
 PROBE_ENTITY = "__driftloop_health__"  # read to tell whether the store answers while a push fails
 FIRST_RETRY_S = 0.2
+COMMIT_GAP_CHECK_S = 5.0
 SKIPPED = SkippedRecords()  # this process's skipped records (metric + rate-limited log)
 
 
@@ -112,9 +114,43 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
                 await stream.ack(event)
             pusher.metrics.batch_done(len(batch), len(rows), 0, time.monotonic() - started)
 
+    gaps = HeadGaps(workers.commit_stall_s)
+
+    @app.timer(interval=COMMIT_GAP_CHECK_S)
+    async def reread_dropped_events() -> None:
+        """Read again the events faust dropped and will never deliver (see ``streams.commit_gaps``)."""
+        try:
+            await reread_stalled_partitions(app.consumer, gaps)
+        except Exception as exc:  # noqa: BLE001 - a rebalance meanwhile, a broker away: the next check tries again
+            log.warning("check of held-up commits failed: %s: %s", type(exc).__name__, exc)
+
     app.windows_table = windows  # for tests and the CLI: read the state a worker holds
     app.feature_pusher = pusher  # for run(): told to stop retrying on SIGTERM
     return app
+
+
+async def reread_stalled_partitions(consumer, gaps: HeadGaps) -> None:
+    """Seek each partition whose commits are held up by events faust dropped back to its committed offset."""
+    # faust keeps the acknowledged and committed offsets on its consumer with no public accessor; read-only here
+    # except for the stalled partition's acknowledged offsets, forgotten so that the events read again count.
+    assigned = consumer.assignment()
+    acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
+    committed = {tp: consumer._committed_offset.get(tp) for tp in acked}
+    for tp, gap in gaps.stalled(committed, acked, time.monotonic()).items():
+        log.warning(
+            "commits of %s[%d] held up by offsets %d..%d, never delivered: reading from %d again",
+            tp.topic,
+            tp.partition,
+            gap.committed,
+            gap.first_acked - 1,
+            gap.committed,
+            extra={"partition": tp.partition, "committed": gap.committed, "first_acked": gap.first_acked},
+        )
+        consumer._acked[tp].clear()
+        consumer._acked_index[tp].clear()
+        await consumer.seek_wait({tp: gap.committed})
+        gaps.forget(tp)
+        COMMIT_GAP_REREADS.labels("features").inc()
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

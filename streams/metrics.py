@@ -24,6 +24,12 @@ MODEL_RELOADS = Counter(
     "driftloop_triton_model_reloads_total", "Unload + load of a Triton model whose backend process crashed", ["worker"]
 )
 
+COMMIT_GAP_REREADS = Counter(
+    "driftloop_commit_gap_rereads_total",
+    "Partitions read again from their committed offset because events before the acknowledged ones never came",
+    ["worker"],
+)
+
 
 class WorkerMetrics:
     def __init__(self, worker: str) -> None:
