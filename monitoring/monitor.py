@@ -32,6 +32,7 @@ from pathlib import Path
 
 from foundation.settings import Settings
 from monitoring.calibration import Calibration, calibrate, stored_calibration
+from monitoring.changepoint import onset_time
 from monitoring.drift import KINDS, DriftPolicy, DriftResult, Kind, KindResult, check_drift
 from monitoring.exceptions import DriftCheckError, ReferenceSampleError, ReportError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
@@ -200,11 +201,12 @@ class Monitor:
         for event in reopened:
             track = self._track(event.model)
             state = track.states[event.kind]
-            state.firing, state.started_at, state.severity, state.event_id = (
+            state.firing, state.started_at, state.severity, state.event_id, state.onset_at = (
                 True,
                 event.started_at,
                 event.severity,
                 event.id,
+                event.onset_at,
             )
             track.report_paths[event.kind] = event.report_path
             self.metrics.firing.labels(event.model, event.kind).set(1.0)
@@ -282,6 +284,7 @@ class Monitor:
             if step == "fired":
                 state.started_at = now
                 state.severity = result.kinds[kind].severity
+                state.onset_at = self._onset(result, kind, current, reference, track.window.event_times())
                 track.report_paths[kind] = str(report_path) if report_path else None
                 event = self._event(result, kind, "firing", state, now, track.report_paths[kind])
                 state.event_id = event.id
@@ -289,7 +292,7 @@ class Monitor:
             elif step == "resolved":
                 event = self._event(result, kind, "resolved", state, now, str(report_path) if report_path else None)
                 events.append(event)
-                state.started_at, state.event_id = None, None
+                state.started_at, state.event_id, state.onset_at = None, None, None
             elif step == "firing":  # a repeat keeps the id of the event that opened the alert
                 repeats.append(
                     self._event(result, kind, "firing", state, now, track.report_paths.get(kind), state.event_id)
@@ -451,6 +454,18 @@ class Monitor:
             return None
 
     @staticmethod
+    def _onset(
+        result: DriftResult, kind: Kind, current, reference: ReferenceSample, times: list[datetime]
+    ) -> datetime | None:
+        """Where the fired window's most drifted column changed (``monitoring.changepoint``); None for performance
+        (labels are late: its window's change point is not the drift's) or when it cannot be told."""
+        drifted = result.kinds[kind].drifted_columns
+        if kind == "performance" or not drifted or drifted[0] not in current.columns:
+            return None
+        column = drifted[0]
+        return onset_time(result.statistics[column].method, reference.frame[column], current[column], times)
+
+    @staticmethod
     def _event(
         result: DriftResult,
         kind: Kind,
@@ -487,6 +502,7 @@ class Monitor:
             },
             started_at=state.started_at or now,
             detected_at=now,
+            onset_at=state.onset_at if status == "firing" else None,
             report_path=report_path,
             firing_event_id=state.event_id if status == "resolved" else None,
         )

@@ -22,6 +22,7 @@ class DriftState:
         started_at: when the open alert fired.
         severity: the open alert's severity, fixed when it fired (it is part of the alert's identity).
         event_id: the id of the drift event that opened the alert.
+        onset_at: the open alert's estimate of when the drift began (``monitoring.changepoint``), when it has one.
     """
 
     firing: bool = False
@@ -30,6 +31,7 @@ class DriftState:
     started_at: datetime | None = None
     severity: Severity = "warning"
     event_id: str | None = None
+    onset_at: datetime | None = None
 
     def update(self, detected: bool | None, hysteresis_checks: int, resolve_checks: int) -> Step:
         """Fold one check's verdict in.

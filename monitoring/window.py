@@ -105,6 +105,10 @@ class SlidingWindow:
         self._labelled = 0
         self._newest = None
 
+    def event_times(self) -> list[datetime]:
+        """The event times of the window's predictions, in the order they were added (the frame's row order)."""
+        return [r.event_time for r in self._rows]
+
     def bounds(self) -> WindowBounds:
         if not self._rows:
             return WindowBounds(None, None, 0, 0)

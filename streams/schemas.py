@@ -222,6 +222,7 @@ class DriftEvent(_Contract):
          "drifted_columns": ["amount", "items", "text_length", "oov_share"],
          "scores": {"amount": {"method": "ks", "score": 0.0, "threshold": 0.05, "drifted": true}, …},
          "started_at": "2026-11-27T10:05:01Z", "detected_at": "2026-11-27T10:05:01Z",
+         "onset_at": "2026-11-27T10:03:12Z",
          "report_path": ".stack/reports/drift-classifier-v3-20261127T100501Z-6f1c.html"}
     """
 
@@ -241,6 +242,8 @@ class DriftEvent(_Contract):
     detected_at: Time
     report_path: str | None = None
     firing_event_id: str | None = None  # on a resolved event: the event that opened the alert
+    # On a firing data or prediction alert: the estimated start of the drift (the fired window's change point).
+    onset_at: Time | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()

@@ -11,8 +11,8 @@
   ``retrain.min_post_drift_labels`` labelled events since the drift's onset are on the topics (counted every
   ``retrain.label_poll_s``; state ``waiting_for_labels`` in the run log). It fails after
   ``retrain.label_wait_timeout_s``, and is ``dropped`` when its alerts resolve first. Alerts that fire meanwhile are
-  folded into it. The onset is the start of the window that fired the run's first alert when that is a data or
-  prediction alert, else the moment it fired (:func:`onset`).
+  folded into it. The onset is the estimated start of the drift (the change point) of the run's first alert when that
+  is a data or prediction alert, else the moment it fired (:func:`onset`).
 - The run: labelled events since ``retrain.lookback_s`` before the onset, with point-in-time features →
   fine-tune from the champion → gate on the fresh holdout → publish as candidate (never promoted directly) → canary
   on live traffic (``training.canary``) → promote or roll back on the models topic.
@@ -110,13 +110,14 @@ def triggers(events: list[DriftEvent], model: str, kinds: tuple[str, ...]) -> li
 def onset(event: DriftEvent, max_lookback: timedelta) -> datetime:
     """When the drift began, as far as its alert knows.
 
-    A data or prediction alert: the start of the window that fired (its oldest prediction's event time), not after
-    the alert fired and not more than ``max_lookback`` before. A performance alert marks no onset (its window is as
-    old as the labels are late, and holds pre-drift labels): the moment it fired, as before.
+    A data or prediction alert: its estimated onset (``onset_at``, the fired window's change point), else the start
+    of the window that fired (its oldest prediction's event time); not after the alert fired and not more than
+    ``max_lookback`` before. A performance alert marks no onset (its window is as old as the labels are late, and
+    holds pre-drift labels): the moment it fired.
     """
     if event.kind == "performance":
         return event.started_at
-    start = min(event.window.start or event.started_at, event.started_at)
+    start = min(event.onset_at or event.window.start or event.started_at, event.started_at)
     return max(start, event.started_at - max_lookback)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -245,3 +245,23 @@ def test_history_starts_at_the_first_prediction_unless_an_older_one_is_known(mak
     fresh = Monitor(settings, clock=Clock(), wall_clock=wall)
     _feed(fresh, setup, 5, seed=3)
     assert fresh.history_since == wall.now
+
+
+def test_a_fired_data_alert_estimates_when_the_drift_began(make_monitor, synthetic_factory):
+    monitor, settings = make_monitor()
+    setup = synthetic_factory()
+    setup.write(settings.triton.model_repository)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    pairs = setup.predictions(200, seed=4) + setup.predictions(300, seed=5, drift_at=0)
+    fired = []
+    for i, (prediction, label) in enumerate(pairs):
+        monitor.observe_prediction(prediction.model_copy(update={"event_time": t0 + timedelta(seconds=i)}))
+        monitor.observe_label(Label(event_id=prediction.event_id, label=label, labelled_at=datetime.now(UTC)))
+        for model in monitor.due():
+            fired += [e for e in monitor.check(model).events if e.status == "firing"]
+    events = {e.kind: e for e in fired}
+    onset = events["data"].onset_at
+    # The window that fired holds 100 clean and 200 drifted predictions; the drift began at prediction 200.
+    assert onset is not None and abs(onset - (t0 + timedelta(seconds=200))) <= timedelta(seconds=15)
+    assert events["data"].window.start <= t0 + timedelta(seconds=110)
+    assert events["performance"].onset_at is None  # late labels: a performance window marks no onset

@@ -103,6 +103,8 @@ def test_the_onset_is_the_start_of_the_window_that_fired() -> None:
     assert onset(no_window, timedelta(days=7)) == fired
     # A performance alert's window is as old as the labels are late: it marks no onset, the moment it fired does.
     assert onset(_drift("e", fired, kind="performance", window_start=T0), timedelta(days=7)) == fired
+    estimated = _drift("f", fired, window_start=T0).model_copy(update={"onset_at": T0 + timedelta(minutes=3)})
+    assert onset(estimated, timedelta(days=7)) == T0 + timedelta(minutes=3)  # the change point, not the window start
 
 
 @pytest.mark.unit
