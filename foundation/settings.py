@@ -97,6 +97,13 @@ class TritonSettings(_Section):
     # only requests that carry this key in the `driftloop-admin-key` header; the local stack starts tritonserver
     # restricted so when it is set. A secret: never logged.
     admin_key: SecretStr | None = None
+    # Every Triton replica serving the model repository, the ones a publish, promotion or rollback loads versions on
+    # (gRPC host:port each; explicit model-control mode loads nothing by itself): the entries of `replicas` plus the
+    # addresses `replicas_dns` (host:port, e.g. a Kubernetes headless Service) resolves to, at each publish and
+    # reconcile. Both unset: the one Triton above (grpc_url). Env: DRIFTLOOP_TRITON__REPLICAS='["a:8001","b:8001"]'.
+    replicas: tuple[str, ...] = ()
+    replicas_dns: str | None = Field(default=None, pattern=r"^[^\s:/]+:\d+$")
+    replica_timeout_s: float = Field(default=5.0, gt=0)  # a replica that does not answer "live" within it is skipped
 
 
 class FeastSettings(_Section):
@@ -200,6 +207,9 @@ class RetrainSettings(_Section):
     # A run that promoted nothing while its alerts stay open is retried this much later, on the longer window.
     retry_after_s: float = Field(600.0, ge=0)  # 0: never retry
     max_retries: int = Field(2, ge=0)
+    # How often the consumer brings every Triton replica to the versions with a role (a replica that was down during
+    # a publish, or restarted with nothing loaded, gets them; training.publish.Publisher.reconcile). 0: only at start.
+    reconcile_interval_s: float = Field(15.0, ge=0)
     metrics_port: int = 9420  # /healthz, /readyz, /metrics; 0 disables
 
 

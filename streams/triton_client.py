@@ -271,8 +271,9 @@ class TritonAdmin:
     def close(self) -> None:
         self._client.close()
 
-    def is_live(self) -> bool:
-        return self._client.is_server_live(client_timeout=self.timeout_s)
+    def is_live(self, timeout_s: float | None = None) -> bool:
+        """Whether the server answers "live" (``timeout_s``: this call's deadline, default the client's)."""
+        return self._client.is_server_live(client_timeout=timeout_s or self.timeout_s)
 
     def is_ready(self) -> bool:
         return self._client.is_server_ready(client_timeout=self.timeout_s)

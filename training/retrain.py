@@ -22,7 +22,10 @@
   model folder's run log (``.runs.jsonl``, shown by ``driftloop models list``). Drift events that are invalid or
   unusable are skipped and counted (``driftloop_skipped_records_total{topic="drift-v1"}``), never retried.
 - At start, stale staging folders of killed builds are removed and a publish interrupted between Triton's load and
-  the announcement is finished or rolled back (``training.publish.recover_publish``).
+  the announcement is finished or rolled back (``training.publish.recover_publish``). Then, and every
+  ``retrain.reconcile_interval_s`` in a thread of its own (a run blocks the consumer's loop for minutes, and a canary
+  needs its candidate on every replica), every Triton replica is brought to the versions with a role
+  (``training.publish.Publisher.reconcile``): one that was down during a publish gets the version when it is back.
 - A run that promotes nothing (candidate withdrawn, training failed) while its alerts stay open is tried again
   ``retrain.retry_after_s`` later on the longer window, at most ``retrain.max_retries`` times; a resolve of the
   alerts, or a promotion, ends the retries. Retries are the consumer's memory: a restart forgets them (the alert's
@@ -49,7 +52,7 @@ from training.canary import Verdict, watch_canary
 from training.dataset import CLOCK_SKEW, DataWindow, read_labelled_events
 from training.evaluation import HoldoutGateRejected
 from training.exceptions import TrainingError
-from training.publish import promote, recover_publish, withdraw
+from training.publish import Publisher, promote, recover_publish, withdraw
 from training.registry import read_state
 from training.repository import ModelRepository
 
@@ -294,6 +297,8 @@ class Retrainer:
         self._beat = beat or (lambda: None)
         self._skipped = SkippedRecords()
         self._published: int | None = None  # the version the current run published, if any
+        self._reconciler: Publisher | None = None  # keeps what each Triton replica passed between reconciles
+        self._reconcile_error = ""
 
     def stop(self) -> None:
         self._stop.set()
@@ -327,6 +332,12 @@ class Retrainer:
         )
         planner = RunPlanner(self.model, tuple(config.trigger_kinds), config.retry_after_s, config.max_retries)
         self.resume(planner)
+        reconciling = None
+        if config.reconcile_interval_s > 0:
+            reconciling = threading.Thread(
+                target=self._reconcile_every, args=(config.reconcile_interval_s,), name="reconcile", daemon=True
+            )
+            reconciling.start()
         try:
             while not self._stop.is_set():
                 self._beat()
@@ -335,6 +346,11 @@ class Retrainer:
                 consumer.commit_or_redeliver(messages)  # refused (broker outage): replayed, runs are idempotent
         finally:
             consumer.close()
+            self._stop.set()
+            if reconciling is None:
+                self._close_reconciler()
+            else:
+                reconciling.join(self.settings.workers.shutdown_grace_s)
 
     def step(self, planner: RunPlanner, messages: list[Message]) -> RunOutcome | None:
         """Take one batch of drift-topic records and run what is due; never raises for a record or a run.
@@ -501,8 +517,9 @@ class Retrainer:
         return wait
 
     def recover(self) -> None:
-        """Remove stale staging folders; finish or roll back an interrupted publish. A failure is logged (the next
-        publish tries again, under the publish lock)."""
+        """Remove stale staging folders; finish or roll back an interrupted publish; bring every Triton replica to
+        the served versions. A failure is logged (the next publish or reconcile tries again, under the publish
+        lock)."""
         try:
             version = recover_publish(self.settings)
         except Exception as exc:  # noqa: BLE001 - Triton or the broker down: the next publish recovers
@@ -510,6 +527,36 @@ class Retrainer:
             return
         if version is not None:
             log.info("an interrupted publish of version %s is finished", version)
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Bring every Triton replica that answers to the versions with a role
+        (:meth:`training.publish.Publisher.reconcile`). A failure is logged (once until it changes); the next
+        reconcile tries again."""
+        if self._reconciler is None:
+            self._reconciler = Publisher(self.settings)
+        try:
+            self._reconciler.reconcile()
+        except Exception as exc:  # noqa: BLE001 - Triton or the broker down: the next reconcile tries again
+            error = f"{type(exc).__name__}: {exc}"
+            level = logging.DEBUG if error == self._reconcile_error else logging.WARNING
+            log.log(level, "could not reconcile the Triton replicas: %s", error, extra={"error": type(exc).__name__})
+            self._reconcile_error = error
+            return
+        self._reconcile_error = ""
+
+    def _reconcile_every(self, interval_s: float) -> None:
+        """The reconcile thread: every ``interval_s`` until the consumer stops."""
+        try:
+            while not self._stop.wait(interval_s):
+                self.reconcile()
+        finally:
+            self._close_reconciler()
+
+    def _close_reconciler(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.close()
+            self._reconciler = None
 
     def handle(self, planned: PlannedRun, wait: LabelWait | None = None) -> RunOutcome:
         """One run for these alerts (the oldest is the trigger, the others are folded in); a retry (attempt > 0)

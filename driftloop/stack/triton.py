@@ -4,6 +4,11 @@ Where the binary comes from, first match wins: ``stack.tritonserver`` in the set
 (NVIDIA's container), the one shipped in the ``nvidia-pytriton`` wheel of the serving environment. Models run in the
 serving environment (numpy < 2; the bundled python backend breaks with numpy 2, see DESIGN.md): its ``bin`` goes
 first on PATH because the backend stub starts the first ``python3`` it finds.
+
+Several servers can serve the one repository, as Triton replicas do in production: replica ``n`` runs from its own
+folder (``<run_dir>/triton-<n>``; replica 0 is the stack's server, ``<run_dir>/triton``) on the ports of its settings
+(:func:`replica_settings`: the stack's plus ``n * REPLICA_PORT_STEP``), and a publish loads versions on each
+(``triton.replicas``, see :mod:`training.publish`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,33 @@ from streams.triton_client import ADMIN_KEY_HEADER, TritonAdmin, server_ready
 
 log = logging.getLogger(__name__)
 
+REPLICA_PORT_STEP = 10  # replica n listens on the stack's Triton ports + n * this (8010, 8011, 8012 for replica 1)
 
-def server(settings: Settings) -> ServerProcess:
-    return ServerProcess("triton", settings.stack.run_dir / "triton")
+
+def server(settings: Settings, replica: int = 0) -> ServerProcess:
+    """The server process of Triton replica ``replica`` (0: the stack's own)."""
+    name = "triton" if replica == 0 else f"triton-{replica}"
+    return ServerProcess(name, settings.stack.run_dir / name)
+
+
+def replica_settings(settings: Settings, replica: int) -> Settings:
+    """The settings of local replica ``replica`` on the same model repository: the stack's Triton ports shifted by
+    ``replica * REPLICA_PORT_STEP``, and its endpoints (``triton_http``, ``triton_grpc``) on them. 0: ``settings``."""
+    if replica == 0:
+        return settings
+    shift = replica * REPLICA_PORT_STEP
+    stack = settings.stack
+    ports = {
+        "triton_http_port": stack.triton_http_port + shift,
+        "triton_grpc_port": stack.triton_grpc_port + shift,
+        "triton_metrics_port": stack.triton_metrics_port + shift,
+    }
+    return settings.model_copy(
+        update={
+            "stack": stack.model_copy(update=ports),
+            "triton": settings.triton.model_copy(update={"url": None, "grpc_url": None}),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +121,8 @@ def has_gpu() -> bool:
     return Path("/dev/nvidia0").exists()
 
 
-def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str], dict[str, str]]:
+def argv_and_env(settings: Settings, install: TritonInstall, load: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The server's command line and environment; ``load=False``: it starts with no model loaded (explicit mode)."""
     stack = settings.stack
     repository = settings.triton.model_repository.resolve()
     argv = [
@@ -119,7 +149,8 @@ def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str],
         restricted = f"model-repository:{ADMIN_KEY_HEADER}={settings.triton.admin_key.get_secret_value()}"
         argv += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
     # Explicit mode loads nothing by itself: load every model that has a config.
-    argv += [f"--load-model={p.parent.name}" for p in sorted(repository.glob("*/config.pbtxt"))]
+    if load:
+        argv += [f"--load-model={p.parent.name}" for p in sorted(repository.glob("*/config.pbtxt"))]
 
     env = dict(os.environ)
     if install.library_dirs:
@@ -136,12 +167,20 @@ def argv_and_env(settings: Settings, install: TritonInstall) -> tuple[list[str],
     return argv, env
 
 
-def start(settings: Settings) -> int:
-    """Start tritonserver on the model repository (created when missing); returns its PID. Does not wait."""
+def start(settings: Settings, replica: int = 0, load: bool = True) -> int:
+    """Start tritonserver on the model repository (created when missing); returns its PID. Does not wait.
+
+    Args:
+        settings: the server's ports (``stack.triton_*_port``) and repository; :func:`replica_settings` gives a
+            replica's.
+        replica: which server process (its run folder, PID and log file); 0 is the stack's own.
+        load: load every model that has a ``config.pbtxt`` at start; False: nothing is loaded until asked (as a
+            replica that a publisher, not the command line, brings to the served versions).
+    """
     settings.triton.model_repository.mkdir(parents=True, exist_ok=True)
-    argv, env = argv_and_env(settings, locate(settings))
+    argv, env = argv_and_env(settings, locate(settings), load=load)
     key = settings.triton.admin_key
-    return server(settings).start(argv, env=env, redact=[key.get_secret_value()] if key else [])
+    return server(settings, replica).start(argv, env=env, redact=[key.get_secret_value()] if key else [])
 
 
 def is_ready(settings: Settings) -> bool:
@@ -157,11 +196,12 @@ def is_ready(settings: Settings) -> bool:
         return False
 
 
-def up(settings: Settings) -> list[str]:
-    """Start the server unless it runs, wait until ready. Returns the models it serves."""
-    proc = server(settings)
+def up(settings: Settings, replica: int = 0) -> list[str]:
+    """Start the server (replica ``replica``, on the ports of ``settings``) unless it runs, wait until ready. Returns
+    the models it serves."""
+    proc = server(settings, replica)
     if proc.pid() is None:
-        start(settings)
+        start(settings, replica)
     proc.wait_ready(lambda: is_ready(settings), settings.stack.ready_timeout_s, f"grpc://{settings.triton_grpc}")
     return loaded(settings)
 
