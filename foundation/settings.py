@@ -7,9 +7,12 @@ Sources, highest priority first:
 1. keyword arguments (tests override this way);
 2. ``DRIFTLOOP_*`` environment variables, nested with ``__``
    (``DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS``, ``DRIFTLOOP_STACK__TRITON_HTTP_PORT``);
-3. the conventional variables other tools use: ``KAFKA_BOOTSTRAP_SERVERS``, ``TRITON_URL``, ``KAFKA_HOME``;
-4. a TOML file: ``DRIFTLOOP_CONFIG`` or ``--config``, else ``driftloop.toml`` in the working directory if present;
-5. the defaults below.
+3. secret files: ``DRIFTLOOP_SECRETS_DIR`` names a directory of files named like the variables
+   (``DRIFTLOOP_KAFKA__SASL_PASSWORD`` holding the password), read from it and from each folder directly in it (one
+   mounted Kubernetes Secret per folder);
+4. the conventional variables other tools use: ``KAFKA_BOOTSTRAP_SERVERS``, ``TRITON_URL``, ``KAFKA_HOME``;
+5. a TOML file: ``DRIFTLOOP_CONFIG`` or ``--config``, else ``driftloop.toml`` in the working directory if present;
+6. the defaults below.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
+    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 CONFIG_FILE_ENV = "DRIFTLOOP_CONFIG"
+SECRETS_DIR_ENV = "DRIFTLOOP_SECRETS_DIR"
 DEFAULT_CONFIG_FILE = "driftloop.toml"
 
 # Conventional variable -> (section, field). They let a user point driftloop at servers they already run.
@@ -366,6 +371,8 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
+            # Files named like the variables, from the directories load_settings passes (none: nothing is read).
+            NestedSecretsSettingsSource(file_secret_settings),
             _ConventionalEnvSource(settings_cls),
             TomlConfigSettingsSource(settings_cls),
         )
@@ -393,29 +400,42 @@ class Settings(BaseSettings):
         return self.feast.data_dir or self.stack.run_dir / "feast"
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config_file: Path | None = None, secrets_dir: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings.
 
     Args:
         config_file: a TOML file; default ``$DRIFTLOOP_CONFIG``, else ``./driftloop.toml`` when present.
+        secrets_dir: a directory of secret files, each named like the variable it stands for
+            (``DRIFTLOOP_KAFKA__SASL_PASSWORD``); its folders are read too, so that each mounted Secret can have its
+            own (``<dir>/kafka/DRIFTLOOP_KAFKA__SASL_PASSWORD``). Below the environment, above the file. Default
+            ``$DRIFTLOOP_SECRETS_DIR``, else none.
         **overrides: field values that win over every other source (tests use them).
 
     Raises:
-        ValueError: the file is missing or a value is invalid; the message names the file.
+        ValueError: the file or the secrets directory is missing, or a value is invalid; the message names the file.
     """
     env_file = os.environ.get(CONFIG_FILE_ENV)
     path = config_file or (Path(env_file) if env_file else Path(DEFAULT_CONFIG_FILE))
     if (config_file or env_file) and not path.is_file():
         raise ValueError(f"config file {path} does not exist")
+    secrets = secrets_dir or (Path(os.environ[SECRETS_DIR_ENV]) if os.environ.get(SECRETS_DIR_ENV) else None)
+    secret_dirs: list[Path] = []
+    if secrets is not None:
+        if not secrets.is_dir():
+            raise ValueError(f"secrets directory {secrets} does not exist")
+        # Hidden entries are Kubernetes' own (a Secret volume's ..data link): only the named folders count.
+        folders = sorted(p for p in secrets.iterdir() if p.is_dir() and not p.name.startswith("."))
+        secret_dirs = [secrets, *folders]
 
     # A subclass is how pydantic-settings takes a TOML path chosen at run time; named like its base for errors.
     from_file = type(
         "Settings", (Settings,), {"__module__": __name__, "model_config": SettingsConfigDict(toml_file=path)}
     )
     try:
-        return from_file(**overrides)
+        return from_file(_secrets_dir=secret_dirs or None, **overrides)
     except ValueError as exc:
-        raise ValueError(f"invalid driftloop settings (DRIFTLOOP_* env or {path}): {exc}") from exc
+        where = f"{path}, secrets in {secrets}" if secrets else str(path)
+        raise ValueError(f"invalid driftloop settings (DRIFTLOOP_* env or {where}): {exc}") from exc
 
 
 def _strip_scheme(url: str) -> str:

@@ -2,17 +2,22 @@
 
 Real kustomize skips a patch whose target selects nothing; :func:`dead_patches` finds those (and patches that change
 nothing) by rendering each overlay again without the patch.
+
+The production overlay renders only with its images' digests (overlays/production/image-digests.env, filled by a
+release step); :func:`with_image_digests` makes a copy of the tree with stand-in digests for the tests.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,8 @@ import pytest
 import yaml
 
 KUSTOMIZATION_FILE = "kustomization.yaml"
+#: The production overlay's image digests, NAME=sha256:<hex> per line, read by its configMapGenerator.
+IMAGE_DIGESTS_FILE = Path("overlays/production/image-digests.env")
 KUSTOMIZE_VERSION = "v5.5.0"
 #: How a machine without kustomize or kubectl gets kustomize (`make setup` runs it): built from the Go module proxy.
 INSTALL_KUSTOMIZE = "deploy/local/tools/install-kustomize.sh .venv/bin"
@@ -133,3 +140,26 @@ def dead_patches(root: Path, overlays: list[str]) -> list[str]:
                     dead.append(where)
                 shutil.rmtree(copy)
     return dead
+
+
+def image_digest_names(root: Path) -> list[str]:
+    """The names the production overlay reads from its image-digests file (its replacements' ``data.<NAME>``)."""
+    data = _kustomization(root / IMAGE_DIGESTS_FILE.parent)
+    return [r["source"]["fieldPath"].removeprefix("data.") for r in data.get("replacements", [])]
+
+
+def stand_in_digest(name: str) -> str:
+    """A well-formed digest that no real image has (the hash of a phrase naming it a test's), for ``name``."""
+    return "sha256:" + hashlib.sha256(f"driftloop test stand-in for the {name} image".encode()).hexdigest()
+
+
+def with_image_digests(root: Path, destination: Path, digests: Mapping[str, str] | None = None) -> Path:
+    """A copy of the tree ``root`` under ``destination`` whose production image-digests file also holds ``digests``
+    (default: a stand-in for every name the overlay reads); returns the copy's root."""
+    copy = destination / root.name
+    shutil.copytree(root, copy)
+    wanted = dict.fromkeys(image_digest_names(root), "") if digests is None else dict(digests)
+    lines = [f"{name}={value or stand_in_digest(name)}" for name, value in wanted.items()]
+    with (copy / IMAGE_DIGESTS_FILE).open("a") as fh:
+        fh.write("".join(f"{line}\n" for line in lines))
+    return copy

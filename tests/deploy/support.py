@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
 import shlex
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +21,22 @@ import yaml
 
 from driftloop.cli import main as driftloop_cli
 from foundation.paths import REPO_ROOT
-from foundation.settings import CONVENTIONAL_ENV, Settings, load_settings
+from foundation.settings import CONFIG_FILE_ENV, CONVENTIONAL_ENV, SECRETS_DIR_ENV, Settings, load_settings
 
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+
+
+@functools.cache
+def k8s_tree() -> Path:
+    """deploy/k8s as the tests render it: a copy (made once per session) whose production overlay has stand-in image
+    digests (tests/deploy/kustomize.py), since it does not render without them."""
+    from tests.deploy.kustomize import with_image_digests
+
+    scratch = tempfile.mkdtemp(prefix="driftloop-k8s-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return with_image_digests(K8S, Path(scratch))
+
 
 #: Kubernetes versions whose schemas every manifest must pass (kubernetes-validate, strict: unknown fields fail).
 K8S_VERSIONS = ("1.30.0", "1.34.0")
@@ -111,6 +126,10 @@ def resolve_command(args: list[str]) -> click.Command:
     return command
 
 
+#: DRIFTLOOP_* variables that are not settings fields: where the settings come from.
+SOURCE_ENV = (CONFIG_FILE_ENV, SECRETS_DIR_ENV)
+
+
 def settings_field(env_name: str) -> tuple[str, str]:
     """``DRIFTLOOP_SECTION__FIELD`` -> (section, field), checked against the Settings model.
 
@@ -128,7 +147,10 @@ def settings_field(env_name: str) -> tuple[str, str]:
 
 @contextmanager
 def settings_environment(env: Mapping[str, str], cwd: Path) -> Iterator[Settings]:
-    """Settings built from exactly ``env`` (other DRIFTLOOP_* and conventional variables removed), in ``cwd``."""
+    """Settings built from exactly ``env`` (other DRIFTLOOP_* and conventional variables removed), in ``cwd``.
+
+    ``DRIFTLOOP_SECRETS_DIR`` in ``env`` must name a directory of this machine (see :func:`check_settings_env`).
+    """
     saved = dict(os.environ)
     previous_cwd = Path.cwd()
     try:
@@ -144,10 +166,19 @@ def settings_environment(env: Mapping[str, str], cwd: Path) -> Iterator[Settings
         os.environ.update(saved)
 
 
-def check_settings_env(env: Mapping[str, str], cwd: Path) -> Settings:
-    """Every DRIFTLOOP_* key names a settings field and the values build valid settings; returns them."""
+def check_settings_env(env: Mapping[str, str], cwd: Path, secrets_dir: Path | None = None) -> Settings:
+    """Every DRIFTLOOP_* key names a settings field (or a source: DRIFTLOOP_CONFIG, DRIFTLOOP_SECRETS_DIR) and the
+    values build valid settings; returns them.
+
+    Args:
+        secrets_dir: the local directory standing for the ``DRIFTLOOP_SECRETS_DIR`` of ``env`` (a container's path);
+            None: that variable is left out, so no secret file is read.
+    """
     for key in env:
-        if key.startswith("DRIFTLOOP_"):
+        if key.startswith("DRIFTLOOP_") and key not in SOURCE_ENV:
             settings_field(key)
-    with settings_environment({k: v for k, v in env.items() if k.startswith("DRIFTLOOP_")}, cwd) as settings:
+    chosen = {k: v for k, v in env.items() if k.startswith("DRIFTLOOP_") and k != SECRETS_DIR_ENV}
+    if secrets_dir is not None:
+        chosen[SECRETS_DIR_ENV] = str(secrets_dir)
+    with settings_environment(chosen, cwd) as settings:
         return settings

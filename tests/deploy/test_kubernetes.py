@@ -1,46 +1,94 @@
 """The Kubernetes manifests (deploy/k8s), validated offline.
 
 Every manifest file and every rendered overlay is checked against the Kubernetes schemas of the pinned versions
-(kubernetes-validate, strict: unknown fields fail); KEDA's resources against tests/deploy/keda.py. Overlays are
-rendered by the real kustomize (tests/deploy/kustomize.py), and every patch must change what an overlay renders
-(kustomize itself skips a patch whose target selects nothing). Then the contracts: the workers run real ``driftloop``
-commands, probe real health endpoints, request resources; Triton asks for a GPU; KEDA scales the inference workers
-on their lag up to the events topic's partition count; SASL/TLS secrets are wired the same way for the workers and
-KEDA.
+(kubernetes-validate, strict: unknown fields fail); KEDA's resources against tests/deploy/keda.py, the Prometheus
+Operator's against tests/deploy/prometheus_operator.py. Overlays are rendered by the real kustomize
+(tests/deploy/kustomize.py), and every patch must change what an overlay renders (kustomize itself skips a patch
+whose target selects nothing). Then the contracts: the workers run real ``driftloop`` commands, probe real health
+endpoints, request resources; Triton asks for a GPU, runs two replicas in production behind a disruption budget and
+spread over nodes, with a headless Service for reaching each; KEDA alone sets the inference workers' replica count,
+on their lag up to the events topic's partition count, with a fallback above its minimum; the first model version is
+bootstrapped when the repository is empty; production pulls its images by digest and refuses to render without them.
+Secrets and network policies: tests/deploy/test_k8s_security.py.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
+import re
+import subprocess
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
+from pydantic import SecretStr
 
+from driftloop.stack.triton import TritonInstall, argv_and_env
 from foundation.health import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
-from foundation.settings import Settings
-from tests.deploy import keda
-from tests.deploy.kustomize import KUSTOMIZATION_FILE, dead_patches, load_yaml_documents, pod_spec, render
-from tests.deploy.support import K8S, K8S_VERSIONS, ROLE_COMMANDS, check_settings_env, health_port, resolve_command
+from tests.deploy import keda, prometheus_operator
+from tests.deploy.kustomize import (
+    IMAGE_DIGESTS_FILE,
+    KUSTOMIZATION_FILE,
+    KustomizeError,
+    dead_patches,
+    image_digest_names,
+    load_yaml_documents,
+    pod_spec,
+    render,
+    stand_in_digest,
+    with_image_digests,
+)
+from tests.deploy.manifests import (
+    OVERLAYS,
+    Resource,
+    all_containers,
+    container,
+    container_env,
+    find,
+    image_name,
+    of_kind,
+    pod_labels,
+    rendered,
+    selects,
+    settings_of,
+    workloads,
+)
+from tests.deploy.support import (
+    K8S,
+    K8S_VERSIONS,
+    ROLE_COMMANDS,
+    check_settings_env,
+    health_port,
+    k8s_tree,
+    resolve_command,
+)
 
 pytestmark = pytest.mark.unit
 
-OVERLAYS = ("base", "overlays/dev", "overlays/production")
 COMPONENTS = sorted(path.parent.name for path in (K8S / "components").glob(f"*/{KUSTOMIZATION_FILE}"))
 MANIFEST_FILES = sorted(path for path in K8S.rglob("*.yaml") if path.name != KUSTOMIZATION_FILE)
 WORKER_IMAGE = "driftloop-workers"
+WORKER_CUDA_IMAGE = "driftloop-workers-cuda"
 TRITON_IMAGE = "driftloop-triton"
 GPU = "nvidia.com/gpu"
-
-Resource = dict[str, Any]
+REGISTRY = "registry.example.com/driftloop"
+#: The production overlay's image-digests names and the images they pin.
+DIGESTS = {
+    "WORKERS": "driftloop-workers:0.1.0",
+    "WORKERS_CUDA": "driftloop-workers-cuda:0.1.0",
+    "TRITON": "driftloop-triton:24.10",
+}
+TRITON_REPLICAS_SERVICE = "driftloop-triton-replicas"
+ADMIN_KEY_VARIABLE = "TRITON_ADMIN_KEY"
 
 
 def validate(resource: Resource) -> None:
-    """Kubernetes schema (strict) for built-in kinds, KEDA's structural schema for KEDA's kinds."""
+    """Kubernetes schema (strict) for built-in kinds; KEDA's and the Prometheus Operator's structural schemas."""
     if resource["apiVersion"] == keda.API_VERSION:
         keda.validate(resource)
+        return
+    if resource["apiVersion"] == prometheus_operator.API_VERSION:
+        prometheus_operator.validate(resource)
         return
     for version in K8S_VERSIONS:
         try:
@@ -49,40 +97,6 @@ def validate(resource: Resource) -> None:
             where = "/".join(str(part) for part in exc.path)
             name = f"{resource['kind']}/{resource['metadata']['name']}"
             raise AssertionError(f"{name} is invalid for Kubernetes {version} at {where}: {exc.message}") from None
-
-
-@functools.cache
-def _rendered(overlay: str) -> list[Resource]:
-    return render(K8S / overlay)
-
-
-def rendered(overlay: str) -> list[Resource]:
-    """The overlay's resources (rendered once per session; each caller gets its own copy)."""
-    return copy.deepcopy(_rendered(overlay))
-
-
-def find(resources: list[Resource], kind: str, name: str) -> Resource:
-    found = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
-    return found[0]
-
-
-def container(resource: Resource, name: str | None = None) -> dict[str, Any]:
-    containers = pod_spec(resource)["containers"]
-    return containers[0] if name is None else next(c for c in containers if c["name"] == name)
-
-
-def image_name(image: str) -> str:
-    return image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
-
-
-def settings_of(resources: list[Resource], tmp_path: Path) -> Settings:
-    """The settings every driftloop container gets from the ConfigMap driftloop-config."""
-    return check_settings_env(find(resources, "ConfigMap", "driftloop-config")["data"], tmp_path)
-
-
-def workloads(resources: list[Resource]) -> list[Resource]:
-    return [r for r in resources if pod_spec(r) is not None]
 
 
 # Schemas.
@@ -117,7 +131,7 @@ def test_overlays_put_everything_in_their_namespace(overlay: str) -> None:
 
 
 def test_every_patch_changes_what_an_overlay_renders() -> None:
-    assert dead_patches(K8S, list(OVERLAYS)) == []
+    assert dead_patches(k8s_tree(), list(OVERLAYS)) == []
 
 
 def test_every_manifest_file_is_used_by_a_kustomization() -> None:
@@ -157,57 +171,11 @@ def test_volumes_and_config_references_resolve(overlay: str) -> None:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
         if "serviceAccountName" in spec:
             assert spec["serviceAccountName"] in accounts
-        for c in spec["containers"]:
+        for c in all_containers(workload):
             assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes), workload["metadata"]["name"]
             for source in c.get("envFrom", []):
-                if "configMapRef" in source:
-                    assert source["configMapRef"]["name"] in config_maps
-
-
-def secrets_expected(resources: list[Resource]) -> dict[str, set[str]]:
-    """Secret name -> keys the rendered resources read from it (key sets empty for whole-secret references)."""
-    wanted: dict[str, set[str]] = {}
-    for workload in workloads(resources):
-        spec = pod_spec(workload)
-        for volume in spec.get("volumes", []):
-            if "secret" in volume:
-                keys = {item["key"] for item in volume["secret"].get("items", [])}
-                wanted.setdefault(volume["secret"]["secretName"], set()).update(keys)
-        for c in spec["containers"]:
-            for source in c.get("envFrom", []):
-                if "secretRef" in source:
-                    wanted.setdefault(source["secretRef"]["name"], set())
-    for auth in (r for r in resources if r["kind"] == "TriggerAuthentication"):
-        for ref in auth["spec"].get("secretTargetRef", []):
-            wanted.setdefault(ref["name"], set()).add(ref["key"])
-    return wanted
-
-
-def test_production_secrets_are_documented_in_the_example(tmp_path: Path) -> None:
-    resources = rendered("overlays/production")
-    examples = {s["metadata"]["name"]: s for s in load_yaml_documents(K8S / "secrets.example.yaml")}
-
-    wanted = secrets_expected(resources)
-
-    assert set(wanted) == {"driftloop-secrets", "driftloop-kafka-tls"}
-    assert not [r for r in resources if r["kind"] == "Secret"], "production must not ship secret values"
-    for name, keys in wanted.items():
-        assert keys <= set(examples[name]["stringData"]), name
-    # Every key of driftloop-secrets becomes an environment variable: each must be a real settings field.
-    check_settings_env(examples["driftloop-secrets"]["stringData"], tmp_path)
-
-
-def test_dev_ships_the_secret_it_reads(tmp_path: Path) -> None:
-    resources = rendered("overlays/dev")
-    secrets = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Secret"}
-
-    assert set(secrets_expected(resources)) == set(secrets) == {"driftloop-secrets"}
-    env = {**find(resources, "ConfigMap", "driftloop-config")["data"], **secrets["driftloop-secrets"]["stringData"]}
-    settings = check_settings_env(env, tmp_path)
-    assert settings.feast.online_store == "redis"
-    host, port = settings.feast.redis_connection_string.get_secret_value().split(",")[0].split(":")
-    service = find(resources, "Service", host)
-    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+                assert "configMapRef" in source, "secrets are files, never envFrom"
+                assert source["configMapRef"]["name"] in config_maps
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -225,6 +193,14 @@ def test_config_map_holds_valid_settings_pointing_at_triton(overlay: str, tmp_pa
     assert grpc_host == host and int(grpc_port) in {p["port"] for p in service["spec"]["ports"]}
 
 
+@pytest.mark.parametrize(("overlay", "factor"), [("base", 1), ("overlays/dev", 1), ("overlays/production", 3)])
+def test_faust_changelogs_are_replicated_three_times_in_production(overlay: str, factor: int, tmp_path: Path) -> None:
+    settings = settings_of(rendered(overlay), tmp_path)
+
+    assert settings.workers.faust_replication_factor == factor
+    assert len(settings.kafka_bootstrap.split(",")) >= factor, "no more replicas than brokers"
+
+
 # Workers.
 
 
@@ -234,7 +210,7 @@ def test_each_worker_is_a_deployment_running_its_driftloop_command(overlay: str,
     deployment = find(rendered(overlay), "Deployment", f"driftloop-{role}")
     c = container(deployment, role)
 
-    assert image_name(c["image"]) == WORKER_IMAGE
+    assert image_name(c["image"]) in {WORKER_IMAGE, WORKER_CUDA_IMAGE}
     assert "command" not in c, "the image's entrypoint is `driftloop`"
     assert c["args"] == ROLE_COMMANDS[role]
     resolve_command(c["args"])
@@ -247,9 +223,12 @@ def test_setup_job_runs_real_commands() -> None:
     assert "from streams.topics import ensure_topics" in script
     from streams.topics import ensure_topics  # noqa: F401 - the script's import must exist
 
-    driftloop_part = script.split("&&", 1)[1].split()
-    assert driftloop_part[0] == "driftloop"
-    resolve_command(driftloop_part[1:])
+    commands = [found.split() for found in re.findall(r"(?:^|[\s;&)])driftloop((?:\s+[-\w]+)+)", script)]
+    assert commands == [["stack", "acls", "--apply"], ["stack", "up", "--only", "feast"]]
+    for command in commands:
+        resolve_command(command)
+    # ACLs only where the brokers authenticate clients (a PLAINTEXT broker has no authorizer to take them).
+    assert re.search(r'case "\$DRIFTLOOP_KAFKA__SECURITY_PROTOCOL" in SASL_\*\) driftloop stack acls --apply', script)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -285,16 +264,16 @@ def test_every_container_requests_resources_and_runs_unprivileged(overlay: str) 
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"].get("runAsUser", 0) != 0, name
         assert spec.get("automountServiceAccountToken") is False, name
-        for c in spec["containers"]:
+        for c in all_containers(workload):
             resources = c["resources"]
             assert {"cpu", "memory"} <= set(resources["requests"]), name
             assert "memory" in resources["limits"], name
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], name
-            if image_name(c["image"]) == WORKER_IMAGE:
+            if image_name(c["image"]) in {WORKER_IMAGE, WORKER_CUDA_IMAGE}:
                 assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
                 mounts = {m["mountPath"] for m in c["volumeMounts"]}
-                assert {"/tmp", "/var/lib/driftloop/feast", "/var/lib/driftloop/run"} <= mounts, name
+                assert {"/tmp", "/var/lib/driftloop/run"} <= mounts, name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -308,6 +287,16 @@ def test_single_member_workers_are_recreated_not_rolled(overlay: str) -> None:
     inference = find(resources, "Deployment", "driftloop-inference")
     assert inference["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert pod_spec(inference)["terminationGracePeriodSeconds"] >= 30
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_inference_workers_do_not_reload_models_they_may_not_load(overlay: str, tmp_path: Path) -> None:
+    resources = rendered(overlay)
+    inference = find(resources, "Deployment", "driftloop-inference")
+
+    settings = check_settings_env(container_env(resources, container(inference)), tmp_path)
+
+    assert settings.workers.triton_reload_unhealthy is False, "reloading takes the admin key, which they lack"
 
 
 # Triton and the model repository.
@@ -334,10 +323,85 @@ def test_triton_serves_the_shared_repository_in_explicit_mode(overlay: str, gpus
     assert models == ("driftloop-models", True)
 
 
+@pytest.mark.parametrize(("overlay", "replicas"), [("base", 1), ("overlays/dev", 1), ("overlays/production", 2)])
+def test_triton_runs_two_replicas_in_production_one_always_serving(overlay: str, replicas: int) -> None:
+    resources = rendered(overlay)
+    triton = find(resources, "Deployment", "driftloop-triton")
+    labels = pod_labels(triton)
+    budgets = [b for b in of_kind(resources, "PodDisruptionBudget") if selects(b["spec"]["selector"], labels)]
+
+    assert triton["spec"]["replicas"] == replicas
+    (budget,) = budgets
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": budget["spec"]["selector"]}
+    rolling = triton["spec"]["strategy"]["rollingUpdate"]
+    # A rollout never takes the last serving replica, and with two it needs no spare GPU.
+    assert replicas - rolling["maxUnavailable"] >= (1 if replicas > 1 else 0)
+    assert rolling["maxUnavailable"] + rolling["maxSurge"] >= 1
+    if replicas > 1:
+        assert rolling["maxSurge"] == 0 and rolling["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_replicas_are_spread_over_nodes(overlay: str) -> None:
+    triton = find(rendered(overlay), "Deployment", "driftloop-triton")
+    constraints = {c["topologyKey"]: c for c in pod_spec(triton)["topologySpreadConstraints"]}
+
+    node = constraints["kubernetes.io/hostname"]
+    assert node["whenUnsatisfiable"] == "DoNotSchedule" and node["maxSkew"] == 1
+    assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for constraint in constraints.values():
+        assert selects(constraint["labelSelector"], pod_labels(triton))
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"], "a rollout's new pods are spread among themselves"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_headless_service_resolves_to_every_triton_replica(overlay: str, tmp_path: Path) -> None:
+    resources = rendered(overlay)
+    triton = find(resources, "Deployment", "driftloop-triton")
+    service = find(resources, "Service", TRITON_REPLICAS_SERVICE)
+    ports = {p["name"]: p["containerPort"] for p in container(triton, "triton")["ports"]}
+
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True, "a replica without the served model is not ready"
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(triton))
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    assert (
+        ports[by_name["grpc"]["targetPort"]]
+        == by_name["grpc"]["port"]
+        == int(settings_of(resources, tmp_path).triton_grpc.split(":")[1])
+    )
+    assert {s["metadata"]["name"] for s in of_kind(resources, "Service") if s["spec"].get("clusterIP") == "None"} == {
+        TRITON_REPLICAS_SERVICE
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tritons_repository_api_takes_the_admin_key_like_the_local_stack(overlay: str, tmp_path: Path) -> None:
+    resources = rendered(overlay)
+    c = container(find(resources, "Deployment", "driftloop-triton"), "triton")
+    placeholder = f"$({ADMIN_KEY_VARIABLE})"
+    settings = settings_of(resources, tmp_path)
+    triton = settings.triton.model_copy(update={"admin_key": SecretStr(placeholder), "model_repository": tmp_path})
+    settings = settings.model_copy(update={"triton": triton})
+
+    stack_argv, _ = argv_and_env(settings, TritonInstall(Path("tritonserver"), None, ()))
+    restricted = [a for a in stack_argv if a.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))]
+
+    assert len(restricted) == 2
+    assert [a for a in c["args"] if a.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))] == restricted
+    (variable,) = [e for e in c["env"] if e["name"] == ADMIN_KEY_VARIABLE]
+    # Not optional: without the key, Triton must not start at all (an unexpanded $(...) would be a known key).
+    assert variable["valueFrom"]["secretKeyRef"] == {
+        "name": "driftloop-triton-admin",
+        "key": "DRIFTLOOP_TRITON__ADMIN_KEY",
+    }
+
+
 def _claim_mount(workload: Resource, container_name: str, path: Path) -> tuple[str, bool]:
     """(claim name, read-only) of the volume mounted at ``path``."""
     spec = pod_spec(workload)
-    mount = next(m for m in container(workload, container_name)["volumeMounts"] if m["mountPath"] == str(path))
+    (c,) = [c for c in all_containers(workload) if c["name"] == container_name]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(path))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     return volume["persistentVolumeClaim"]["claimName"], bool(mount.get("readOnly"))
 
@@ -366,21 +430,131 @@ def test_retraining_runs_on_a_gpu_only_with_the_gpu_option(overlay: str, gpu: bo
     c = container(retrain, "retrain")
 
     assert (GPU in c["resources"].get("limits", {})) is gpu
-    assert c["image"].endswith("-cuda") is gpu
+    assert image_name(c["image"]) == (WORKER_CUDA_IMAGE if gpu else WORKER_IMAGE)
     assert any(t["key"] == GPU for t in pod_spec(retrain).get("tolerations", [])) is gpu
 
 
-def test_production_images_come_from_the_registry_with_their_tags() -> None:
-    images = {container(w)["image"] for w in workloads(rendered("overlays/production"))}
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_first_model_version_is_bootstrapped_when_the_repository_is_empty(overlay: str, tmp_path: Path) -> None:
+    resources = rendered(overlay)
+    retrain = find(resources, "Deployment", "driftloop-retrain")
+    (init,) = pod_spec(retrain)["initContainers"]
+    settings = check_settings_env(container_env(resources, init), tmp_path)
+    script = init["args"][0]
 
-    assert images == {
-        "registry.example.com/driftloop/driftloop-workers:0.1.0",
-        "registry.example.com/driftloop/driftloop-workers:0.1.0-cuda",
-        "registry.example.com/driftloop/driftloop-triton:24.10",
-    }
+    assert init["command"] == ["sh", "-c"]
+    guard = re.search(r"if ls -d (\S+) >/dev/null 2>&1;", script)
+    assert guard and guard.group(1) == f"{settings.triton.model_repository}/{settings.triton.model_name}/[0-9]*"
+    (command,) = re.findall(r"\bexec driftloop ([^;]+);", script)
+    assert command.split()[:2] == ["train", "--bootstrap"] and "--promote auto" in command
+    resolve_command(command.split())
+    # Triton is not ready without a served model: the bootstrap loads it on every replica, ready or not, through the
+    # headless Service the publisher resolves (triton.replicas_dns).
+    host, port = settings.triton.replicas_dns.split(":")
+    service = find(resources, "Service", host)
+    assert host == TRITON_REPLICAS_SERVICE and service["spec"]["publishNotReadyAddresses"] is True
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert _claim_mount(retrain, "bootstrap-model", settings.triton.model_repository) == ("driftloop-models", False)
+    assert init["image"] == container(retrain, "retrain")["image"]
+
+
+def test_the_bootstrap_guard_sees_versions_and_nothing_else(tmp_path: Path) -> None:
+    init = pod_spec(find(rendered("base"), "Deployment", "driftloop-retrain"))["initContainers"][0]
+    script = init["args"][0].replace("/models/", f"{tmp_path}/").replace("exec driftloop", "echo TRAIN")
+    model = tmp_path / "classifier"
+    (model / ".staging-host-1-abc").mkdir(parents=True)
+    (model / "config.pbtxt").write_text("")
+
+    def run() -> str:
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+    assert run().startswith("TRAIN train --bootstrap"), "a staging folder or a config is not a version"
+    (model / "1").mkdir()
+    assert "nothing to bootstrap" in run()
+
+
+# Images.
+
+
+def test_production_pulls_every_image_from_the_registry_by_digest() -> None:
+    images = {c["image"] for w in workloads(rendered("overlays/production")) for c in all_containers(w)}
+
+    assert images == {f"{REGISTRY}/{image}@{stand_in_digest(name)}" for name, image in DIGESTS.items()}
+    assert set(image_digest_names(K8S)) == set(DIGESTS)
+
+
+def test_production_does_not_render_without_its_image_digests(tmp_path: Path) -> None:
+    copy = with_image_digests(K8S, tmp_path / "none", digests={})
+    (copy / IMAGE_DIGESTS_FILE).write_text("# nothing filled in\n")
+    partial = with_image_digests(K8S, tmp_path / "partial", digests={"WORKERS": "", "TRITON": ""})
+    (partial / IMAGE_DIGESTS_FILE).write_text(
+        "".join(f"{name}={stand_in_digest(name)}\n" for name in ("WORKERS", "TRITON"))
+    )
+
+    with pytest.raises(KustomizeError, match=r"data\.WORKERS` is missing"):
+        render(copy / "overlays/production")
+    with pytest.raises(KustomizeError, match=r"data\.WORKERS_CUDA` is missing"):
+        render(partial / "overlays/production")
+    render(copy / "overlays/dev")  # the dev overlay builds local images by tag
+
+
+def test_the_committed_image_digests_are_absent_or_real_digests() -> None:
+    lines = [line for line in (K8S / IMAGE_DIGESTS_FILE).read_text().splitlines() if line and not line.startswith("#")]
+
+    for line in lines:
+        name, _, digest = line.partition("=")
+        assert name in DIGESTS, line
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), line
+        assert digest != stand_in_digest(name), "a test's stand-in digest is not an image's"
+    # The instructions read each digest from the registry.
+    assert "crane digest" in (K8S / IMAGE_DIGESTS_FILE).read_text()
+
+
+def test_the_digests_file_is_generated_into_a_config_map_that_is_not_deployed() -> None:
+    kustomization = yaml.safe_load((K8S / "overlays/production" / KUSTOMIZATION_FILE).read_text())
+    (generator,) = kustomization["configMapGenerator"]
+
+    assert generator["envs"] == [IMAGE_DIGESTS_FILE.name]
+    assert generator["options"]["annotations"] == {"config.kubernetes.io/local-config": "true"}
+    assert not [r for r in rendered("overlays/production") if r["metadata"]["name"] == generator["name"]]
+
+
+# Storage.
+
+
+@pytest.mark.parametrize(
+    ("overlay", "storage_class"), [("base", None), ("overlays/dev", None), ("overlays/production", "standard-rwx")]
+)
+def test_the_storage_class_is_the_overlays_choice(overlay: str, storage_class: str | None) -> None:
+    claims = of_kind(rendered(overlay), "PersistentVolumeClaim")
+
+    assert {c["metadata"]["name"] for c in claims} == {"driftloop-models", "driftloop-feast"}
+    for claim in claims:
+        assert claim["spec"].get("storageClassName") == storage_class
+        if storage_class:
+            assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 # KEDA.
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_alone_sets_the_inference_replica_count(overlay: str) -> None:
+    resources = rendered(overlay)
+    (scaled,) = of_kind(resources, "ScaledObject")
+    target = find(resources, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+
+    assert "replicas" not in target["spec"], "kubectl apply would reset KEDA's count to it"
+
+
+@pytest.mark.parametrize(("overlay", "minimum"), [("base", 1), ("overlays/dev", 1), ("overlays/production", 2)])
+def test_keda_falls_back_to_more_than_its_minimum_when_it_cannot_read_the_lag(overlay: str, minimum: int) -> None:
+    (scaled,) = of_kind(rendered(overlay), "ScaledObject")
+    spec = scaled["spec"]
+
+    assert spec["minReplicaCount"] == minimum
+    assert spec["minReplicaCount"] < spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
+    assert spec["fallback"]["failureThreshold"] >= 3
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -416,40 +590,3 @@ def test_scaled_object_scales_inference_on_lag_up_to_the_partition_count(overlay
     assert any(
         metadata["bootstrapServersFromEnv"] in find(resources, "ConfigMap", name)["data"] for name in config_maps
     )
-
-
-def test_keda_authenticates_to_kafka_like_the_workers_in_production(tmp_path: Path) -> None:
-    resources = rendered("overlays/production")
-    settings = settings_of(resources, tmp_path)
-    (scaled,) = [r for r in resources if r["kind"] == "ScaledObject"]
-    (trigger,) = scaled["spec"]["triggers"]
-    auth = find(resources, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
-
-    assert settings.kafka.security_protocol == "SASL_SSL"
-    assert trigger["metadata"]["tls"] == "enable"
-    assert trigger["metadata"]["sasl"] in keda.KAFKA_SASL_MODES
-    assert trigger["metadata"]["sasl"] == keda.KAFKA_SASL_FOR_MECHANISM[settings.kafka.sasl_mechanism]
-    assert set(refs) <= keda.KAFKA_AUTH_PARAMETERS
-    # The same secrets and keys the workers read their credentials from.
-    assert refs["username"] == ("driftloop-secrets", "DRIFTLOOP_KAFKA__SASL_USERNAME")
-    assert refs["password"] == ("driftloop-secrets", "DRIFTLOOP_KAFKA__SASL_PASSWORD")
-    ca_secret, ca_key = refs["ca"]
-    for workload in workloads(resources):
-        if workload["metadata"]["labels"].get("driftloop.io/kafka-client") != "true":
-            continue
-        spec = pod_spec(workload)
-        volume = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == ca_secret)
-        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
-        item = next(i for i in volume["secret"]["items"] if i["key"] == ca_key)
-        assert Path(mount["mountPath"]) / item["path"] == settings.kafka.ssl_ca_location, workload["metadata"]["name"]
-
-
-def test_every_kafka_client_is_labelled_for_the_tls_component() -> None:
-    resources = rendered("base")
-
-    for workload in workloads(resources):
-        name = workload["metadata"]["name"]
-        if name == "driftloop-triton":
-            continue
-        assert workload["metadata"]["labels"].get("driftloop.io/kafka-client") == "true", name

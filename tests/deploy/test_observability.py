@@ -3,7 +3,9 @@
 Every metric the dashboard and the rules query exists: driftloop's own are read from the code's registries,
 Triton's and the Kafka exporter's are the documented names. ``promtool`` and ``amtool`` (Debian's ``prometheus`` /
 ``prometheus-alertmanager``) check the files and every dashboard query; ``promtool test rules`` runs the alert
-rules' unit tests (tests/deploy/rules/*.test.yml).
+rules' unit tests (tests/deploy/rules/*.test.yml). On Kubernetes the Prometheus Operator gets the same rules (a
+PrometheusRule generated from the rules file) and PodMonitors that label the targets as the rules expect; a plain
+Prometheus gets them from the pods' annotations.
 """
 
 from __future__ import annotations
@@ -20,8 +22,19 @@ import yaml
 
 from foundation.health import METRICS_PATH
 from foundation.paths import REPO_ROOT
-from tests.deploy.kustomize import pod_spec, render
-from tests.deploy.support import DEPLOY, K8S, ROLE_COMMANDS, health_port, load_yaml, require_tool
+from tests.deploy import prometheus_rule
+from tests.deploy.kustomize import pod_spec
+from tests.deploy.manifests import (
+    OVERLAYS,
+    all_containers,
+    config_env,
+    of_kind,
+    pod_labels,
+    rendered,
+    selects,
+    workloads,
+)
+from tests.deploy.support import DEPLOY, ROLE_COMMANDS, health_port, load_yaml, require_tool
 
 pytestmark = pytest.mark.unit
 
@@ -183,7 +196,7 @@ def test_kubernetes_scrape_config_reads_the_annotations_the_manifests_carry() ->
     for relabel in relabels:
         re.compile(relabel.get("regex", "(.*)"))
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
-    for workload in render(K8S / "overlays/production"):
+    for workload in rendered("overlays/production"):
         spec = pod_spec(workload)
         if spec is None or workload["kind"] != "Deployment":
             continue
@@ -193,6 +206,94 @@ def test_kubernetes_scrape_config_reads_the_annotations_the_manifests_carry() ->
         assert template["labels"]["app.kubernetes.io/part-of"] == "driftloop"
         assert template["labels"]["app.kubernetes.io/component"] in {*ROLE_COMMANDS, "triton"}
     assert "__meta_kubernetes_pod_label_app_kubernetes_io_component" in sources
+
+
+def test_kubernetes_scrape_config_sends_alerts_where_the_monitor_does() -> None:
+    config = load_yaml(PROMETHEUS_K8S)
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    monitor_url = config_env(rendered("overlays/production"))["DRIFTLOOP_MONITORING__ALERTMANAGER_URL"]
+
+    assert alertmanagers["static_configs"][0]["targets"] == [monitor_url.split("://", 1)[1]]
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+
+
+# The Prometheus Operator (deploy/k8s/components/prometheus-operator).
+
+
+def test_the_prometheus_rule_is_the_rules_file() -> None:
+    committed = prometheus_rule.PROMETHEUS_RULE.read_text()
+
+    assert committed == prometheus_rule.generate(prometheus_rule.RULES_FILE.read_text()), (
+        f"{prometheus_rule.PROMETHEUS_RULE.name} is stale: run {prometheus_rule.COMMAND}"
+    )
+    (rule,) = of_kind(rendered("overlays/production"), "PrometheusRule")
+    assert rule["spec"]["groups"] == load_yaml(prometheus_rule.RULES_FILE)["groups"]
+
+
+def test_a_changed_rules_file_makes_the_prometheus_rule_stale(tmp_path: Path) -> None:
+    rules = prometheus_rule.RULES_FILE.read_text().replace("for: 2m", "for: 3m", 1)
+    target = tmp_path / "prometheusrule.yaml"
+    source = tmp_path / "driftloop.yml"
+    source.write_text(rules)
+
+    prometheus_rule.write(source, target)
+
+    assert target.read_text() != prometheus_rule.PROMETHEUS_RULE.read_text()
+    assert yaml.safe_load(target.read_text())["spec"]["groups"] == yaml.safe_load(rules)["groups"]
+    with pytest.raises(ValueError, match="groups"):
+        prometheus_rule.generate("# no rules\n")
+
+
+def _relabel(pod: dict, relabelings: list[dict]) -> dict[str, str]:
+    """The target labels a PodMonitor's relabelings give a pod (replace actions, as the operator passes them on)."""
+    meta = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key): value for key, value in pod.items()}
+    labels: dict[str, str] = {}
+    for relabel in relabelings:
+        assert relabel.get("action", "replace") == "replace"
+        value = ";".join(meta.get(source, "") for source in relabel.get("sourceLabels", []))
+        match = re.fullmatch(relabel.get("regex", "(.*)"), value)
+        if match:
+            labels[relabel["targetLabel"]] = match.expand(relabel.get("replacement", r"\1").replace("$1", r"\1"))
+    return labels
+
+
+def test_pod_monitors_scrape_every_worker_and_triton_labelled_as_the_rules_expect() -> None:
+    resources = rendered("overlays/production")
+    monitors = of_kind(resources, "PodMonitor")
+    rule_jobs = set(re.findall(r'job="([^"]+)"', " ".join(expression for _, expression in rule_expressions())))
+    scraped: dict[str, dict[str, str]] = {}
+
+    for workload in workloads(resources):
+        labels = pod_labels(workload)
+        chosen = [m for m in monitors if selects(m["spec"]["selector"], labels)]
+        component = labels["app.kubernetes.io/component"]
+        if component not in {*ROLE_COMMANDS, "triton"}:
+            assert not chosen, component
+            continue
+        (monitor,) = chosen
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        ports = {p["name"]: p["containerPort"] for c in all_containers(workload) for p in c.get("ports", [])}
+        assert endpoint["path"] == METRICS_PATH
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert ports[endpoint["port"]] == int(annotations["prometheus.io/port"]), component
+        scraped[component] = _relabel(labels, endpoint["relabelings"])
+
+    assert scraped == {
+        **{role: {"job": "driftloop-workers", "role": role} for role in ROLE_COMMANDS},
+        "triton": {"job": "triton", "role": "triton"},
+    }
+    assert rule_jobs == {"driftloop-workers", "triton"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_production_uses_the_prometheus_operator_and_every_overlay_keeps_the_annotations(overlay: str) -> None:
+    resources = rendered(overlay)
+    operator_kinds = {r["kind"] for r in resources} & {"PodMonitor", "PrometheusRule"}
+
+    assert operator_kinds == ({"PodMonitor", "PrometheusRule"} if overlay == "overlays/production" else set())
+    for workload in workloads(resources):
+        if pod_labels(workload)["app.kubernetes.io/component"] in {*ROLE_COMMANDS, "triton"}:
+            assert workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
 
 def test_rules_alert_with_severity_and_summary() -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "TRITON_URL", "KAFKA_HOME", "DRIFTLOOP_CONFIG"):
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "TRITON_URL", "KAFKA_HOME", "DRIFTLOOP_CONFIG", "DRIFTLOOP_SECRETS_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(Path(__file__).parent)  # no driftloop.toml here
 
@@ -76,3 +76,69 @@ def test_settings_are_frozen():
     settings = load_settings()
     with pytest.raises(Exception, match="frozen"):
         settings.stack.kafka_port = 1
+
+
+def _secret(directory: Path, name: str, value: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(value + "\n")  # a trailing newline, as `kubectl create secret --from-file` keeps
+
+
+def _mounted_secret(directory: Path, name: str, value: str) -> None:
+    """A key as a Kubernetes Secret volume lays it out: a link through the hidden ``..data`` folder."""
+    _secret(directory / "..2026_11_30_12_00_00.000000001", name, value)
+    (directory / "..data").symlink_to("..2026_11_30_12_00_00.000000001")
+    (directory / name).symlink_to(f"..data/{name}")
+
+
+def test_secret_files_fill_nested_fields_from_the_directory_and_its_folders(tmp_path, monkeypatch):
+    _mounted_secret(tmp_path / "kafka", "DRIFTLOOP_KAFKA__SASL_USERNAME", "driftloop-inference")
+    _secret(tmp_path / "kafka", "DRIFTLOOP_KAFKA__SASL_PASSWORD", "kafka-secret")
+    _secret(tmp_path / "redis", "DRIFTLOOP_FEAST__REDIS_CONNECTION_STRING", "redis:6379,password=p")
+    _secret(tmp_path, "DRIFTLOOP_TRITON__ADMIN_KEY", "admin-key")
+    monkeypatch.setenv("DRIFTLOOP_SECRETS_DIR", str(tmp_path))
+
+    settings = load_settings()
+
+    assert settings.kafka.sasl_username == "driftloop-inference"
+    assert settings.kafka.sasl_password.get_secret_value() == "kafka-secret"
+    assert settings.feast.redis_connection_string.get_secret_value() == "redis:6379,password=p"
+    assert settings.triton.admin_key.get_secret_value() == "admin-key"
+    assert "kafka-secret" not in repr(settings)
+
+
+def test_environment_and_kwargs_win_over_secret_files_which_win_over_the_toml_file(tmp_path, monkeypatch):
+    secrets = tmp_path / "secrets"
+    _secret(secrets, "DRIFTLOOP_KAFKA__SASL_USERNAME", "from-file")
+    _secret(secrets, "DRIFTLOOP_KAFKA__TOPIC_PREFIX", "file-")
+    _secret(secrets, "DRIFTLOOP_STACK__KAFKA_PORT", "1")
+    config = tmp_path / "driftloop.toml"
+    config.write_text('[kafka]\ntopic_prefix = "toml-"\nsasl_mechanism = "SCRAM-SHA-512"\n')
+    monkeypatch.setenv("DRIFTLOOP_KAFKA__SASL_USERNAME", "from-env")
+
+    settings = load_settings(config, secrets_dir=secrets, stack={"kafka_port": 3})
+
+    assert settings.kafka.sasl_username == "from-env"
+    assert settings.kafka.topic_prefix == "file-"
+    assert settings.kafka.sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.stack.kafka_port == 3
+
+
+def test_without_a_secrets_directory_no_file_is_read(tmp_path, monkeypatch):
+    _secret(tmp_path, "DRIFTLOOP_KAFKA__SASL_USERNAME", "from-file")
+    monkeypatch.chdir(tmp_path)
+
+    assert load_settings().kafka.sasl_username is None
+
+
+def test_a_missing_secrets_directory_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP_SECRETS_DIR", str(tmp_path / "nope"))
+
+    with pytest.raises(ValueError, match="secrets directory .*nope does not exist"):
+        load_settings()
+
+
+def test_a_secret_file_for_no_field_is_an_error_naming_the_directory(tmp_path):
+    _secret(tmp_path / "kafka", "DRIFTLOOP_KAFKA__SASL_PASWORD", "typo")
+
+    with pytest.raises(ValueError, match=rf"(?s)secrets in {tmp_path}.*sasl_pasword"):
+        load_settings(secrets_dir=tmp_path)
