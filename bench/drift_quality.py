@@ -237,7 +237,7 @@ class Decision(Protocol):
     hysteresis_checks: int
     resolve_checks: int
 
-    def __call__(self, frame: pd.DataFrame, observed_s: float) -> dict[str, bool | None]: ...
+    def __call__(self, frame: pd.DataFrame, observed_s: np.ndarray) -> dict[str, bool | None]: ...
 
 
 @dataclass
@@ -269,7 +269,7 @@ class MonitorDecision:
     def resolve_checks(self) -> int:
         return self.policy.resolve_checks
 
-    def __call__(self, frame: pd.DataFrame, observed_s: float) -> dict[str, bool | None]:
+    def __call__(self, frame: pd.DataFrame, observed_s: np.ndarray) -> dict[str, bool | None]:
         if self.calibration is None:
             result = check_drift(frame, self.reference, self.policy)
         else:
@@ -288,7 +288,7 @@ class EvidentlyPreset:
     drift_share: float = 0.5
     name: str = "evidently DataDriftPreset defaults"
 
-    def __call__(self, frame: pd.DataFrame, observed_s: float) -> dict[str, bool | None]:
+    def __call__(self, frame: pd.DataFrame, observed_s: np.ndarray) -> dict[str, bool | None]:
         from evidently.legacy.calculations.stattests.registry import get_stattest
         from evidently.legacy.core import ColumnType
 
@@ -415,7 +415,7 @@ def run_checks(
         number = len(pages.checks)
         pages.checks.append(end)
         frame = window_frame(replay, start, end, end - shape.label_delay, feature_names)
-        observed_s = float(replay.times[end - 1] - replay.times[0])  # each replay starts on a fresh store
+        observed_s = replay.times[start:end] - replay.times[0]  # per event; each replay starts on a fresh store
         for d in decisions:
             for kind, detected in d(frame, observed_s).items():
                 state = states[d.name].setdefault(kind, DriftState())

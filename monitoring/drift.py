@@ -14,9 +14,10 @@ Three kinds of drift are decided, each by one rule (``decide``):
 
 No kind is decided on a window that is not comparable with the reference: fewer than ``min_window`` events or fewer
 than ``min_entities`` distinct entities (a fresh store, a short window) leave every kind undecided. A feature that looks
-back over a span (``streams.windows.SPANS``: a count over the last day, say) is left out of the data kind while the
-feature store has observed less than that span (``observed_s``): on a fresh store such features grow for a day on
-clean traffic, so judging them then would page for the store's youth, not for drift.
+back over a span (``streams.windows.SPANS``: a count over the last day, say) is judged only on the events that came
+once the feature store had observed that long (``observed_s``, per event), and left out of the data kind while fewer
+than ``min_window`` did: on a fresh store such features grow for a day on clean traffic, so judging those values
+would page for the store's youth, not for drift.
 
 Evidently still tests each column (``columns``: its ``DataDriftPreset`` tests, chosen as Evidently chooses them, for
 the HTML report of ``monitoring.report``), with one change: Evidently's default for categorical and few-valued numeric
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,7 +178,7 @@ def check_drift(
     policy: DriftPolicy,
     window: WindowBounds | None = None,
     calibration: Calibration | None = None,
-    observed_s: float | None = None,
+    observed_s: float | Sequence[float] | np.ndarray | None = None,
 ) -> DriftResult:
     """Compare a window frame (``SlidingWindow.frame``) with a reference sample: the decision and Evidently's tests.
 
@@ -233,7 +235,7 @@ def decide(
     reference: ReferenceSample,
     calibration: Calibration,
     policy: DriftPolicy | None = None,
-    observed_s: float | None = None,
+    observed_s: float | Sequence[float] | np.ndarray | None = None,
 ) -> Decision:
     """The calibrated decision on a window frame (see the module docstring).
 
@@ -243,11 +245,12 @@ def decide(
         reference: the serving version's reference sample.
         calibration: ``calibrate(reference, settings)`` (or the one stored with the version).
         policy: ``min_window``, ``min_entities``, the performance settings and ``critical_*``; defaults when omitted.
-        observed_s: how long the feature store has been observing (None: long enough for every feature).
+        observed_s: per event of ``current``, how long the feature store had been observing when it came (one number:
+            the same for every event; None: long enough for every feature).
     """
     policy = policy or DriftPolicy()
     statistics: dict[str, ColumnStatistic] = {}
-    skipped = warming_up(reference.feature_names, observed_s)
+    current, skipped = mature_features(current, reference.feature_names, observed_s, policy.min_window)
     kinds: dict[Kind, KindResult] = {}
     for kind in ("data", "prediction"):
         kinds[kind] = _calibrated_kind(kind, current, reference, calibration, policy, statistics, skipped)
@@ -259,15 +262,35 @@ def decide(
     return Decision(kinds, statistics, reason is None, reason, skipped)
 
 
-def warming_up(feature_names: tuple[str, ...] | list[str], observed_s: float | None) -> dict[str, str]:
-    """The features not judged yet, with why: those whose span the feature store has not observed for."""
+def mature_features(
+    current: pd.DataFrame,
+    feature_names: tuple[str, ...] | list[str],
+    observed_s: float | Sequence[float] | np.ndarray | None,
+    min_rows: int,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``current`` with each spanned feature's values blanked (NaN) on the events that came before the store had
+    observed its span, and the features left with fewer than ``min_rows`` values, with why (not judged)."""
     if observed_s is None:
-        return {}
-    return {
-        name: f"warming up: the store has observed {observed_s / 3600:.1f} h of the {span / 3600:.0f} h it covers"
-        for name in feature_names
-        if (span := SPANS.get(name)) is not None and observed_s < span
-    }
+        return current, {}
+    ages = np.broadcast_to(np.asarray(observed_s, dtype="float64"), (len(current),))
+    frame, skipped = current, {}
+    for name in feature_names:
+        span = SPANS.get(name)
+        if span is None or name not in current.columns:
+            continue
+        mature = ages >= span
+        if mature.all():
+            continue
+        if mature.sum() < min_rows:
+            skipped[name] = (
+                f"warming up: {int(mature.sum())} of {len(current)} events came once the store had observed the "
+                f"{span / 3600:.0f} h it covers"
+            )
+            continue
+        if frame is current:
+            frame = current.copy()
+        frame.loc[~mature, name] = np.nan
+    return frame, skipped
 
 
 def _not_comparable(current: pd.DataFrame, policy: DriftPolicy) -> str | None:

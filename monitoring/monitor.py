@@ -151,8 +151,9 @@ class Monitor:
     def note_history(self, since: float) -> None:
         """Predictions have been served since ``since`` (epoch s; e.g. the predictions topic's oldest record).
 
-        The feature store has been observing at least that long: features that look back over a longer span are not
-        judged yet (``monitoring.drift.warming_up``). Without a note, history starts at the first prediction seen.
+        The feature store has been observing at least that long: a feature that looks back over a span is judged only
+        on the events that came once the store had observed it (``monitoring.drift.mature_features``). Without a
+        note, history starts at the first prediction seen.
         """
         self.history_since = since if self.history_since is None else min(self.history_since, since)
 
@@ -256,7 +257,9 @@ class Monitor:
             policy = self.policy
             if force:
                 policy = replace(policy, min_window=min(policy.min_window, len(current)))
-            observed_s = None if self.history_since is None else self._wall_clock() - self.history_since
+            observed_s = None
+            if self.history_since is not None:  # per event: how long the store had been observing when it came
+                observed_s = [t.timestamp() - self.history_since for t in track.window.event_times()]
             result = check_drift(
                 current, reference, policy, track.window.bounds(), self._calibration(track), observed_s
             )

@@ -11,7 +11,7 @@ from evidently.legacy.calculations.stattests.registry import get_stattest
 from evidently.legacy.core import ColumnType
 
 from monitoring import DriftCheckError, DriftPolicy, check_drift
-from monitoring.drift import classification_scores, column_drift, warming_up
+from monitoring.drift import classification_scores, column_drift, mature_features
 from monitoring.window import SlidingWindow
 from streams.windows import DAY, HOUR
 
@@ -194,7 +194,7 @@ def test_features_over_a_span_the_store_has_not_observed_are_not_judged(syntheti
 
     young = check_drift(current, reference, _policy(), window.bounds(), observed_s=2 * HOUR)
     assert "msg_count_24h" not in young.statistics and "msg_count_24h" not in young.kinds["data"].drifted_columns
-    assert young.skipped_columns["msg_count_24h"].startswith("warming up: the store has observed 2.0 h of the 24 h")
+    assert young.skipped_columns["msg_count_24h"].startswith("warming up: 0 of 1000 events came once the store")
     assert "items" in young.kinds["data"].drifted_columns  # a feature without a span is judged all the same
 
     for observed_s in (DAY, None):  # a day observed, or nothing known about the store's age
@@ -202,8 +202,14 @@ def test_features_over_a_span_the_store_has_not_observed_are_not_judged(syntheti
         assert "msg_count_24h" in grown.kinds["data"].drifted_columns and "msg_count_24h" not in grown.skipped_columns
 
 
-def test_warming_up_names_each_feature_until_its_own_span_is_observed():
-    names = ("msg_count_1h", "msg_count_24h", "seconds_since_last_event", "amount")
-    assert set(warming_up(names, 30 * 60)) == {"msg_count_1h", "msg_count_24h", "seconds_since_last_event"}
-    assert set(warming_up(names, 2 * HOUR)) == {"msg_count_24h", "seconds_since_last_event"}
-    assert warming_up(names, DAY) == {} and warming_up(names, None) == {}
+def test_a_spanned_feature_is_judged_only_on_events_that_came_once_the_store_had_observed_its_span():
+    frame = pd.DataFrame({"msg_count_1h": [1.0, 2.0, 3.0, 4.0], "msg_count_24h": [5.0, 6.0, 7.0, 8.0], "amount": 1.0})
+    ages = [10 * 60, 2 * HOUR, 3 * HOUR, 30 * HOUR]  # seconds the store had observed when each event came
+    mature, skipped = mature_features(frame, ["msg_count_1h", "msg_count_24h", "amount"], ages, min_rows=2)
+    assert mature["msg_count_1h"].tolist()[1:] == [2.0, 3.0, 4.0] and np.isnan(mature["msg_count_1h"][0])
+    assert skipped == {"msg_count_24h": "warming up: 1 of 4 events came once the store had observed the 24 h it covers"}
+    assert mature["amount"].tolist() == [1.0] * 4  # no span: every value counts
+    assert frame["msg_count_1h"][0] == 1.0  # the window itself is left alone
+
+    assert mature_features(frame, ["msg_count_24h"], DAY, min_rows=2) == (frame, {})
+    assert mature_features(frame, ["msg_count_24h"], None, min_rows=2) == (frame, {})
