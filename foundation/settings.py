@@ -187,6 +187,9 @@ class TrainingSettings(_Section):
     load_timeout_s: float = Field(180.0, gt=0)
     retire_grace_s: float = Field(5.0, ge=0)  # after a role change, how long a replaced version keeps serving
     instance_count: int = Field(1, ge=1)  # Triton instances per GPU (or on the CPU)
+    # Torch threads of each CPU instance of the served model. torch's default (0 here) is a thread per host core in
+    # every instance, which oversubscribes the cores and burns CPU spinning: scale with instance_count instead.
+    cpu_threads: int = Field(1, ge=0)
     max_queue_delay_us: int = Field(2000, ge=0)  # dynamic batching delay
 
 

@@ -94,6 +94,8 @@ def test_round_trip_export_load_infer_equals_in_process(tiny_version, publish_se
     np.testing.assert_allclose(batch, expected, atol=1e-5)
     # Dynamic batching merged requests: fewer executions than inferences.
     assert stats["execution_count"] < stats["inference_count"]
+    # Triton hands the CPU thread count to the stub (model.py sets torch's threads from it).
+    assert http.get_model_config(name)["parameters"]["cpu_threads"] == {"string_value": "1"}
     http.close()
 
 

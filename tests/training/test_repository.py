@@ -37,6 +37,7 @@ def test_config_follows_the_contract() -> None:
         '{ name: "PROBS" data_type: TYPE_FP32 dims: [ 3 ] }',
         "dynamic_batching { max_queue_delay_microseconds: 500 }",
         "instance_group [ { kind: KIND_AUTO count: 2 } ]",
+        'parameters [ { key: "cpu_threads" value: { string_value: "1" } } ]',
     ):
         assert line in text
     with pytest.raises(ValueError):

@@ -160,6 +160,18 @@ def test_the_config_check_accepts_the_rendered_config_and_names_mismatches() -> 
         )
 
 
+def test_cpu_threads_come_from_the_config_parameter() -> None:
+    def config(value: str | None) -> dict:
+        return {} if value is None else {"parameters": {"cpu_threads": {"string_value": value}}}
+
+    assert runtime.cpu_threads(config(None)) == 0
+    assert runtime.cpu_threads(config("0")) == 0
+    assert runtime.cpu_threads(config("3")) == 3
+    for bad in ("-1", "two", "1.5", ""):
+        with pytest.raises(ValueError, match="cpu_threads is"):
+            runtime.cpu_threads(config(bad))
+
+
 def test_servable_files_import_nothing_from_the_project() -> None:
     allowed = {
         "__future__",

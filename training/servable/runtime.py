@@ -40,6 +40,7 @@ METADATA_FILE = "metadata.json"
 TEXT_INPUT = "TEXT"
 FEATURES_INPUT = "FEATURES"
 PROBS_OUTPUT = "PROBS"
+CPU_THREADS_PARAMETER = "cpu_threads"
 
 # The contract with the inference worker: FEATURES columns, in this order; missing values arrive as 0.
 FEATURE_NAMES = (
@@ -478,6 +479,23 @@ def run_requests(predictor: Predictor, requests: Sequence[tuple[Any, Any]]) -> l
                 results[index] = np.ascontiguousarray(probs[start : start + len(request_texts)])
                 start += len(request_texts)
     return results  # type: ignore[return-value]
+
+
+def cpu_threads(model_config: dict[str, Any]) -> int:
+    """The torch threads a CPU instance uses: the ``cpu_threads`` parameter of ``config.pbtxt`` (0 or none: torch's
+    default, one per core of the host).
+
+    Raises:
+        ValueError: the parameter is not a whole number >= 0.
+    """
+    raw = model_config.get("parameters", {}).get(CPU_THREADS_PARAMETER, {}).get("string_value", "0")
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise ValueError(f"config.pbtxt parameter {CPU_THREADS_PARAMETER} is {raw!r}; it needs a whole number >= 0")
+    return threads
 
 
 def check_model_config(model_config: dict[str, Any], labels: Sequence[str], feature_names: Sequence[str]) -> None:
