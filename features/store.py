@@ -21,16 +21,18 @@ from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
 from feast.type_map import feast_value_type_to_pa
 
-from features import definitions
+from features import definitions, restore_environment
 from features.exceptions import FeatureRowsInvalid, FeatureStoreConfigError, FeatureStoreNotReady
 from features.offline_store import STORE_TYPE as OFFLINE_STORE_TYPE
+from features.online_read import ONLINE_STORE_FILE, redis_connection_string
 from foundation.retry import policy
 from foundation.settings import Settings
+
+restore_environment()  # feast is imported now (see features/__init__.py)
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.db"
-ONLINE_STORE_FILE = "online_store.db"
 ENTITY_KEY = definitions.entity.join_key
 TIMESTAMP = definitions.entity_stream_stats_source.timestamp_field
 
@@ -97,12 +99,7 @@ def online_store_config(settings: Settings) -> dict[str, Any]:
     if kind == "sqlite":
         return {"type": "sqlite", "path": str(settings.feast_dir.resolve() / ONLINE_STORE_FILE)}
     if kind == "redis":
-        secret = settings.feast.redis_connection_string
-        if secret is None:
-            raise FeatureStoreConfigError(
-                "feast.online_store is redis but no connection string is set (DRIFTLOOP_FEAST__REDIS_CONNECTION_STRING)"
-            )
-        return {"type": "redis", "connection_string": secret.get_secret_value()}
+        return {"type": "redis", "connection_string": redis_connection_string(settings)}
     raise FeatureStoreConfigError(f"unsupported feast.online_store {kind!r}; expected 'sqlite' or 'redis'")
 
 

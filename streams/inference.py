@@ -25,7 +25,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from features.exceptions import FeatureStoreNotReady
-from features.store import online_features, open_store
+from features.online_read import FEATURE_NAMES, OnlineReader, open_reader
 from foundation.health import HealthServer
 from foundation.settings import Settings
 from streams.canary import route, serving_versions
@@ -151,8 +151,8 @@ class InferenceWorker:
 
     async def run(self) -> None:
         settings, workers = self.settings, self.settings.workers
-        store = open_store(settings)
-        feature_names = _feature_names()
+        store = open_reader(settings)
+        feature_names = FEATURE_NAMES
         consumer = KafkaConsumer(settings, workers.inference_group, [settings.kafka.topic("events-v1")])
         producer = KafkaProducer(settings, UNBOUNDED_DELIVERY)
         tracker = ModelTracker(settings, settings.triton.model_name)
@@ -197,6 +197,7 @@ class InferenceWorker:
             await classifier.close()
             producer.close()
             consumer.close()
+            store.close()
             log.info("inference worker stopped", extra={"replica": self.replica})
 
     def _still_running(self) -> bool:
@@ -258,16 +259,16 @@ class InferenceWorker:
         await asyncio.to_thread(consumer.commit_or_redeliver, batch.messages)
         self.metrics.batch_done(len(batch.messages), batch.predicted, batch.dead, time.time() - batch.read_at)
 
-    async def _process(self, batch: Batch, store, feature_names, classifier: TritonClassifier, tracker) -> None:
+    async def _process(
+        self, batch: Batch, store: OnlineReader, feature_names, classifier: TritonClassifier, tracker
+    ) -> None:
         """Parse, fetch features, classify and build the outputs of one batch; one record never fails the others."""
         events = self._parse(batch)
         if not events:
             return
         started = time.time()
         entity_ids = [event.entity_id for _, event in events]
-        features = await self._until_available(
-            "feast", lambda: asyncio.to_thread(online_features, store, entity_ids), classifier
-        )
+        features = await self._until_available("feast", lambda: asyncio.to_thread(store.read, entity_ids), classifier)
         features_done = time.time()
         texts = [event.text for _, event in events]
         matrix = feature_matrix(features, feature_names)
@@ -452,12 +453,6 @@ class Served:
 
 def _where(msg: Message) -> dict:
     return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
-
-
-def _feature_names() -> list[str]:
-    from features.definitions import inference_v1
-
-    return [feature.name for projection in inference_v1.feature_view_projections for feature in projection.features]
 
 
 def _plain(value: object) -> float | None:
