@@ -1,0 +1,101 @@
+"""Inference replicas scale out in one consumer group: three share the events topic's partitions, every event is
+answered once while the group is stable, and a replica that leaves loses nothing (real broker, Triton, Feast).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from foundation.settings import Settings
+from streams.client import client_config
+from tests.streams.support import collect, group_caught_up, produce_synthetic
+
+pytestmark = pytest.mark.integration
+
+REPLICAS = 3
+
+
+def _assignment(settings: Settings) -> dict[str, set[int]] | None:
+    """Member id -> partitions of the events topic, once the inference group is stable; else None."""
+    admin = AdminClient(client_config(settings))
+    group = settings.workers.inference_group
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    except Exception:  # noqa: BLE001 - e.g. the coordinator is still loading: not stable yet
+        return None
+    if description.state != ConsumerGroupState.STABLE:
+        return None
+    topic = settings.kafka.topic("events-v1")
+    return {
+        member.member_id: {tp.partition for tp in member.assignment.topic_partitions if tp.topic == topic}
+        for member in description.members
+    }
+
+
+def _balanced(settings: Settings, members: int) -> bool:
+    assignment = _assignment(settings)
+    if assignment is None or len(assignment) != members:
+        return False
+    partitions = settings.kafka.topics["events-v1"].partitions
+    owned = [p for parts in assignment.values() for p in parts]
+    return sorted(owned) == list(range(partitions)) and all(assignment.values())
+
+
+def _read_to_the_end(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[bytes]:
+    """Every record of ``topic`` up to its end offsets as of now."""
+    name = settings.kafka.topic(topic)
+    consumer = Consumer(client_config(settings, {"group.id": f"check-{uuid.uuid4().hex[:6]}"}))
+    try:
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in partitions])
+        pending, values = {p for p, end in ends.items() if end > 0}, []
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            assert time.monotonic() < deadline, f"{name}: partitions {sorted(pending)} not read to their end"
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            values.append(msg.value())
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                pending.discard(msg.partition())
+        return values
+    finally:
+        consumer.close()
+
+
+def test_three_replicas_share_the_partitions_and_answer_every_event_once(pipeline):
+    settings, start = pipeline.settings, pipeline.start
+    workers = [start("run", "--role", "inference", "--replica", str(i)) for i in range(REPLICAS)]
+    pipeline.wait(lambda: _balanced(settings, REPLICAS), 120, f"{REPLICAS} replicas sharing every partition")
+    assignment = _assignment(settings)
+    assert assignment is not None and sorted(len(parts) for parts in assignment.values()) == [2, 2, 2]
+
+    # A stable group: no rebalance while these are answered, so each event is answered exactly once.
+    stable, _ = produce_synthetic(settings, 900, malformed_share=0.0, seed=41)
+    events = settings.kafka.topic("events-v1")
+    pipeline.wait(lambda: group_caught_up(settings, settings.workers.inference_group, events), 120, "commits")
+    # Predictions are produced before their events are committed: every one, duplicates included, is there now.
+    seen = _read_to_the_end(settings, "predictions-v1")
+    counts = Counter(json.loads(v)["event_id"] for v in seen)
+    assert set(counts) == set(stable)
+    assert max(counts.values()) == 1, [event for event, n in counts.items() if n > 1][:5]
+    assert _balanced(settings, REPLICAS)  # still the same three: the exactly-once above was not luck of timing
+
+    # One replica leaves mid-stream (SIGTERM: it finishes its batches and leaves the group): nothing is lost;
+    # its partitions move to the other two (a duplicate is allowed there: at-least-once across a rebalance).
+    more, _ = produce_synthetic(settings, 900, malformed_share=0.0, seed=42, rate=300)
+    workers[0].send_signal(signal.SIGTERM)
+    assert workers[0].wait(timeout=60) == 0
+    expected = set(stable) | set(more)
+    seen = collect(settings, "predictions-v1", lambda r: {json.loads(v)["event_id"] for v in r} >= expected)
+    assert {json.loads(v)["event_id"] for v in seen} >= expected
+    pipeline.wait(lambda: _balanced(settings, REPLICAS - 1), 60, "the two replicas left sharing every partition")
