@@ -50,15 +50,20 @@ class SyntheticStream:
         seed: the random seed.
         entities: how many distinct entity ids to draw from.
         labels: the label set (the first three names are mapped to negative/neutral/positive vocabularies).
+        id_seed: seed of the event ids alone (default: derived from ``seed``, so the same seed repeats the same
+            ids). Event ids are unique by contract: a stream sent again to the same topics needs fresh ids, or the
+            labels of the first sending join the events of the second (same id) in every dataset read back.
     """
 
-    def __init__(self, seed: int = 0, entities: int = 50, labels: tuple[str, ...] = LABELS) -> None:
+    def __init__(
+        self, seed: int = 0, entities: int = 50, labels: tuple[str, ...] = LABELS, id_seed: int | None = None
+    ) -> None:
         if len(labels) != 3:
             raise ValueError("the synthetic stream knows exactly three labels")
         self._rng = random.Random(seed)
         self._entities = [f"entity-{i:04d}" for i in range(entities)]
         self._labels = dict(zip(LABELS, labels, strict=True))
-        self._uuid_rng = random.Random(seed + 1)
+        self._uuid_rng = random.Random(seed + 1 if id_seed is None else f"event-ids-{id_seed}")
 
     def one(self, event_time: datetime, drifted: bool = False) -> LabelledEvent:
         kind = self._rng.choice(LABELS)

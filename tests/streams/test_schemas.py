@@ -81,6 +81,17 @@ def test_synthetic_stream_is_seeded_and_valid():
     assert all(parse_event(e.to_bytes()) == e for e in a)
 
 
+def test_synthetic_id_seed_gives_the_same_traffic_under_fresh_event_ids():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    first, second = (list(SyntheticStream(seed=3, id_seed=n).stream(50, start=start)) for n in (1, 2))
+    assert [(le.event.text, le.event.entity_id, le.label) for le in first] == [
+        (le.event.text, le.event.entity_id, le.label) for le in second
+    ]
+    assert not {le.event.event_id for le in first} & {le.event.event_id for le in second}
+    again = list(SyntheticStream(seed=3, id_seed=1).stream(50, start=start))
+    assert [le.event for le in again] == [le.event for le in first]
+
+
 def test_synthetic_malformed_values_are_all_rejected():
     stream = SyntheticStream(seed=5)
     for _ in range(50):
