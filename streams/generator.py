@@ -31,12 +31,14 @@ def synthetic_records(
     labels: bool = True,
     start: datetime | None = None,
     interval: timedelta = timedelta(milliseconds=100),
+    id_seed: int | None = None,
 ) -> Iterator[list[Record]]:
     """Per generated event, the records to send: the event, and its label unless ``labels`` is off.
 
-    A ``malformed_share`` of the values are broken on purpose (they must reach the dead-letter topic).
+    A ``malformed_share`` of the values are broken on purpose (they must reach the dead-letter topic). The event ids
+    follow ``seed`` unless ``id_seed`` is given (see :class:`~streams.synthetic.SyntheticStream`).
     """
-    stream = SyntheticStream(seed=seed, labels=settings.training.labels)
+    stream = SyntheticStream(seed=seed, labels=settings.training.labels, id_seed=id_seed)
     pick = random.Random(seed + 7)
     events, label_topic = settings.kafka.topic("events-v1"), settings.kafka.topic("labels-v1")
     start = start or datetime.now(UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import secrets
 import sys
 import uuid
 from collections.abc import Callable
@@ -45,7 +46,14 @@ PREVIEW_CHARS = 300  # of a record that breaks its contract, at most this much o
 @click.command(name="produce")
 @click.option("--count", "-n", default=1000, show_default=True, help="Synthetic events to send.")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the traffic (texts, entities, labels).")
+@click.option(
+    "--id-seed",
+    type=int,
+    default=None,
+    help="Seed of the event ids [default: a fresh one per run, so that sending the same traffic again never "
+    "reuses an event id; give one to repeat the same ids].",
+)
 @click.option("--malformed-share", default=0.0, show_default=True, help="Share of deliberately broken events.")
 @click.option("--drift-at", type=int, default=None, help="Index of the first drifted event (concept drift).")
 @click.option("--labels/--no-labels", default=True, show_default=True, help="Also send ground truth to labels.")
@@ -72,14 +80,32 @@ PREVIEW_CHARS = 300  # of a record that breaks its contract, at most this much o
 )
 @pass_ctx
 def produce_command(
-    ctx: CommandContext, count, rate, seed, malformed_share, drift_at, labels, label_delay_s, label_share, path
+    ctx: CommandContext,
+    count,
+    rate,
+    seed,
+    id_seed,
+    malformed_share,
+    drift_at,
+    labels,
+    label_delay_s,
+    label_share,
+    path,
 ) -> None:
     """Produce events to the events topic: a seeded synthetic stream, or a file."""
     settings = ctx.settings
     batches = (
         file_records(settings, path)
         if path
-        else synthetic_records(settings, count, seed, malformed_share, drift_at, labels)
+        else synthetic_records(
+            settings,
+            count,
+            seed,
+            malformed_share,
+            drift_at,
+            labels,
+            id_seed=secrets.randbits(64) if id_seed is None else id_seed,
+        )
     )
     schedule = None
     if labels and not path and (label_delay_s > 0 or label_share < 1):

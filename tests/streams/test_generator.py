@@ -126,3 +126,15 @@ def test_produce_sends_the_held_labels_after_the_events_before_it_returns():
     assert topics.count(EVENTS) == 40 and topics.count(LABELS) + schedule.dropped == 40
     assert topics.index(LABELS) > max(i for i, t in enumerate(topics) if t == EVENTS)  # as fast as possible: after
     assert len(schedule) == 0
+
+
+def test_the_same_traffic_sent_again_with_another_id_seed_reuses_no_event_id():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def sent(id_seed: int | None) -> list:
+        return [parse_event(r[0].value) for r in synthetic_records(SETTINGS, 30, seed=4, start=start, id_seed=id_seed)]
+
+    first, second = sent(11), sent(12)
+    assert [(e.text, e.entity_id) for e in first] == [(e.text, e.entity_id) for e in second]
+    assert not {e.event_id for e in first} & {e.event_id for e in second}
+    assert sent(None) == sent(None) and sent(11) == first  # a given (or the default) id seed repeats its ids
