@@ -289,6 +289,7 @@ class Retrainer:
     ) -> None:
         self.settings = settings
         self.model = settings.triton.model_name
+        self._drift_topic = settings.kafka.topic("drift-v1")
         self._train = train
         self._count_labels = count_labels or count_labelled
         self._wait: LabelWait | None = None  # the run waiting for labels, if any
@@ -493,8 +494,18 @@ class Retrainer:
     def resume(self, planner: RunPlanner) -> LabelWait | None:
         """Take back the run the log shows waiting for labels or running when the last process stopped (its drift
         events may be committed already): it waits or trains again (runs are idempotent by trigger)."""
+        # The run log sits beside the versions, which consumers of other topics (another prefix: a demo run, a
+        # staging stack) may share: only a run started from this consumer's drift topic is its own to take back.
+        topic = self._drift_topic
         try:
-            last = next((r for r in ModelRepository(self.settings).runs(50) if r.get("model") == self.model), None)
+            last = next(
+                (
+                    r
+                    for r in ModelRepository(self.settings).runs(50)
+                    if r.get("model") == self.model and r.get("drift_topic", topic) == topic
+                ),
+                None,
+            )
         except OSError as exc:
             log.warning("could not read the run log: %s", exc)
             return None
@@ -652,7 +663,7 @@ class Retrainer:
 
     def _record(self, record: dict) -> None:
         try:
-            ModelRepository(self.settings).record_run({"model": self.model, **record})
+            ModelRepository(self.settings).record_run({"model": self.model, "drift_topic": self._drift_topic, **record})
         except OSError as exc:
             log.warning("could not write the run log: %s", exc)
 

@@ -206,3 +206,17 @@ def test_a_restart_resumes_the_waiting_run_from_the_run_log(tmp_path) -> None:
     assert again.step(planner, [_message(drift, 0)]) is None and len(train.calls) == 1
     # A finished run is not resumed.
     assert Retrainer(settings, train=Train(), count_labels=labels).resume(_planner(settings)) is None
+
+
+@pytest.mark.unit
+def test_a_consumer_of_other_topics_does_not_take_back_the_waiting_run(tmp_path) -> None:
+    """The run log sits beside the versions; a consumer on another topic prefix (the next demo run) shares it."""
+    settings = _settings(tmp_path)
+    fired = datetime.now(UTC) - timedelta(seconds=20)
+    waiting = Retrainer(settings, train=Train(), count_labels=Labels(0))
+    assert waiting.step(_planner(settings), [_message(_drift("data-11", fired), 0)]) is None
+
+    other = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_prefix": "next-run-"})})
+    assert Retrainer(other, train=Train(), count_labels=Labels(0)).resume(_planner(other)) is None
+    resumed = Retrainer(settings, train=Train(), count_labels=Labels(0)).resume(_planner(settings))
+    assert resumed is not None and resumed.planned.trigger_id == "data-11"
