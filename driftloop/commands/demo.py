@@ -43,28 +43,22 @@ def demo_command(
     """Start the stack, bootstrap a version on clean traffic, stream events, inject a concept drift and let the loop
     recover."""
     from driftloop.demo import DemoPlan, run_loop, timeline_lines
+    from driftloop.demo.fresh import fresh_run
     from training.pipeline import train_version
-    from training.registry import read_state
-    from training.repository import ModelRepository
 
-    settings = ctx.settings
-    stack.up(settings, report=click.echo)
-    state = read_state(settings)
-    trigger = (ModelRepository(settings).metadata(state.champion) or {}).get("trigger_id") if state.champion else None
-    if trigger == "bootstrap":
-        click.echo(f"champion: version {state.champion} (bootstrap)")
-    else:
-        # A champion that learned an earlier run's drift already knows the drifted vocabulary: the story needs one
-        # that knows only the clean traffic. A new version is published; the earlier ones stay in the repository.
-        click.echo(
-            f"bootstrapping a version of {settings.triton.model_name} on clean traffic "
-            f"({settings.training.encoder}) ..."
-        )
-        run = train_version(settings, bootstrap=True, promote_policy="always")
-        click.echo(
-            f"version {run.version} serving: holdout accuracy {run.metrics.accuracy:.1%}, "
-            f"macro-F1 {run.metrics.macro_f1:.3f}, trained in {run.seconds:.0f}s"
-        )
+    stack.up(ctx.settings, report=click.echo)
+    settings = fresh_run(ctx.settings, out)
+    click.echo(f"this run's topics: {settings.kafka.topic_prefix}*, feature store: {settings.feast_dir}")
+    # The run's models topic is new: its champion is a version that knows only the clean traffic, bootstrapped now
+    # (the earlier runs' versions stay in the repository).
+    click.echo(
+        f"bootstrapping a version of {settings.triton.model_name} on clean traffic ({settings.training.encoder}) ..."
+    )
+    run = train_version(settings, bootstrap=True, promote_policy="always")
+    click.echo(
+        f"version {run.version} serving: holdout accuracy {run.metrics.accuracy:.1%}, "
+        f"macro-F1 {run.metrics.macro_f1:.3f}, trained in {run.seconds:.0f}s"
+    )
     plan = DemoPlan(
         rate=rate,
         drift_after_s=drift_after,
