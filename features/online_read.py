@@ -22,7 +22,7 @@ import json
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,7 @@ class RedisReader(OnlineReader):
                 for key in keys:
                     for view, _ in SERVING_VIEWS:
                         pipe.hmget(key + self.project, self._fields[view])
-                replies: Iterable[list[bytes | None]] = iter(pipe.execute())
+                replies: Iterator[list[bytes | None]] = iter(pipe.execute())
         except self._unavailable as exc:
             raise FeatureStoreNotReady(f"online store redis unavailable: {exc}") from exc
         found: dict[tuple[str, bytes, str], Any] = {}
