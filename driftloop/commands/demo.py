@@ -74,4 +74,8 @@ def demo_command(
         click.echo(line)
     click.echo("\n" + json.dumps({k: v for k, v in summary.items() if k != "timeline"}, indent=2))
     click.echo(f"\nsummary: {out / 'summary.json'}  plot: {out / 'accuracy.png'}  logs: {out / 'logs'}")
+    click.echo(
+        f"this run's topics: DRIFTLOOP_KAFKA__TOPIC_PREFIX={settings.kafka.topic_prefix} driftloop tail predictions "
+        "(or drift, models, dlq; driftloop models list)"
+    )
     click.echo("the stack keeps running: `driftloop stack down` stops it")
