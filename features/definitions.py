@@ -12,6 +12,7 @@ File paths are relative: Feast resolves them against ``RepoConfig.repo_path``, w
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, StreamFeatureView, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float32, Int64, String
 
 entity = Entity(
@@ -23,9 +24,11 @@ entity = Entity(
 
 entity_stream_stats_source = FileSource(
     name="entity_stream_stats_source",
-    path="data/entity_stream_stats.parquet",
+    path="data/entity_stream_stats",
+    file_format=ParquetFormat(),
     timestamp_field="event_timestamp",
-    description="Offline copy of every push to entity_stream_push.",
+    description="Offline copy of every push to entity_stream_push: a folder of parquet parts, one per push "
+    "(features.offline_parts), so that many feature workers append at once.",
 )
 
 entity_stream_push = PushSource(

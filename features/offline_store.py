@@ -1,4 +1,5 @@
-"""Feast's DuckDB offline store, with relative file paths resolved against ``RepoConfig.repo_path``.
+"""Feast's DuckDB offline store, with relative file paths resolved against ``RepoConfig.repo_path``, and sources
+that are folders of parquet parts taking appends from many processes (``features.offline_parts``).
 
 Why: feast 0.67's duckdb store reads and appends parquet at ``FileSource.path`` as written, so a relative
 path resolves against the process's working directory, while the rest of Feast (schema reads, the file
@@ -6,7 +7,11 @@ offline store) resolves it against ``repo_path``. driftloop keeps relative paths
 registry so the store directory can move, and needs DuckDB's point-in-time join (see
 :func:`features.store.repo_config`). Only the paths change; reading, joining and writing stay Feast's own,
 through two private helpers of ``feast.infra.offline_stores.duckdb`` (feast is pinned below 0.68; the tests
-in tests/features catch a change). Drop this module once Feast resolves these paths itself.
+in tests/features catch a change).
+
+Why the folders: Feast appends to a file source by rewriting the whole file, so a push costs as much as the file
+holds and one process at most may write it. A source whose path is a folder is read as the dataset of its parts
+(``<folder>/*.parquet``) and appended to with a new part per push, so the feature worker scales out.
 
 Used by type name in a RepoConfig: ``offline_store: {type: features.offline_store.RepoPathDuckDBOfflineStore}``.
 """
@@ -25,6 +30,8 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.ibis import get_historical_features_ibis, offline_write_batch_ibis
 from pydantic import StrictStr
 
+from features.offline_parts import dataset_glob, write_part
+
 STORE_TYPE = "features.offline_store.RepoPathDuckDBOfflineStore"
 
 
@@ -40,13 +47,13 @@ class RepoPathDuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
     @staticmethod
     def pull_latest_from_table_or_query(config, data_source, *args: Any, **kwargs: Any):
         return feast_duckdb.DuckDBOfflineStore.pull_latest_from_table_or_query(
-            config, resolve_source(data_source, config.repo_path), *args, **kwargs
+            config, readable_source(data_source, config.repo_path), *args, **kwargs
         )
 
     @staticmethod
     def pull_all_from_table_or_query(config, data_source, *args: Any, **kwargs: Any):
         return feast_duckdb.DuckDBOfflineStore.pull_all_from_table_or_query(
-            config, resolve_source(data_source, config.repo_path), *args, **kwargs
+            config, readable_source(data_source, config.repo_path), *args, **kwargs
         )
 
     @staticmethod
@@ -98,22 +105,36 @@ def resolve_source(data_source: DataSource, repo_path: Path | str | None) -> Dat
     """
     if not isinstance(data_source, FileSource) or repo_path is None:
         return data_source
-    uri = FileSource.get_uri_for_file_path(repo_path=repo_path, uri=data_source.path)
-    if uri == data_source.path:
-        return data_source
-    resolved = FileSource.from_proto(data_source.to_proto())
-    resolved.file_options.uri = uri
+    return _with_uri(data_source, FileSource.get_uri_for_file_path(repo_path=repo_path, uri=data_source.path))
+
+
+def readable_source(data_source: DataSource, repo_path: Path | str | None) -> DataSource:
+    """:func:`resolve_source`, and a local folder of parts as the glob DuckDB reads them all with."""
+    resolved = resolve_source(data_source, repo_path)
+    if isinstance(resolved, FileSource) and Path(resolved.path).is_dir():
+        return _with_uri(resolved, dataset_glob(resolved.path))
     return resolved
 
 
+def _with_uri(source: FileSource, uri: str) -> FileSource:
+    if uri == source.path:
+        return source
+    changed = FileSource.from_proto(source.to_proto())
+    changed.file_options.uri = uri
+    return changed
+
+
 def _read_data_source(data_source: DataSource, repo_path: str):
-    return feast_duckdb._read_data_source(resolve_source(data_source, repo_path), repo_path)
+    return feast_duckdb._read_data_source(readable_source(data_source, repo_path), repo_path)
 
 
 def _write_data_source(table, data_source: DataSource, repo_path: str, *args: Any, **kwargs: Any) -> None:
     resolved = resolve_source(data_source, repo_path)
     mode = kwargs.get("mode", args[0] if args else "append")
     path = Path(resolved.file_options.uri) if isinstance(resolved, FileSource) else None
+    if mode == "append" and path is not None and path.is_dir():
+        write_part(table.to_pyarrow(), path)
+        return
     if mode != "append" or path is None or path.suffix != ".parquet" or not path.exists():
         feast_duckdb._write_data_source(table, resolved, repo_path, *args, **kwargs)
         return

@@ -1,7 +1,7 @@
 """Open, apply, push to and read from driftloop's Feast store.
 
 Plain functions over a :class:`feast.FeatureStore`; the settings say where the store lives
-(``settings.feast_dir``: registry, online store and the offline parquet files under ``data/``).
+(``settings.feast_dir``: registry, online store and the offline parquet files and folders under ``data/``).
 Feast calls block: call them from async code through ``asyncio.to_thread``.
 """
 
@@ -21,7 +21,7 @@ from feast import FeatureStore, FeatureView, RepoConfig
 from feast.data_source import PushMode
 from feast.type_map import feast_value_type_to_pa
 
-from features import definitions, restore_environment
+from features import definitions, offline_parts, restore_environment
 from features.exceptions import FeatureRowsInvalid, FeatureStoreConfigError, FeatureStoreNotReady
 from features.offline_store import STORE_TYPE as OFFLINE_STORE_TYPE
 from features.online_read import ONLINE_STORE_FILE, redis_connection_string
@@ -135,7 +135,7 @@ def apply_repo(settings: Settings) -> FeatureStore:
     store = open_store(settings)
     root = Path(store.config.repo_path)
     for view in (definitions.entity_stream_stats, definitions.entity_profile):
-        _write_empty_source(root / view.batch_source.path, source_schema(view))
+        _create_source(root / view.batch_source.path, source_schema(view))
     store.apply(
         [
             definitions.entity,
@@ -171,7 +171,8 @@ def push_stream_features(store: FeatureStore, rows: pd.DataFrame) -> None:
 
     Rows are written oldest first, so within one call the newest row of an entity is the one served online.
     Across calls the sqlite online store keeps whatever came last, even if older (see DESIGN.md): push in event
-    order per entity. Every offline push rewrites the whole parquet file; keep one pushing process per store.
+    order per entity. Offline, every push adds a part file (``features.offline_parts``): any number of processes
+    may push to one store at once.
 
     Args:
         store: an applied store.
@@ -252,9 +253,9 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame) -> pd.Data
 
     _check_columns("entity_df", entity_df, required=[ENTITY_KEY, TIMESTAMP], allow_extra=True)
     ordered = entity_df.reset_index(drop=True).assign(**{_ROW_ORDER: range(len(entity_df))})
-    # The feature worker replaces a parquet file (atomic rename) while DuckDB reads it, and DuckDB opens the path again
-    # between footer and row groups: "TProtocolException: Invalid data" or "Could not read enough bytes" (seen in the
-    # retrain-crash scenario). A new read sees one whole file.
+    # The feature workers merge offline parts while DuckDB reads them: a part listed by the read may be deleted before
+    # DuckDB opens it. A file replaced by a rename (a profile source) is opened again by DuckDB between footer and row
+    # groups: "TProtocolException: Invalid data" or "Could not read enough bytes". A new read sees whole files.
     reads = policy(
         retry_on=duckdb.Error,
         attempts=HISTORICAL_READ_ATTEMPTS,
@@ -307,7 +308,17 @@ def _arrow_type(field) -> pa.DataType:
     return feast_value_type_to_pa(field.dtype.to_value_type(), timestamp_unit="us")
 
 
-def _write_empty_source(path: Path, schema: pa.Schema) -> None:
+def _create_source(path: Path, schema: pa.Schema) -> None:
+    """A ``.parquet`` source is one file; any other path is a folder of parts. A store made when the stream source was
+    one file (``data/entity_stream_stats.parquet``) keeps its rows: the file becomes the folder's first part."""
+    if path.suffix != ".parquet":
+        legacy = path.with_suffix(".parquet")
+        if legacy.is_file():
+            path.mkdir(parents=True, exist_ok=True)
+            os.replace(legacy, path / f"part-{0:020d}-legacy.parquet")
+            logger.info("moved the offline file %s into the folder %s", legacy, path)
+        offline_parts.create(path, schema)
+        return
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)

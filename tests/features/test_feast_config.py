@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from features import FeatureStoreConfigError, definitions, repo_config
-from features.offline_store import STORE_TYPE, resolve_source
+from features.offline_store import STORE_TYPE, readable_source, resolve_source
 from features.store import online_store_config
 from foundation.settings import load_settings
 
@@ -69,9 +69,9 @@ def test_resolve_source_anchors_a_relative_file_source(tmp_path: Path) -> None:
 
     resolved = resolve_source(source, tmp_path)
 
-    assert resolved.path == str(tmp_path / "data" / "entity_stream_stats.parquet")
+    assert resolved.path == str(tmp_path / "data" / "entity_stream_stats")
     assert resolved.timestamp_field == source.timestamp_field
-    assert source.path == "data/entity_stream_stats.parquet"
+    assert source.path == "data/entity_stream_stats"
 
 
 def test_resolve_source_leaves_absolute_paths_and_other_sources(tmp_path: Path) -> None:
@@ -80,3 +80,12 @@ def test_resolve_source_leaves_absolute_paths_and_other_sources(tmp_path: Path) 
     assert resolve_source(anchored, tmp_path / "elsewhere") is anchored
     assert resolve_source(definitions.entity_stream_push, tmp_path) is definitions.entity_stream_push
     assert resolve_source(definitions.entity_profile_source, None) is definitions.entity_profile_source
+
+
+def test_a_folder_source_is_read_as_the_dataset_of_its_parts(tmp_path: Path) -> None:
+    (tmp_path / "data" / "entity_stream_stats").mkdir(parents=True)
+
+    readable = readable_source(definitions.entity_stream_stats_source, tmp_path)
+
+    assert readable.path == str(tmp_path / "data" / "entity_stream_stats" / "*.parquet")
+    assert readable_source(definitions.entity_profile_source, tmp_path).path.endswith("entity_profile.parquet")

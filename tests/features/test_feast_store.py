@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,10 +25,13 @@ from features import (
     FeatureStoreNotReady,
     apply_repo,
     check_health,
+    definitions,
     historical_features,
     online_features,
     push_stream_features,
 )
+from features.offline_parts import parts
+from features.store import source_schema
 from tests.helpers import free_port
 
 pytestmark = [
@@ -54,11 +58,11 @@ def test_apply_registers_the_views_and_the_service(feast_store) -> None:
 
 def test_apply_again_changes_nothing_and_keeps_offline_rows(feast_store, stream_rows_factory: RowsFactory) -> None:
     push_stream_features(feast_store.store, stream_rows_factory([("reapply-1", NOW, 5)]))
-    offline_file = Path(feast_store.settings.feast_dir) / "data" / "entity_stream_stats.parquet"
+    offline_folder = Path(feast_store.settings.feast_dir) / "data" / "entity_stream_stats"
 
     apply_repo(feast_store.settings)
 
-    assert "reapply-1" in pq.read_table(offline_file).column("entity_id").to_pylist()
+    assert "reapply-1" in pq.read_table(offline_folder).column("entity_id").to_pylist()
     assert online_features(feast_store.store, ["reapply-1"])["msg_count_1h"] == [5]
 
 
@@ -220,18 +224,43 @@ def test_historical_read_needs_entity_and_timestamp(feast_store) -> None:
         historical_features(feast_store.store, pd.DataFrame({"entity_id": ["x"]}))
 
 
-def test_offline_append_replaces_the_file_whole(feast_store, stream_rows_factory: RowsFactory) -> None:
-    """A reader never sees a half-written offline file: an append writes a new file and renames it over the old one,
-    so a reader that opened the old file keeps reading it whole (an in-place rewrite would change it under it)."""
-    path = feast_store.settings.feast_dir / "data" / "entity_stream_stats.parquet"
+def test_offline_push_adds_one_part_and_touches_no_other(feast_store, stream_rows_factory: RowsFactory) -> None:
+    """A push appends a new part file (written aside, then renamed into place): no reader ever sees a half-written
+    file, the earlier parts stay as they were, and several processes can push at once (see test_offline_parts)."""
+    folder = feast_store.settings.feast_dir / "data" / "entity_stream_stats"
     push_stream_features(feast_store.store, stream_rows_factory([("atomic-0", T1, 1)]))
-    before = pq.read_table(path).num_rows
-    with path.open("rb") as held:
-        push_stream_features(feast_store.store, stream_rows_factory([("atomic-1", T1, 1)]))
-        assert pq.read_table(held).num_rows == before
-    after = pq.read_table(path)
-    assert after.num_rows == before + 1 and "atomic-1" in after.column("entity_id").to_pylist()
-    assert not list(path.parent.glob(".*.tmp"))
+    before = {path: path.stat().st_mtime_ns for path in parts(folder)}
+
+    push_stream_features(feast_store.store, stream_rows_factory([("atomic-1", T1, 1)]))
+
+    after = parts(folder)
+    assert after[:-1] == list(before) and {path: path.stat().st_mtime_ns for path in after[:-1]} == before
+    assert pq.read_table(after[-1]).column("entity_id").to_pylist() == ["atomic-1"]
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_apply_moves_a_single_file_stream_source_into_its_folder(tmp_path: Path, online_store) -> None:
+    """A store made before the stream source became a folder keeps its offline rows."""
+    settings = online_store.settings(tmp_path)
+    legacy = tmp_path / "data" / "entity_stream_stats.parquet"
+    legacy.parent.mkdir(parents=True)
+    old = pa.table(
+        {
+            "entity_id": ["old-1"],
+            "event_timestamp": [T1],
+            "msg_count_1h": [3],
+            "msg_count_24h": [3],
+            "mean_text_length": [2.0],
+            "seconds_since_last_event": [1.0],
+        }
+    )
+    pq.write_table(old.cast(source_schema(definitions.entity_stream_stats)), legacy)
+
+    store = apply_repo(settings)
+
+    assert not legacy.exists()
+    joined = historical_features(store, pd.DataFrame({"entity_id": ["old-1"], "event_timestamp": [T2]}))
+    assert joined["msg_count_1h"].tolist() == [3]
 
 
 def test_historical_reads_during_offline_appends_always_answer(feast_store, stream_rows_factory: RowsFactory) -> None:
