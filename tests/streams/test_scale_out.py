@@ -1,5 +1,10 @@
-"""Inference replicas scale out in one consumer group: three share the events topic's partitions, every event is
-answered once while the group is stable, and a replica that leaves loses nothing (real broker, Triton, Feast).
+"""Both stream workers scale out in one consumer group each (real broker, Triton, Feast):
+
+- three inference replicas share the events topic's partitions, every event is answered once while the group is
+  stable, and a replica that leaves loses nothing;
+- three feature replicas share them too: every event's feature row is written to the offline store exactly once and
+  equals what one process folding every event would write; when one leaves, the others take its entities' windows
+  over from the changelog and go on counting where it stopped.
 """
 
 from __future__ import annotations
@@ -9,24 +14,32 @@ import signal
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from foundation.settings import Settings
-from streams.client import client_config
+from streams import KafkaProducer
+from streams.client import Record, client_config
+from streams.feature_app import fold
+from streams.generator import produce, synthetic_records
 from tests.streams.support import collect, group_caught_up, produce_synthetic
 
 pytestmark = pytest.mark.integration
 
 REPLICAS = 3
+FLOAT_FEATURES = ("mean_text_length", "seconds_since_last_event")  # float32 offline: compared as float32
 
 
-def _assignment(settings: Settings) -> dict[str, set[int]] | None:
-    """Member id -> partitions of the events topic, once the inference group is stable; else None."""
+def _assignment(settings: Settings, group: str | None = None) -> dict[str, set[int]] | None:
+    """Member id -> partitions of the events topic, once ``group`` (the inference group unless given) is stable;
+    else None."""
     admin = AdminClient(client_config(settings))
-    group = settings.workers.inference_group
+    group = group or settings.workers.inference_group
     try:
         description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
     except Exception:  # noqa: BLE001 - e.g. the coordinator is still loading: not stable yet
@@ -40,8 +53,8 @@ def _assignment(settings: Settings) -> dict[str, set[int]] | None:
     }
 
 
-def _balanced(settings: Settings, members: int) -> bool:
-    assignment = _assignment(settings)
+def _balanced(settings: Settings, members: int, group: str | None = None) -> bool:
+    assignment = _assignment(settings, group)
     if assignment is None or len(assignment) != members:
         return False
     partitions = settings.kafka.topics["events-v1"].partitions
@@ -100,3 +113,59 @@ def test_three_replicas_share_the_partitions_and_answer_every_event_once(pipelin
     seen = collect(settings, "predictions-v1", lambda r: {json.loads(v)["event_id"] for v in r} >= expected)
     assert {json.loads(v)["event_id"] for v in seen} >= expected
     pipeline.wait(lambda: _balanced(settings, REPLICAS - 1), 60, "the two replicas left sharing every partition")
+
+
+def _offline_rows(settings: Settings) -> Counter:
+    """The offline store's stream feature rows, as a multiset of comparable tuples."""
+    table = pq.read_table(settings.feast_dir / "data" / "entity_stream_stats").to_pylist()
+    return Counter(_row_key(row) for row in table)
+
+
+def _row_key(row: dict) -> tuple:
+    timestamp = row["event_timestamp"]
+    return (
+        row["entity_id"],
+        int(timestamp.timestamp() * 1_000_000),
+        *(row[name] for name in ("msg_count_1h", "msg_count_24h")),
+        *(None if row[name] is None else float(np.float32(row[name])) for name in FLOAT_FEATURES),
+    )
+
+
+def _reference(records: list[list[Record]]) -> Counter:
+    """The feature rows one process folding every event in order would write."""
+    windows: dict[bytes, dict] = {}
+    rows = (fold(windows, batch[0].key, batch[0].value) for batch in records)
+    return Counter(_row_key(row) for row in rows if row is not None)
+
+
+def _produce(settings: Settings, records: list[list[Record]]) -> None:
+    with KafkaProducer(settings) as producer:
+        produce(producer, records)
+
+
+def test_three_feature_replicas_write_every_entity_features_exactly_once(pipeline):
+    settings, start = pipeline.settings, pipeline.start
+    group, events = settings.workers.features_group, settings.kafka.topic("events-v1")
+    workers = [start("run", "--role", "features", "--replica", str(i)) for i in range(REPLICAS)]
+    pipeline.wait(lambda: _balanced(settings, REPLICAS, group), 120, f"{REPLICAS} feature replicas sharing partitions")
+
+    first = list(synthetic_records(settings, 900, seed=51, labels=False))
+    _produce(settings, first)
+    pipeline.wait(lambda: group_caught_up(settings, group, events), 120, "the feature replicas' commits")
+
+    # A stable group: every event folded once, by the replica owning its entity; rows equal one process's fold.
+    assert _offline_rows(settings) == _reference(first)
+    assert _balanced(settings, REPLICAS, group)
+
+    # One replica leaves: the two others restore its entities' windows from the changelog and count on from there
+    # (a row may be written twice across the rebalance; none is missing and none is counted from an empty window).
+    pipeline.killed.add(workers[0].pid)
+    workers[0].send_signal(signal.SIGTERM)
+    assert workers[0].wait(timeout=60) == 0
+    pipeline.wait(lambda: _balanced(settings, REPLICAS - 1, group), 120, "two feature replicas sharing partitions")
+    second = list(synthetic_records(settings, 600, seed=51, labels=False, start=datetime.now(UTC), id_seed=52))
+    _produce(settings, second)
+    pipeline.wait(lambda: group_caught_up(settings, group, events), 120, "the two replicas' commits")
+
+    written, expected = _offline_rows(settings), _reference(first + second)
+    assert set(written) == set(expected), sorted(set(expected) ^ set(written))[:5]
