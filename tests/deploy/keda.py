@@ -220,6 +220,28 @@ KAFKA_SASL_FOR_MECHANISM = {
 }
 
 
+#: The worker roles KEDA scales (a ScaledObject each, on the lag of the role's group on the events topic), and the
+#: settings field naming each one's consumer group (``settings.workers.<field>``).
+SCALED_ROLES = {"inference": "inference_group", "features": "features_group"}
+
+
+def scaled_object_for(resources: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    """The one ScaledObject whose target is the Deployment named ``deployment``.
+
+    Raises:
+        AssertionError: none, or more than one (two HPAs would fight over the replica count).
+    """
+    found = [
+        r
+        for r in resources
+        if r["kind"] == "ScaledObject"
+        and r["spec"]["scaleTargetRef"]["name"] == deployment
+        and r["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    ]
+    assert len(found) == 1, f"{len(found)} ScaledObjects scale Deployment/{deployment}"
+    return found[0]
+
+
 def validate(resource: dict[str, Any]) -> None:
     """Validate a KEDA resource against its structural schema.
 

@@ -3,7 +3,8 @@
 Secrets are files: every workload mounts its own Secrets under DRIFTLOOP_SECRETS_DIR, one folder each, and nothing
 becomes an environment variable of a driftloop container. With Kafka SASL every worker has its own SCRAM identity
 (the users of driftloop/stack/kafka_roles.py), the setup Job the admin one; only the retraining consumer (and Triton)
-holds Triton's admin key. The settings a pod ends up with are built from its mounts, as the container would.
+holds Triton's admin key; KEDA reads each scaled role's lag as that role's own identity. The settings a pod ends up
+with are built from its mounts, as the container would.
 Network policies deny everything, then each role reaches only what it needs, checked by evaluating the rendered
 policies for each pod. No Secret anywhere ships a password or key.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
 
 from driftloop.stack import kafka_roles
 from foundation.settings import SECRETS_DIR_ENV, Settings
@@ -291,24 +293,46 @@ def test_no_default_password_anywhere() -> None:
 # KEDA.
 
 
-def test_keda_authenticates_to_kafka_as_the_inference_workers_in_production(tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", sorted(keda.SCALED_ROLES))
+def test_keda_authenticates_to_kafka_as_the_scaled_workers_own_identity_in_production(
+    role: str, tmp_path: Path
+) -> None:
     resources = rendered("overlays/production")
     settings = settings_of(resources, tmp_path)
-    (scaled,) = of_kind(resources, "ScaledObject")
+    scaled = keda.scaled_object_for(resources, f"driftloop-{role}")
     (trigger,) = scaled["spec"]["triggers"]
     auth = find(resources, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
-    inference = secret_volumes(find(resources, "Deployment", "driftloop-inference"))
+    workers = secret_volumes(find(resources, "Deployment", f"driftloop-{role}"))
+    identity = f"driftloop-kafka-{role}"
 
     assert settings.kafka.security_protocol == "SASL_SSL"
+    assert trigger["authenticationRef"].get("kind", "TriggerAuthentication") == "TriggerAuthentication"
     assert trigger["metadata"]["tls"] == "enable"
     assert trigger["metadata"]["sasl"] in keda.KAFKA_SASL_MODES
     assert trigger["metadata"]["sasl"] == keda.KAFKA_SASL_FOR_MECHANISM[settings.kafka.sasl_mechanism]
     assert set(refs) <= keda.KAFKA_AUTH_PARAMETERS
-    # The inference workers' own identity: its ACLs allow describing their group and the events topic.
-    assert refs["username"] == ("driftloop-kafka-inference", "DRIFTLOOP_KAFKA__SASL_USERNAME")
-    assert refs["password"] == ("driftloop-kafka-inference", "DRIFTLOOP_KAFKA__SASL_PASSWORD")
-    assert inference["kafka-credentials"]["secret"]["secretName"] == "driftloop-kafka-inference"
+    # The workers' own identity, the one their pods mount, and no other role's.
+    assert refs["username"] == (identity, "DRIFTLOOP_KAFKA__SASL_USERNAME")
+    assert refs["password"] == (identity, "DRIFTLOOP_KAFKA__SASL_PASSWORD")
+    assert workers["kafka-credentials"]["secret"]["secretName"] == identity
+    assert examples()[identity]["stringData"]["DRIFTLOOP_KAFKA__SASL_USERNAME"] == kafka_roles.username(settings, role)
+    # Its ACLs let it read what the lag scaler reads: the group's committed offsets (READ on a group implies
+    # DESCRIBE) and the topic's partitions and end offsets.
+    grants = kafka_roles.grants(settings, role)
+    group, topic = trigger["metadata"]["consumerGroup"], trigger["metadata"]["topic"]
+    assert any(
+        g.resource_type == ResourceType.GROUP
+        and g.operation == AclOperation.READ
+        and (group == g.name if g.pattern == ResourcePatternType.LITERAL else group.startswith(g.name))
+        for g in grants
+    ), f"{role} may not describe its group {group}"
+    topic_ops = {
+        g.operation
+        for g in grants
+        if g.resource_type == ResourceType.TOPIC and g.pattern == ResourcePatternType.LITERAL and g.name == topic
+    }
+    assert {AclOperation.READ, AclOperation.DESCRIBE} <= topic_ops
     ca_secret, ca_key = refs["ca"]
     for workload in workloads(resources):
         if workload["metadata"]["labels"].get("driftloop.io/kafka-client") != "true":
@@ -319,6 +343,18 @@ def test_keda_authenticates_to_kafka_as_the_inference_workers_in_production(tmp_
         for c in all_containers(workload):
             mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
             assert Path(mount["mountPath"]) / item["path"] == settings.kafka.ssl_ca_location, c["name"]
+
+
+def test_every_trigger_authentication_is_used_by_a_scaled_object() -> None:
+    resources = rendered("overlays/production")
+    used = [
+        trigger["authenticationRef"]["name"]
+        for scaled in of_kind(resources, "ScaledObject")
+        for trigger in scaled["spec"]["triggers"]
+    ]
+
+    assert sorted(used) == sorted(a["metadata"]["name"] for a in of_kind(resources, "TriggerAuthentication"))
+    assert len(set(used)) == len(keda.SCALED_ROLES), "each scaled role authenticates as itself"
 
 
 def test_every_kafka_client_is_labelled_for_the_tls_component_and_the_network_policy() -> None:

@@ -6,9 +6,11 @@ Operator's against tests/deploy/prometheus_operator.py. Overlays are rendered by
 (tests/deploy/kustomize.py), and every patch must change what an overlay renders (kustomize itself skips a patch
 whose target selects nothing). Then the contracts: the workers run real ``driftloop`` commands, probe real health
 endpoints, request resources; Triton asks for a GPU, runs two replicas in production behind a disruption budget and
-spread over nodes, with a headless Service for reaching each; KEDA alone sets the inference workers' replica count,
-on their lag up to the events topic's partition count, with a fallback above its minimum; the first model version is
-bootstrapped when the repository is empty; production pulls its images by digest and refuses to render without them.
+spread over nodes, with a headless Service for reaching each; KEDA alone sets the inference and feature workers'
+replica counts, each on its own group's lag up to the events topic's partition count, with a fallback above its
+minimum, and both roll a new member in before an old one leaves while the monitor and the retraining consumer stay
+single members; the first model version is bootstrapped when the repository is empty; production pulls its images by
+digest and refuses to render without them.
 Secrets and network policies: tests/deploy/test_k8s_security.py.
 """
 
@@ -277,16 +279,35 @@ def test_every_container_requests_resources_and_runs_unprivileged(overlay: str) 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_single_member_workers_are_recreated_not_rolled(overlay: str) -> None:
+@pytest.mark.parametrize("role", sorted(set(ROLE_COMMANDS) - set(keda.SCALED_ROLES)))
+def test_single_member_workers_are_recreated_not_rolled(overlay: str, role: str) -> None:
     resources = rendered(overlay)
+    deployment = find(resources, "Deployment", f"driftloop-{role}")
 
-    for role in ("features", "monitor", "retrain"):
-        deployment = find(resources, "Deployment", f"driftloop-{role}")
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
-    inference = find(resources, "Deployment", "driftloop-inference")
-    assert inference["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert pod_spec(inference)["terminationGracePeriodSeconds"] >= 30
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    targets = {scaled["spec"]["scaleTargetRef"]["name"] for scaled in of_kind(resources, "ScaledObject")}
+    assert deployment["metadata"]["name"] not in targets, "one member: nothing may add a second"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("role", sorted(keda.SCALED_ROLES))
+def test_scaled_workers_roll_a_new_member_in_before_an_old_one_leaves(overlay: str, role: str) -> None:
+    resources = rendered(overlay)
+    deployment = find(resources, "Deployment", f"driftloop-{role}")
+    budgets = [
+        b for b in of_kind(resources, "PodDisruptionBudget") if selects(b["spec"]["selector"], pod_labels(deployment))
+    ]
+
+    assert container(deployment)["args"] == ROLE_COMMANDS[role]
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    # In-flight batches finish and their offsets are committed before SIGKILL.
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= 30
+    (budget,) = budgets
+    assert budget["spec"]["maxUnavailable"] == 1, "drains take one member at a time"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -539,18 +560,22 @@ def test_the_storage_class_is_the_overlays_choice(overlay: str, storage_class: s
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_keda_alone_sets_the_inference_replica_count(overlay: str) -> None:
+def test_keda_alone_sets_the_replica_counts_of_the_workers_it_scales(overlay: str) -> None:
     resources = rendered(overlay)
-    (scaled,) = of_kind(resources, "ScaledObject")
-    target = find(resources, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    targets = [s["spec"]["scaleTargetRef"]["name"] for s in of_kind(resources, "ScaledObject")]
+    uncounted = {d["metadata"]["name"] for d in of_kind(resources, "Deployment") if "replicas" not in d["spec"]}
 
-    assert "replicas" not in target["spec"], "kubectl apply would reset KEDA's count to it"
+    assert sorted(targets) == sorted(f"driftloop-{role}" for role in keda.SCALED_ROLES), "one ScaledObject per role"
+    # kubectl apply would reset KEDA's count to a Deployment's own; a Deployment without one and without KEDA runs 1.
+    assert uncounted == set(targets)
 
 
+@pytest.mark.parametrize("role", sorted(keda.SCALED_ROLES))
 @pytest.mark.parametrize(("overlay", "minimum"), [("base", 1), ("overlays/dev", 1), ("overlays/production", 2)])
-def test_keda_falls_back_to_more_than_its_minimum_when_it_cannot_read_the_lag(overlay: str, minimum: int) -> None:
-    (scaled,) = of_kind(rendered(overlay), "ScaledObject")
-    spec = scaled["spec"]
+def test_keda_falls_back_to_more_than_its_minimum_when_it_cannot_read_the_lag(
+    overlay: str, minimum: int, role: str
+) -> None:
+    spec = keda.scaled_object_for(rendered(overlay), f"driftloop-{role}")["spec"]
 
     assert spec["minReplicaCount"] == minimum
     assert spec["minReplicaCount"] < spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
@@ -558,20 +583,22 @@ def test_keda_falls_back_to_more_than_its_minimum_when_it_cannot_read_the_lag(ov
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_scaled_object_scales_inference_on_lag_up_to_the_partition_count(overlay: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", sorted(keda.SCALED_ROLES))
+def test_scaled_object_scales_its_role_on_lag_up_to_the_partition_count(
+    overlay: str, role: str, tmp_path: Path
+) -> None:
     resources = rendered(overlay)
     settings = settings_of(resources, tmp_path)
-    scaled = [r for r in resources if r["kind"] == "ScaledObject"]
+    scaled = keda.scaled_object_for(resources, f"driftloop-{role}")
 
-    assert len(scaled) == 1
-    spec = scaled[0]["spec"]
-    assert scaled[0]["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     target = spec["scaleTargetRef"]
     assert target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
     deployment = find(resources, "Deployment", target["name"])
-    assert container(deployment)["args"] == ROLE_COMMANDS["inference"]
+    assert container(deployment)["args"] == ROLE_COMMANDS[role]
+    assert "replicas" not in deployment["spec"], "kubectl apply would reset KEDA's count to it"
     partitions = settings.kafka.topics["events-v1"].partitions
-    assert partitions == 6
     assert spec["maxReplicaCount"] == partitions
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     assert spec["fallback"]["replicas"] <= partitions
@@ -580,10 +607,11 @@ def test_scaled_object_scales_inference_on_lag_up_to_the_partition_count(overlay
     metadata = trigger["metadata"]
     assert set(metadata) <= keda.KAFKA_METADATA
     assert int(metadata["lagThreshold"]) > 0
-    assert metadata["consumerGroup"] == settings.workers.inference_group
+    assert metadata["consumerGroup"] == getattr(settings.workers, keda.SCALED_ROLES[role])
     assert metadata["topic"] == settings.kafka.topic("events-v1")
     assert metadata["allowIdleConsumers"] == "false"  # never more consumers than partitions
-    assert metadata["offsetResetPolicy"] == "earliest"  # as the inference consumer (streams/client.py)
+    # As the role's consumer: the inference one (streams/client.py), faust's (consumer_auto_offset_reset).
+    assert metadata["offsetResetPolicy"] == "earliest"
     # The broker list is read from the target container's environment: the ConfigMap must provide it.
     assert metadata["bootstrapServersFromEnv"] == "DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS"
     config_maps = [s["configMapRef"]["name"] for s in container(deployment)["envFrom"] if "configMapRef" in s]
