@@ -174,18 +174,45 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 
 def fold_batch(windows: faust.Table, batch: list, skipped: SkippedRecords) -> list[dict]:
-    """Fold each event of a faust batch; the feature rows of those that count (see :func:`fold`)."""
+    """Fold each event of a faust batch; the feature rows of those that count (see :func:`fold`).
+
+    Each entity's window is written to the table once per batch, after the batch is folded: one changelog record per
+    entity and batch instead of one per event (the record holds the whole window, so per event it cost as much as the
+    window held). A crash before the batch is acknowledged replays it, and the windows count a replayed event once.
+    """
+    staged = BatchWindows(windows)
     rows = []
     for event in batch:
         message = event.message
-        row = fold(windows, event.key, event.value, skipped, partition=message.partition, offset=message.offset)
+        row = fold(staged, event.key, event.value, skipped, partition=message.partition, offset=message.offset)
         if row is not None:
             rows.append(row)
+    staged.flush()
     return rows
 
 
+class BatchWindows:
+    """A batch's view of the windows table: reads see the batch's own changes first, writes wait for :meth:`flush`."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self.changed: dict[bytes, dict] = {}
+
+    def get(self, key: bytes) -> dict | None:
+        return self.changed[key] if key in self.changed else self.table.get(key)
+
+    def __setitem__(self, key: bytes, state: dict) -> None:
+        self.changed[key] = state
+
+    def flush(self) -> None:
+        """Write each changed window to the table (and so to its changelog) once."""
+        for key, state in self.changed.items():
+            self.table[key] = state
+        self.changed.clear()
+
+
 def fold(
-    windows: faust.Table,
+    windows: faust.Table | BatchWindows,
     key: bytes | None,
     value: bytes | None,
     skipped: SkippedRecords | None = None,
@@ -204,7 +231,7 @@ def fold(
         return None
 
 
-def _fold(windows: faust.Table, key: bytes | None, value: bytes | None) -> dict | None:
+def _fold(windows: faust.Table | BatchWindows, key: bytes | None, value: bytes | None) -> dict | None:
     try:
         event = parse_event(value)
     except InvalidEvent:

@@ -14,13 +14,14 @@ import shutil
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from driftloop.stack.process import ServerProcess
 from features import apply_repo, online_features, open_store
-from streams.feature_app import EVENTS_TOPIC, FeaturePusher, fold
+from streams.feature_app import EVENTS_TOPIC, FeaturePusher, fold, fold_batch
 from streams.metrics import OUTAGE_RETRIES
 from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream
@@ -85,6 +86,40 @@ def test_fold_skips_what_it_cannot_fold_and_counts_it() -> None:
     later = later.model_copy(update={"entity_id": event.entity_id})
     assert fold(windows, key, later.to_bytes(), skipped, partition=0, offset=9) is None
     assert skipped.count(EVENTS_TOPIC, "fold failed") == 1
+
+
+class _CountingTable(dict):
+    """A windows table that counts writes (each one is a changelog record in faust)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+@pytest.mark.unit
+def test_a_batch_writes_each_entity_window_once_and_folds_as_event_by_event() -> None:
+    stream = SyntheticStream(seed=5)
+    events = [stream.one(NOW + timedelta(seconds=i)).event for i in range(200)]
+    batch = [
+        SimpleNamespace(key=e.entity_id.encode(), value=e.to_bytes(), message=SimpleNamespace(partition=0, offset=i))
+        for i, e in enumerate(events)
+    ]
+    one_by_one: dict[bytes, dict] = {}
+    expected = [fold(one_by_one, e.entity_id.encode(), e.to_bytes()) for e in events]
+    table = _CountingTable()
+
+    rows = fold_batch(table, batch[:120], SkippedRecords(registry=CollectorRegistry()))
+    rows += fold_batch(table, batch[120:] + batch[:10], SkippedRecords(registry=CollectorRegistry()))
+
+    assert rows[:200] == expected
+    assert rows[200:] == expected[:10]  # a replayed event gets the features it had
+    assert dict(table) == one_by_one  # a replayed event is not counted twice
+    entities = {e.entity_id for e in events}
+    assert table.writes <= 2 * len(entities) < len(events)
 
 
 @pytest.mark.integration
