@@ -204,6 +204,21 @@ def group_caught_up(settings: Settings, group: str) -> bool:
         consumer.close()
 
 
+def group_members(settings: Settings, group: str) -> int | None:
+    """How many members ``group`` has while it is stable (every partition assigned); None during a rebalance."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    from streams.client import client_config
+
+    admin = AdminClient(client_config(settings, {"log_level": 0}))
+    try:
+        described = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    except Exception:  # noqa: BLE001 - e.g. the coordinator is still loading: not stable yet
+        return None
+    return len(described.members) if described.state == ConsumerGroupState.STABLE else None
+
+
 def delete_topics(settings: Settings, prefix: str) -> None:
     from confluent_kafka.admin import AdminClient
 
@@ -369,23 +384,34 @@ def measure_model(
     events: int,
     fixed_s: float,
     profile_dir: Path | None = None,
+    replicas: int = 1,
 ) -> dict:
-    """Saturation, CPU per event and latency at 25/50/75 % of saturation for one served model."""
+    """Saturation, CPU per event and latency at 25/50/75 % of saturation for one served model (no latency runs when
+    ``fixed_s`` is 0), with ``replicas`` feature workers and as many inference workers."""
     pipeline = Pipeline.open(base_env, model, folder, publish)
     settings = pipeline.settings()
     arrivals = Arrivals(settings, "predictions-v1")
     try:
-        features = pipeline.start("features", "workers", "run", "--role", "features")
-        inference = pipeline.start("inference", "workers", "run", "--role", "inference")
-        procs = [features, inference]
+        role_args = ("workers", "run", "--role")
+        features = [
+            pipeline.start(f"features-{i}", *role_args, "features", "--replica", str(i)) for i in range(replicas)
+        ]
+        inference = [
+            pipeline.start(f"inference-{i}", *role_args, "inference", "--replica", str(i)) for i in range(replicas)
+        ]
+        procs = [*features, *inference]
         features_group = settings.workers.features_group
+        for group in (features_group, settings.workers.inference_group):
+            wait_for(
+                lambda g=group: group_members(settings, g) == replicas, 120, f"{replicas} members in {group}", procs
+            )
         warm = 2 * settings.workers.max_batch_size
         send(settings, records(settings, warm, seed=1))
         wait_for(lambda: len(arrivals) >= warm, WORKER_TIMEOUT_S, f"{warm} warm-up predictions", procs)
         wait_for(lambda: group_caught_up(settings, features_group), 120, "the feature worker's warm-up", procs)
         groups = {
-            "inference_worker": [inference.pid],
-            "feature_worker": [features.pid],
+            "inference_worker": [proc.pid for proc in inference],
+            "feature_worker": [proc.pid for proc in features],
             "triton": procstat.tree(found.triton_pid),
             "broker": procstat.tree(found.broker_pid),
         }
@@ -407,10 +433,14 @@ def measure_model(
             start()
             wait_for(lambda: len(arrivals) >= expected, WORKER_TIMEOUT_S, f"{count} predictions", procs)
             after = procstat.sample(groups)
-            stop_profiler(profilers.get("inference"))
+            for name in profilers:
+                if name.startswith("inference"):
+                    stop_profiler(profilers[name])
             wait_for(lambda: group_caught_up(settings, features_group), 300, "the feature worker's commits", procs)
             after["feature_worker"] = procstat.sample({"feature_worker": groups["feature_worker"]})["feature_worker"]
-            stop_profiler(profilers.get("features"))
+            for name in profilers:
+                if name.startswith("features"):
+                    stop_profiler(profilers[name])
             cpu = procstat.cpu_us_per_event(before, after, count, procstat.CLOCK_TICKS)
             cpu["driftloop"] = _sum(cpu["inference_worker"], cpu["feature_worker"])
             last = max(t for t, _ in arrivals.records[expected - count : expected])
@@ -432,7 +462,7 @@ def measure_model(
         saturated = events / (last - began)
 
         latency: dict[str, dict] = {}
-        for i, fraction in enumerate(FRACTIONS):
+        for i, fraction in enumerate(FRACTIONS if fixed_s else ()):
             rate = max(1.0, saturated * fraction)
             count = int(max(50, min(events, rate * fixed_s)))
             first = len(arrivals)
@@ -447,8 +477,8 @@ def measure_model(
                 "cpu_us_per_event": fixed_cpu,
             }
         memory = {
-            "inference_worker": memory_mb([inference.pid]),
-            "feature_worker": memory_mb([features.pid]),
+            "inference_worker": memory_mb(groups["inference_worker"]),
+            "feature_worker": memory_mb(groups["feature_worker"]),
             "triton": memory_mb(procstat.tree(found.triton_pid)),
         }
     except Exception:
@@ -600,6 +630,11 @@ def main() -> None:
         "--instances", type=int, default=None, help="Triton instances of each model (default: training.instance_count)"
     )
     parser.add_argument(
+        "--replicas",
+        default=None,
+        help="also drain the backlog with N feature and N inference workers for each N of this list, e.g. 1,2,3",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -679,6 +714,8 @@ def main() -> None:
                     result["null_model"] = {"events": max(events, 3000)} | {
                         k: v for k, v in null.items() if k != "memory_mb"
                     }
+                if args.replicas:
+                    result["scaling"] = scaling(env, model, folder, found, settings, events, args.replicas)
                 if not args.no_cold_start:
                     result["cold_start"] = cold_start(env, model, folder, settings)
                 result.update(broker=found.broker, cpus=os.cpu_count(), triton_env=triton_env)
@@ -689,6 +726,25 @@ def main() -> None:
     print(json.dumps(result))
     if args.plot:
         plot(result, args.plot)
+
+
+def scaling(
+    env: dict[str, str], model: str, folder: Path, found: Servers, publish: Settings, events: int, counts: str
+) -> list[dict]:
+    """Backlog drain rate with N replicas of each worker, for each N of ``counts`` ("1,2,3"), in one run."""
+    rows = []
+    for replicas in (int(n) for n in counts.split(",")):
+        measured = measure_model(env, model, folder, found, publish, events, 0, replicas=replicas)
+        rows.append(
+            {
+                "replicas": replicas,
+                "events_per_s": measured["pipeline_events_per_s"],
+                "cpu_us_per_event": measured["cpu_us_per_event"],
+            }
+        )
+    for row in rows:
+        row["vs_first"] = round(row["events_per_s"] / rows[0]["events_per_s"], 2)
+    return rows
 
 
 def plot(result: dict, path: str) -> None:
