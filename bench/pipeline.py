@@ -4,6 +4,7 @@
     .venv/bin/python bench/pipeline.py --encoder tiny   [--events 3000] [--plot bench-tiny.png]
     .venv/bin/python bench/pipeline.py --encoder minilm [--events 600]
     .venv/bin/python bench/pipeline.py --encoder tiny --no-cold-start --profile prof/   # + py-spy stacks
+    .venv/bin/python bench/pipeline.py --encoder tiny --replicas 1,2,3                  # + throughput vs replicas
 
 Everything the benchmark creates lives in one temporary folder, removed at the end: its own tritonserver on its own
 model repository (nothing is written to ``triton_repo/``), its own Feast store and faust state, and its own topics
@@ -29,6 +30,13 @@ model repository (nothing is written to ``triton_repo/``), its own Feast store a
    event waiting), the feature worker (start to the first features it pushed being served from a fresh store), the
    drift monitor and the retraining consumer (start to ``/readyz`` answering 200); resident memory (VmRSS) then; and
    ``import_s``, a fresh interpreter importing the role's module.
+
+6. The drift monitor, on the encoder's pipeline: started on the predictions so far, stopped while copies of them
+   (new event ids) make a backlog of at least 5,000, then drained, drift checks included: ``monitor.events_per_s``
+   and its CPU per prediction; ``monitor_vs_pipeline`` = that rate / the pipeline's saturation rate (1 or more: the
+   monitor keeps up).
+7. ``--replicas 1,2,3``: the backlog drained again with N feature and N inference workers, for each N, once both
+   groups are stable with N members (``scaling``; ``vs_first`` = events/s over the first N's).
 
 Prints one JSON line; ``ratio`` = saturation throughput / raw throughput. The workers are stopped with SIGSTOP for as
 long as the backlog takes to produce: keep it well under ``kafka.session_timeout_ms`` (10 s by default), or their
@@ -186,13 +194,13 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, procs
     return time.time()
 
 
-def group_caught_up(settings: Settings, group: str) -> bool:
-    """Whether ``group`` has committed every record of the events topic."""
+def group_caught_up(settings: Settings, group: str, topic: str = "events-v1") -> bool:
+    """Whether ``group`` has committed every record of ``topic`` (a logical name)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from streams.client import client_config
 
-    topic = settings.kafka.topic("events-v1")
+    topic = settings.kafka.topic(topic)
     consumer = Consumer(client_config(settings, {"group.id": group, "log_level": 0}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -385,6 +393,7 @@ def measure_model(
     fixed_s: float,
     profile_dir: Path | None = None,
     replicas: int = 1,
+    monitor: bool = False,
 ) -> dict:
     """Saturation, CPU per event and latency at 25/50/75 % of saturation for one served model (no latency runs when
     ``fixed_s`` is 0), with ``replicas`` feature workers and as many inference workers."""
@@ -476,6 +485,7 @@ def measure_model(
                 "p99_ms": round(float(np.percentile(ends, 99)), 1),
                 "cpu_us_per_event": fixed_cpu,
             }
+        monitored = monitor_rate(pipeline, settings, [v for _, v in arrivals.records], events) if monitor else None
         memory = {
             "inference_worker": memory_mb(groups["inference_worker"]),
             "feature_worker": memory_mb(groups["feature_worker"]),
@@ -493,7 +503,34 @@ def measure_model(
         "idle_cpu_ms_per_s": idle,
         "latency": latency,
         "memory_mb": memory,
+        **({"monitor": monitored} if monitored else {}),
     }
+
+
+def monitor_rate(pipeline: Pipeline, settings: Settings, predictions: list[bytes], events: int) -> dict:
+    """How fast the drift monitor folds predictions, checks included: it starts on the predictions so far, is
+    stopped (SIGSTOP) while copies of them make a backlog of ``max(events, 5000)``, and drains it once resumed."""
+    group = f"{settings.monitoring.group_id}-bench"
+    pipeline.env["DRIFTLOOP_MONITORING__GROUP_ID"] = group
+    proc = pipeline.start("monitor", "monitor")
+    wait_for(lambda: group_caught_up(settings, group, "predictions-v1"), 180, "the monitor's first commits", [proc])
+    count = max(events, 5000)
+    topic = settings.kafka.topic("predictions-v1")
+    backlog = []
+    for i in range(count):  # copies under new event ids: the monitor skips an id already in its window
+        prediction = json.loads(predictions[i % len(predictions)])
+        prediction["event_id"] = uuid.uuid4().hex
+        backlog.append([Record(topic, json.dumps(prediction).encode(), key=prediction["entity_id"].encode())])
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        send(settings, backlog)
+    finally:
+        before, began = procstat.sample({"monitor": [proc.pid]}), time.monotonic()
+        proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: group_caught_up(settings, group, "predictions-v1"), 300, "the monitor's commits", [proc])
+    elapsed = time.monotonic() - began
+    cpu = procstat.cpu_us_per_event(before, procstat.sample({"monitor": [proc.pid]}), count, procstat.CLOCK_TICKS)
+    return {"events": count, "events_per_s": round(count / elapsed, 1), "cpu_us_per_event": cpu["monitor"]}
 
 
 def _sum(*values: float | None) -> float | None:
@@ -690,7 +727,9 @@ def main() -> None:
                     "raw_seq_per_s": round(raw, 1),
                     "raw_cpu_us_per_seq": round(raw_cpu, 1),
                 }
-                measured = measure_model(env, model, folder, found, settings, events, args.fixed_s, args.profile)
+                measured = measure_model(
+                    env, model, folder, found, settings, events, args.fixed_s, args.profile, monitor=True
+                )
                 half = measured["latency"]["50%"]
                 result.update(
                     pipeline_events_per_s=measured["pipeline_events_per_s"],
@@ -703,6 +742,10 @@ def main() -> None:
                     idle_cpu_ms_per_s=measured["idle_cpu_ms_per_s"],
                     latency=measured["latency"],
                     memory_mb=measured["memory_mb"],
+                    monitor=measured["monitor"],
+                    monitor_vs_pipeline=round(
+                        measured["monitor"]["events_per_s"] / measured["pipeline_events_per_s"], 2
+                    ),
                 )
                 if not args.no_null:
                     with _environment(base_env | {"DRIFTLOOP_TRITON__MODEL_NAME": NULL_MODEL}):

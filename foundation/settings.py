@@ -18,10 +18,11 @@ Sources, highest priority first:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -53,11 +54,27 @@ class TopicSpec(_Section):
     compacted: bool = False
 
 
+# Partitions cap how many members of a group read a topic at once. The events topic's 12 let 12 inference and 12
+# feature workers share it (KEDA's maxReplicaCount is held equal: deploy/k8s/base/scaledobject.yaml), and 12 splits
+# evenly over 1, 2, 3, 4, 6 or 12 workers. A keyed topic cannot gain partitions later without moving entities to
+# other partitions (and faust's changelog topics must match it): choose the count before the first event.
+DEFAULT_TOPICS: dict[str, TopicSpec] = {
+    "events-v1": TopicSpec(partitions=12),
+    "labels-v1": TopicSpec(partitions=6),
+    "predictions-v1": TopicSpec(partitions=6),
+    "dlq-v1": TopicSpec(partitions=3),
+    "drift-v1": TopicSpec(partitions=1),
+    "models-v1": TopicSpec(partitions=1, compacted=True),
+}
+
+
 class KafkaSettings(_Section):
     """Kafka connection and topics.
 
     ``bootstrap_servers`` unset means "the local stack's broker" (``127.0.0.1:<stack.kafka_port>``).
     Env: ``DRIFTLOOP_KAFKA__BOOTSTRAP_SERVERS`` or ``KAFKA_BOOTSTRAP_SERVERS``.
+    ``topics`` changes only what it names: ``[kafka.topics.events-v1] partitions = 24`` in TOML (or
+    ``DRIFTLOOP_KAFKA__TOPICS='{"events-v1": {"partitions": 24}}'``) keeps every other topic and field as it is.
     """
 
     bootstrap_servers: str | None = None
@@ -70,14 +87,20 @@ class KafkaSettings(_Section):
     sasl_password_file: Path | None = None
     ssl_ca_location: Path | None = None
     session_timeout_ms: int = 10_000
-    topics: dict[str, TopicSpec] = {
-        "events-v1": TopicSpec(partitions=6),
-        "labels-v1": TopicSpec(partitions=6),
-        "predictions-v1": TopicSpec(partitions=6),
-        "dlq-v1": TopicSpec(partitions=3),
-        "drift-v1": TopicSpec(partitions=1),
-        "models-v1": TopicSpec(partitions=1, compacted=True),
-    }
+    topics: dict[str, TopicSpec] = Field(default_factory=lambda: dict(DEFAULT_TOPICS))
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, given: Any) -> Any:
+        """Merge what is given over the default topics, field by field: setting one topic's partitions must not drop
+        the other topics (a KeyError at the first use) nor reset a field such as ``compacted``."""
+        if not isinstance(given, Mapping):
+            return given
+        merged: dict[str, Any] = {name: spec.model_dump() for name, spec in DEFAULT_TOPICS.items()}
+        for name, spec in given.items():
+            fields = spec.model_dump() if isinstance(spec, TopicSpec) else spec
+            merged[name] = {**merged[name], **fields} if name in merged and isinstance(fields, Mapping) else fields
+        return merged
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name, e.g. ``topic("events-v1") -> "driftloop-events-v1"``."""

@@ -42,7 +42,12 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
         if full in existing:
             have = len(existing[full].partitions)
             if have < spec.partitions:
-                raise TopicError(f"topic {full} has {have} partitions, settings ask for {spec.partitions}")
+                raise TopicError(
+                    f"topic {full} has {have} partitions, settings ask for {spec.partitions}. A keyed topic cannot "
+                    "gain partitions without moving keys to other partitions (faust's changelog topics must match it "
+                    f"too): keep {have} with [kafka.topics.{name}] partitions = {have} in driftloop.toml, or delete "
+                    "the topic (and the feature group's changelog topics) before its first event"
+                )
             result[full] = "exists"
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation.settings import load_settings
+from foundation.settings import DEFAULT_TOPICS, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -70,6 +70,32 @@ def test_invalid_value_names_the_source(tmp_path):
 def test_unknown_topic_is_an_error():
     with pytest.raises(KeyError, match="unknown topic"):
         load_settings().kafka.topic("evnets-v1")
+
+
+def test_a_topic_setting_changes_only_what_it_names(tmp_path, monkeypatch):
+    """One topic's partitions from TOML or env keep every other topic, and the fields it does not name."""
+    config = tmp_path / "driftloop.toml"
+    config.write_text("[kafka.topics.events-v1]\npartitions = 24\n[kafka.topics.models-v1]\npartitions = 2\n")
+
+    from_file = load_settings(config_file=config)
+
+    assert from_file.kafka.topics["events-v1"].partitions == 24
+    assert from_file.kafka.topics["models-v1"].partitions == 2 and from_file.kafka.topics["models-v1"].compacted
+    assert set(from_file.kafka.topics) == set(load_settings().kafka.topics)
+    assert from_file.kafka.topic("labels-v1") == "driftloop-labels-v1"
+
+    monkeypatch.setenv("DRIFTLOOP_KAFKA__TOPICS", '{"events-v1": {"partitions": 3}, "audit-v1": {"partitions": 2}}')
+    from_env = load_settings()
+    assert from_env.kafka.topics["events-v1"].partitions == 3
+    assert from_env.kafka.topics["audit-v1"].partitions == 2
+    assert set(from_env.kafka.topics) == set(DEFAULT_TOPICS) | {"audit-v1"}
+
+
+def test_events_partitions_split_evenly_over_common_worker_counts():
+    partitions = load_settings().kafka.topics["events-v1"].partitions
+
+    assert partitions > 6  # more inference (and feature) workers than the 6 of earlier versions
+    assert all(partitions % workers == 0 for workers in (1, 2, 3, 4, 6))
 
 
 def test_settings_are_frozen():

@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streams import DeliveryError, KafkaConsumer, KafkaProducer, Record, client_config, ensure_topics
+from streams.exceptions import TopicError
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +42,19 @@ def test_ensure_topics_creates_configured_partitions_and_compaction(settings_fac
     models = ConfigResource(ConfigResource.Type.TOPIC, settings.kafka.topic("models-v1"))
     config = admin.describe_configs([models])[models].result()
     assert config["cleanup.policy"].value == "compact"
+
+
+def test_a_topic_with_fewer_partitions_than_asked_is_refused_with_the_way_out(settings_factory):
+    """An events topic made with the old default (6) is never used as if it had 12: keys would land elsewhere."""
+    old = settings_factory(kafka={"topics": {"events-v1": {"partitions": 6}}})
+    ensure_topics(old)
+    settings = settings_factory()
+    assert settings.kafka.topics["events-v1"].partitions > 6
+
+    with pytest.raises(TopicError, match=r"has 6 partitions, .*\[kafka.topics.events-v1\] partitions = 6"):
+        ensure_topics(settings)
+
+    assert set(ensure_topics(old).values()) == {"exists"}  # the way out the message names works
 
 
 def test_round_trip_commit_and_resume_from_committed_offset(settings_factory):
