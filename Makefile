@@ -67,7 +67,7 @@ test-fast: setup
 ## Pipeline throughput vs the raw model, tiny and MiniLM (one JSON line each), on the local stack.
 bench: setup
 	$(BIN)/driftloop stack up
-	$(BIN)/python bench/pipeline.py --encoder tiny --plot .stack/bench-pipeline-tiny.png
+	$(BIN)/python bench/pipeline.py --encoder tiny --replicas 1,2,3 --plot .stack/bench-pipeline-tiny.png
 	$(BIN)/python bench/pipeline.py --encoder minilm --plot .stack/bench-pipeline-minilm.png
 
 stack-up: setup
