@@ -442,14 +442,10 @@ def measure_model(
             start()
             wait_for(lambda: len(arrivals) >= expected, WORKER_TIMEOUT_S, f"{count} predictions", procs)
             after = procstat.sample(groups)
-            for name in profilers:
-                if name.startswith("inference"):
-                    stop_profiler(profilers[name])
+            stop_profilers(profilers, "inference")
             wait_for(lambda: group_caught_up(settings, features_group), 300, "the feature worker's commits", procs)
             after["feature_worker"] = procstat.sample({"feature_worker": groups["feature_worker"]})["feature_worker"]
-            for name in profilers:
-                if name.startswith("features"):
-                    stop_profiler(profilers[name])
+            stop_profilers(profilers, "features")
             cpu = procstat.cpu_us_per_event(before, after, count, procstat.CLOCK_TICKS)
             cpu["driftloop"] = _sum(cpu["inference_worker"], cpu["feature_worker"])
             last = max(t for t, _ in arrivals.records[expected - count : expected])
@@ -545,6 +541,13 @@ def stop_profiler(profiler: subprocess.Popen | None) -> None:
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(timeout=60)
+
+
+def stop_profilers(profilers: dict[str, subprocess.Popen], role: str) -> None:
+    """Stop the profilers of every replica of ``role`` (named ``<role>-<replica>``)."""
+    for name, profiler in profilers.items():
+        if name.startswith(f"{role}-"):
+            stop_profiler(profiler)
 
 
 def profile(proc: subprocess.Popen, out: Path) -> subprocess.Popen:
