@@ -169,8 +169,8 @@ class WorkerSettings(_Section):
     feature_push_batch: int = 500
     feature_push_timeout_s: float = Field(default=30.0, gt=0)  # a push that hangs longer is an outage: tried again
     feature_push_interval_s: float = 0.5
-    # A partition whose committed offset and first acknowledged offset stay apart this long lost events inside faust
-    # (streams.commit_gaps): the feature worker reads it again from its committed offset.
+    # Events of a partition fetched and not delivered this long while the feature worker is idle were dropped inside
+    # faust (streams.fetch_ledger): the worker reads the partition again from the first of them.
     commit_stall_s: float = Field(default=30.0, gt=0)
     metrics_port: int = 9400  # +replica index; 0 disables
     faust_replication_factor: int = 1  # of faust's changelog topics; 3 on a production cluster

@@ -18,6 +18,10 @@ redelivered), faust stops and commits what was acknowledged, and a watchdog ends
 ``workers.shutdown_grace_s`` if faust has not finished by then (a stopped broker makes faust wait for minutes).
 Exiting without committing is safe: the uncommitted events are redelivered and counted once.
 
+Events faust fetches and then drops around a rebalance are not lost: the app's consumer records what it fetches in a
+:class:`~streams.fetch_ledger.FetchLedger`, which hands such events back to the agent when a later one of their
+partition arrives (folded first, in offset order) or, when none comes, has the partition read again.
+
 The table is written with the partitioner (``use_partitioner=True``), so its changelog partition is the key's
 murmur2 partition: the same as the events topic's, because driftloop's producers use Kafka's Java partitioner too.
 """
@@ -39,8 +43,9 @@ from foundation.retry import async_policy
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from streams.client import client_config
-from streams.commit_gaps import HeadGaps
-from streams.metrics import COMMIT_GAP_REREADS, WorkerMetrics
+from streams.fetch_ledger import FetchLedger
+from streams.ledger_consumer import LedgerConsumer
+from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
 from streams.skips import SkippedRecords
 from streams.windows import FEATURES, add_event
@@ -77,7 +82,10 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
         table_standby_replicas=0,
         autodiscover=False,
     )
-    events = app.topic(settings.kafka.topic("events-v1"), key_serializer="raw", value_serializer="raw")
+    events_topic = settings.kafka.topic("events-v1")
+    app.fetch_ledger = FetchLedger(events_topic, workers.commit_stall_s)
+    app.transport.Consumer = LedgerConsumer  # this app's consumer shows the ledger what it fetches
+    events = app.topic(events_topic, key_serializer="raw", value_serializer="raw")
     # key_type on the table too: faust derives the changelog topic's key serializer from it (json when unset), and a
     # json key serializer cannot read the raw keys back on recovery. No value_type: faust takes any type it is given
     # for a model (``dict.from_data``); unset, the json values come back as dicts. Either mistake leaves a restarted
@@ -98,11 +106,13 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
         A batch whose push did not succeed is never acknowledged: when the worker stops while the store is down,
         the agent returns with the batch unacknowledged, and it is redelivered after the restart.
         """
+        ledger = app.fetch_ledger
         async for batch in stream.noack().take_events(
             workers.feature_push_batch, within=workers.feature_push_interval_s
         ):
             started = time.monotonic()
-            rows = fold_batch(windows, batch, SKIPPED)
+            ledger.batch_started()
+            rows, recovered = fold_batch(windows, batch, SKIPPED, ledger)
             if not await pusher.push(rows):
                 log.warning(
                     "stopping with a batch unpushed: %d events left unacknowledged, redelivered later",
@@ -112,45 +122,34 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
                 return
             for event in batch:
                 await stream.ack(event)
-            pusher.metrics.batch_done(len(batch), len(rows), 0, time.monotonic() - started)
-
-    gaps = HeadGaps(workers.commit_stall_s)
+            for tp, record in recovered:
+                app.consumer.ack_record(tp, record)
+            ledger.batch_done(time.monotonic())
+            pusher.metrics.batch_done(len(batch) + len(recovered), len(rows), 0, time.monotonic() - started)
 
     @app.timer(interval=COMMIT_GAP_CHECK_S)
-    async def reread_dropped_events() -> None:
-        """Read again the events faust dropped and will never deliver (see ``streams.commit_gaps``)."""
-        try:
-            await reread_stalled_partitions(app.consumer, gaps)
-        except Exception as exc:  # noqa: BLE001 - a rebalance meanwhile, a broker away: the next check tries again
-            log.warning("check of held-up commits failed: %s: %s", type(exc).__name__, exc)
+    async def reread_stalled_partitions() -> None:
+        """Read again the events faust fetched and dropped with none after them (see ``streams.fetch_ledger``)."""
+        if app.rebalancing:
+            return  # faust seeks every partition to its committed offset when the rebalance ends
+        for tp, offset in app.fetch_ledger.stalled(time.monotonic()).items():
+            log.warning(
+                "events of %s[%d] from offset %d fetched and never delivered: reading them again",
+                tp.topic,
+                tp.partition,
+                offset,
+                extra={"partition": tp.partition, "offset": offset},
+            )
+            try:
+                await app.consumer.seek_wait({tp: offset})
+            except Exception as exc:  # noqa: BLE001 - a rebalance meanwhile: the new owner reads from the commit
+                log.warning("seek of %s[%d] failed: %s: %s", tp.topic, tp.partition, type(exc).__name__, exc)
+                continue
+            COMMIT_GAP_REREADS.labels("features").inc()
 
     app.windows_table = windows  # for tests and the CLI: read the state a worker holds
     app.feature_pusher = pusher  # for run(): told to stop retrying on SIGTERM
     return app
-
-
-async def reread_stalled_partitions(consumer, gaps: HeadGaps) -> None:
-    """Seek each partition whose commits are held up by events faust dropped back to its committed offset."""
-    # faust keeps the acknowledged and committed offsets on its consumer with no public accessor; read-only here
-    # except for the stalled partition's acknowledged offsets, forgotten so that the events read again count.
-    assigned = consumer.assignment()
-    acked = {tp: list(offsets) for tp, offsets in consumer._acked.items() if tp in assigned}
-    committed = {tp: consumer._committed_offset.get(tp) for tp in acked}
-    for tp, gap in gaps.stalled(committed, acked, time.monotonic()).items():
-        log.warning(
-            "commits of %s[%d] held up by offsets %d..%d, never delivered: reading from %d again",
-            tp.topic,
-            tp.partition,
-            gap.committed,
-            gap.first_acked - 1,
-            gap.committed,
-            extra={"partition": tp.partition, "committed": gap.committed, "first_acked": gap.first_acked},
-        )
-        consumer._acked[tp].clear()
-        consumer._acked_index[tp].clear()
-        await consumer.seek_wait({tp: gap.committed})
-        gaps.forget(tp)
-        COMMIT_GAP_REREADS.labels("features").inc()
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -173,22 +172,41 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     )
 
 
-def fold_batch(windows: faust.Table, batch: list, skipped: SkippedRecords) -> list[dict]:
-    """Fold each event of a faust batch; the feature rows of those that count (see :func:`fold`).
+def fold_batch(
+    windows: faust.Table, batch: list, skipped: SkippedRecords, ledger: FetchLedger | None = None
+) -> tuple[list[dict], list]:
+    """Fold each event of a faust batch, in offset order per partition.
+
+    Returns:
+        The feature rows of the events that count (see :func:`fold`), and the records faust fetched and dropped that
+        ``ledger`` handed back, with their partitions: folded before the event that revealed them, to be acknowledged
+        with the batch.
 
     Each entity's window is written to the table once per batch, after the batch is folded: one changelog record per
     entity and batch instead of one per event (the record holds the whole window, so per event it cost as much as the
     window held). A crash before the batch is acknowledged replays it, and the windows count a replayed event once.
     """
     staged = BatchWindows(windows)
-    rows = []
+    rows, recovered = [], []
+    now = time.monotonic()
     for event in batch:
         message = event.message
-        row = fold(staged, event.key, event.value, skipped, partition=message.partition, offset=message.offset)
-        if row is not None:
-            rows.append(row)
+        if ledger is not None:
+            tp = message.tp
+            for missed in ledger.delivered(tp, message.offset, now):
+                recovered.append((tp, missed))
+                where = {"partition": tp.partition, "offset": missed.offset}
+                rows.append(fold(staged, missed.key, missed.value, skipped, **where))
+        rows.append(fold(staged, event.key, event.value, skipped, partition=message.partition, offset=message.offset))
     staged.flush()
-    return rows
+    if recovered:
+        DROPPED_EVENTS_RECOVERED.labels("features").inc(len(recovered))
+        log.warning(
+            "%d events faust fetched and never delivered were folded from the fetch ledger",
+            len(recovered),
+            extra={"events": len(recovered)},
+        )
+    return [row for row in rows if row is not None], recovered
 
 
 class BatchWindows:

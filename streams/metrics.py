@@ -26,7 +26,12 @@ MODEL_RELOADS = Counter(
 
 COMMIT_GAP_REREADS = Counter(
     "driftloop_commit_gap_rereads_total",
-    "Partitions read again from their committed offset because events before the acknowledged ones never came",
+    "Partitions read again from an offset whose events were fetched and never delivered, none after them",
+    ["worker"],
+)
+DROPPED_EVENTS_RECOVERED = Counter(
+    "driftloop_dropped_events_recovered_total",
+    "Events faust fetched and never delivered, folded from the fetch ledger when a later event revealed them",
     ["worker"],
 )
 

@@ -17,11 +17,13 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from driftloop.stack.process import ServerProcess
 from features import apply_repo, online_features, open_store
 from streams.feature_app import EVENTS_TOPIC, FeaturePusher, fold, fold_batch
+from streams.fetch_ledger import FetchLedger
 from streams.metrics import OUTAGE_RETRIES
 from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream
@@ -112,14 +114,40 @@ def test_a_batch_writes_each_entity_window_once_and_folds_as_event_by_event() ->
     expected = [fold(one_by_one, e.entity_id.encode(), e.to_bytes()) for e in events]
     table = _CountingTable()
 
-    rows = fold_batch(table, batch[:120], SkippedRecords(registry=CollectorRegistry()))
-    rows += fold_batch(table, batch[120:] + batch[:10], SkippedRecords(registry=CollectorRegistry()))
+    rows, _ = fold_batch(table, batch[:120], SkippedRecords(registry=CollectorRegistry()))
+    rows += fold_batch(table, batch[120:] + batch[:10], SkippedRecords(registry=CollectorRegistry()))[0]
 
     assert rows[:200] == expected
     assert rows[200:] == expected[:10]  # a replayed event gets the features it had
     assert dict(table) == one_by_one  # a replayed event is not counted twice
     entities = {e.entity_id for e in events}
     assert table.writes <= 2 * len(entities) < len(events)
+
+
+@pytest.mark.unit
+def test_events_faust_fetched_and_dropped_are_folded_first_in_offset_order() -> None:
+    stream = SyntheticStream(seed=6, entities=3)
+    events = [stream.one(NOW + timedelta(seconds=i)).event for i in range(40)]
+    tp = TP("events", 0)
+    messages = [
+        SimpleNamespace(key=e.entity_id.encode(), value=e.to_bytes(), offset=i, partition=0, tp=tp)
+        for i, e in enumerate(events)
+    ]
+    ledger = FetchLedger("events", stall_s=30)
+    ledger.assigned([tp])
+    for message in messages:
+        ledger.fetched(tp, message, now=0)
+    dropped = {0, 1, 17, 18, 19, 39}  # the head, a run in the middle, and the tail (revealed by no later event)
+    batch = [SimpleNamespace(key=m.key, value=m.value, message=m) for m in messages if m.offset not in dropped]
+    one_by_one: dict[bytes, dict] = {}
+    expected = [fold(one_by_one, e.entity_id.encode(), e.to_bytes()) for e in events[:39]]
+    table = _CountingTable()
+
+    rows, recovered = fold_batch(table, batch, SkippedRecords(registry=CollectorRegistry()), ledger)
+
+    assert rows == expected  # every event up to the last delivered one, as if none had been dropped
+    assert [(tp, m.offset) for tp, m in recovered] == [(tp, o) for o in (0, 1, 17, 18, 19)]
+    assert ledger.stalled(now=time.monotonic() + 31) == {tp: 39}  # the tail: read again after stall_s idle
 
 
 @pytest.mark.integration

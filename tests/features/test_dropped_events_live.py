@@ -1,9 +1,10 @@
-"""Events faust drops after a rebalance hold its commits up for good; the feature worker reads them again.
+"""Events faust fetches and drops after a rebalance are folded all the same (real broker and Feast store).
 
 The drop is made the way faust makes it (faust-streaming issue 596): the consumer's read position is moved past
-events it has not delivered, so it discards them when they arrive, acknowledges the ones after them, and its
-committed offset stops at the first dropped one. The worker's check must seek the partition back, after which every
-event is folded once and the group commits up to the end of the partition.
+events it has not delivered, so it discards them when they arrive. With events after them, the fetch ledger hands them
+to the agent with the first of those (folded first, no re-read); with none after them, the worker reads the partition
+again once it has waited ``workers.commit_stall_s``. Either way every event is folded once, in offset order, and the
+group commits up to the end of the partition.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from features import apply_repo
 from streams import KafkaProducer, Record, ensure_topics
 from streams.client import client_config
 from streams.feature_app import create_app
-from streams.metrics import COMMIT_GAP_REREADS
+from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED
 from streams.synthetic import SyntheticStream
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,14 @@ async def _until(condition, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-def test_dropped_events_are_read_again_and_commits_reach_the_end(settings_factory, tmp_path):
+def _count(metric) -> float:
+    return metric.labels("features")._value.get()
+
+
+@pytest.mark.parametrize(("after", "recovered", "rereads"), [(AFTER, DROPPED, 0), (0, 0, 1)], ids=["middle", "tail"])
+def test_dropped_events_are_folded_once_and_commits_reach_the_end(
+    settings_factory, tmp_path, after, recovered, rereads
+):
     settings = settings_factory(
         feast={"data_dir": tmp_path / "feast"},
         workers={
@@ -62,8 +70,8 @@ def test_dropped_events_are_read_again_and_commits_reach_the_end(settings_factor
     ensure_topics(settings)
     apply_repo(settings)
     topic = settings.kafka.topic("events-v1")
-    events = [e.event for e in SyntheticStream(seed=5).stream(WARMUP + DROPPED + AFTER)]
-    rereads_before = COMMIT_GAP_REREADS.labels("features")._value.get()
+    events = [e.event for e in SyntheticStream(seed=5, entities=4).stream(WARMUP + DROPPED + after)]
+    before = _count(DROPPED_EVENTS_RECOVERED), _count(COMMIT_GAP_REREADS)
 
     async def scenario() -> None:
         app = create_app(settings)
@@ -78,9 +86,12 @@ def test_dropped_events_are_read_again_and_commits_reach_the_end(settings_factor
         finally:
             await app.stop()
         table = app.windows_table
-        counted = {e.entity_id: len(table[e.entity_id.encode()]["ids"]) for e in events}
-        expected = {entity: sum(e.entity_id == entity for e in events) for entity in counted}
-        assert counted == expected, "every event folded once"
+        folded = {e.entity_id: table[e.entity_id.encode()]["ids"] for e in events}
+        in_order: dict[str, list[str]] = {}
+        for e in sorted(events, key=lambda e: e.event_time):
+            in_order.setdefault(e.entity_id, []).append(e.event_id)
+        assert folded == in_order, "every event folded once"
 
     asyncio.run(scenario())
-    assert COMMIT_GAP_REREADS.labels("features")._value.get() == rereads_before + 1
+    assert _count(DROPPED_EVENTS_RECOVERED) == before[0] + recovered
+    assert _count(COMMIT_GAP_REREADS) == before[1] + rereads

@@ -1,0 +1,42 @@
+"""The feature worker's faust consumer: faust's own (aiokafka), showing ``app.fetch_ledger`` what it fetches.
+
+Installed per app (``app.transport.Consumer``); see :mod:`streams.fetch_ledger` for why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Set
+from typing import Any
+
+from faust.transport.drivers import aiokafka as aiokafka_driver
+
+
+class LedgerConsumer(aiokafka_driver.Consumer):
+    """Records every record the broker returns, and every assignment and revocation, in the app's ``fetch_ledger``.
+
+    Records are taken where aiokafka hands them over, before faust decides to deliver them: faust discards the rest of
+    a fetched batch when its flow stops or the generation changes, while the read position has moved past them.
+    """
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active_partitions = await super()._wait_next_records(timeout)
+        if records:
+            ledger, now = self.app.fetch_ledger, time.monotonic()
+            for tp, fetched in records.items():
+                if tp.topic == ledger.topic:
+                    for record in fetched:
+                        ledger.fetched(tp, record, now)
+        return records, active_partitions
+
+    def ack_record(self, tp: Any, record: Any) -> None:
+        """Acknowledge a record faust never delivered (folded from the ledger), so that commits can pass it."""
+        self.ack(self._to_message(tp, record))
+
+    async def on_partitions_revoked(self, revoked: Set[Any]) -> None:
+        self.app.fetch_ledger.revoked(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Set[Any], generation_id: int = 0) -> None:
+        self.app.fetch_ledger.assigned(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
