@@ -45,7 +45,7 @@ from foundation.shutdown import exit_after
 from streams.client import client_config
 from streams.fetch_ledger import FetchLedger
 from streams.ledger_consumer import LedgerConsumer
-from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, WorkerMetrics
+from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, RECOVERY_RESTARTS, WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
 from streams.skips import SkippedRecords
 from streams.windows import FEATURES, add_event
@@ -57,6 +57,7 @@ EVENTS_TOPIC = "events-v1"  # the contract name skipped records are counted unde
 PROBE_ENTITY = "__driftloop_health__"  # read to tell whether the store answers while a push fails
 FIRST_RETRY_S = 0.2
 COMMIT_GAP_CHECK_S = 5.0
+RECOVERY_STUCK_S = 20.0
 SKIPPED = SkippedRecords()  # this process's skipped records (metric + rate-limited log)
 
 
@@ -85,6 +86,15 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
     events_topic = settings.kafka.topic("events-v1")
     app.fetch_ledger = FetchLedger(events_topic, workers.commit_stall_s)
     app.transport.Consumer = LedgerConsumer  # this app's consumer shows the ledger what it fetches
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set, **_: object) -> None:
+        app.fetch_ledger.revoked(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def restart_assigned(app: faust.App, assigned: set, **_: object) -> None:
+        app.fetch_ledger.assigned(assigned)
+
     events = app.topic(events_topic, key_serializer="raw", value_serializer="raw")
     # key_type on the table too: faust derives the changelog topic's key serializer from it (json when unset), and a
     # json key serializer cannot read the raw keys back on recovery. No value_type: faust takes any type it is given
@@ -130,6 +140,8 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
     @app.timer(interval=COMMIT_GAP_CHECK_S)
     async def reread_stalled_partitions() -> None:
         """Read again the events faust fetched and dropped with none after them (see ``streams.fetch_ledger``)."""
+        if restart_stuck_recovery(app, time.monotonic()):
+            return
         if app.rebalancing:
             return  # faust seeks every partition to its committed offset when the rebalance ends
         for tp, offset in app.fetch_ledger.stalled(time.monotonic()).items():
@@ -150,6 +162,27 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
     app.windows_table = windows  # for tests and the CLI: read the state a worker holds
     app.feature_pusher = pusher  # for run(): told to stop retrying on SIGTERM
     return app
+
+
+def restart_stuck_recovery(app: faust.App, now: float) -> bool:
+    """Restart a table recovery that has received nothing from its changelogs for ``RECOVERY_STUCK_S``.
+
+    Seen in the three-feature-replica test (about one run in six): after a rebalance, faust's recovery resumes the
+    changelog partitions and then never receives a record from them, for as long as the test waits, while the
+    worker's partitions stand still. Restarting it is what faust does when another rebalance comes: it builds the
+    offsets again, seeks the changelog partitions and resumes them.
+    """
+    recovery = app.tables.recovery
+    # faust keeps these on the service with no public accessor; read-only here
+    started, received = recovery._recovery_started_at, recovery._active_events_received_at
+    if not recovery.in_recovery or started is None or received or now - started < RECOVERY_STUCK_S:
+        return False
+    if not recovery.active_remaining_total():
+        return False
+    log.warning("table recovery has received nothing for %.0f s: restarting it", now - started)
+    RECOVERY_RESTARTS.labels("features").inc()
+    recovery.signal_recovery_start.set()
+    return True
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

@@ -6,14 +6,13 @@ Installed per app (``app.transport.Consumer``); see :mod:`streams.fetch_ledger` 
 from __future__ import annotations
 
 import time
-from collections.abc import Set
 from typing import Any
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 
 class LedgerConsumer(aiokafka_driver.Consumer):
-    """Records every record the broker returns, and every assignment and revocation, in the app's ``fetch_ledger``.
+    """Records every record the broker returns in the app's ``fetch_ledger``.
 
     Records are taken where aiokafka hands them over, before faust decides to deliver them: faust discards the rest of
     a fetched batch when its flow stops or the generation changes, while the read position has moved past them.
@@ -32,11 +31,3 @@ class LedgerConsumer(aiokafka_driver.Consumer):
     def ack_record(self, tp: Any, record: Any) -> None:
         """Acknowledge a record faust never delivered (folded from the ledger), so that commits can pass it."""
         self.ack(self._to_message(tp, record))
-
-    async def on_partitions_revoked(self, revoked: Set[Any]) -> None:
-        self.app.fetch_ledger.revoked(revoked)
-        await super().on_partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Set[Any], generation_id: int = 0) -> None:
-        self.app.fetch_ledger.assigned(assigned)
-        await super().on_partitions_assigned(assigned, generation_id)

@@ -29,6 +29,11 @@ COMMIT_GAP_REREADS = Counter(
     "Partitions read again from an offset whose events were fetched and never delivered, none after them",
     ["worker"],
 )
+RECOVERY_RESTARTS = Counter(
+    "driftloop_table_recovery_restarts_total",
+    "Table recoveries restarted because nothing came from their changelogs for a while",
+    ["worker"],
+)
 DROPPED_EVENTS_RECOVERED = Counter(
     "driftloop_dropped_events_recovered_total",
     "Events faust fetched and never delivered, folded from the fetch ledger when a later event revealed them",

@@ -22,7 +22,14 @@ from prometheus_client import CollectorRegistry
 
 from driftloop.stack.process import ServerProcess
 from features import apply_repo, online_features, open_store
-from streams.feature_app import EVENTS_TOPIC, FeaturePusher, fold, fold_batch
+from streams.feature_app import (
+    EVENTS_TOPIC,
+    RECOVERY_STUCK_S,
+    FeaturePusher,
+    fold,
+    fold_batch,
+    restart_stuck_recovery,
+)
 from streams.fetch_ledger import FetchLedger
 from streams.metrics import OUTAGE_RETRIES
 from streams.skips import SkippedRecords
@@ -222,3 +229,29 @@ def test_a_held_push_gives_up_at_once_when_the_worker_stops(tmp_path) -> None:
     written, seconds = asyncio.run(push_then_stop())
     assert written is False
     assert seconds < 0.5, f"the push took {seconds:.2f}s to give up after stop()"
+
+
+@pytest.mark.unit
+def test_a_recovery_that_receives_nothing_for_a_while_is_restarted() -> None:
+    def app(in_recovery=True, started=0.0, received=None, remaining=5):
+        recovery = SimpleNamespace(
+            in_recovery=in_recovery,
+            _recovery_started_at=started,
+            _active_events_received_at=received or {},
+            active_remaining_total=lambda: remaining,
+            signal_recovery_start=asyncio.Event(),
+        )
+        return SimpleNamespace(tables=SimpleNamespace(recovery=recovery))
+
+    stuck = app()
+    assert not restart_stuck_recovery(stuck, now=RECOVERY_STUCK_S - 1)  # not long enough yet
+    assert restart_stuck_recovery(stuck, now=RECOVERY_STUCK_S)
+    assert stuck.tables.recovery.signal_recovery_start.is_set()
+    for healthy in (
+        app(received={"changelog-0": 1.0}),  # records are coming: merely slow
+        app(remaining=0),  # nothing left to read: faust is finishing
+        app(in_recovery=False),
+        app(started=None),
+    ):
+        assert not restart_stuck_recovery(healthy, now=10 * RECOVERY_STUCK_S)
+        assert not healthy.tables.recovery.signal_recovery_start.is_set()
