@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -40,19 +41,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
     for name, spec in settings.kafka.topics.items():
         full = settings.kafka.topic(name)
         if full in existing:
-            have = len(existing[full].partitions)
-            if have < spec.partitions:
-                raise TopicError(
-                    f"topic {full} has {have} partitions, settings ask for {spec.partitions}. A keyed topic cannot "
-                    "gain partitions without moving keys to other partitions (faust's changelog topics must match it "
-                    f"too): keep {have} with [kafka.topics.{name}] partitions = {have} in driftloop.toml, or delete "
-                    "the topic (and the feature group's changelog topics) before its first event"
-                )
+            _check_partitions(settings, name, len(existing[full].partitions))
             result[full] = "exists"
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}
         to_create.append(NewTopic(full, num_partitions=spec.partitions, replication_factor=-1, config=config))
 
+    raced: list[str] = []
     if to_create:
         futures = admin.create_topics(to_create, operation_timeout=timeout_s, request_timeout=timeout_s)
         for full, future in futures.items():
@@ -62,6 +57,42 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KafkaClientError(f"cannot create topic {full}: {exc}") from exc
+                raced.append(full)
                 result[full] = "exists"
         log.info("topics created", extra={"topics": [t.topic for t in to_create]})
+    if raced:
+        # Created by someone else since the listing (another process, or a broker whose metadata lagged behind its
+        # own creation): checked like any existing topic, once the metadata shows it.
+        by_name = {settings.kafka.topic(name): name for name in settings.kafka.topics}
+        for full, have in _partition_counts(admin, raced, timeout_s).items():
+            _check_partitions(settings, by_name[full], have)
     return result
+
+
+def _partition_counts(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, int]:
+    """Partitions of each of ``topics``, waiting for the broker's metadata to show them all."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            listed = admin.list_topics(timeout=timeout_s).topics
+        except KafkaException as exc:
+            raise KafkaClientError(f"cannot list topics: {exc}") from exc
+        counts = {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
+        if len(counts) == len(topics):
+            return counts
+        if time.monotonic() > deadline:
+            raise KafkaClientError(f"topics {sorted(set(topics) - set(counts))} exist but their metadata never came")
+        time.sleep(0.2)
+
+
+def _check_partitions(settings: Settings, name: str, have: int) -> None:
+    """Raises: TopicError when the topic ``name`` has fewer partitions than the settings ask for."""
+    want = settings.kafka.topics[name].partitions
+    if have < want:
+        full = settings.kafka.topic(name)
+        raise TopicError(
+            f"topic {full} has {have} partitions, settings ask for {want}. A keyed topic cannot "
+            "gain partitions without moving keys to other partitions (faust's changelog topics must match it "
+            f"too): keep {have} with [kafka.topics.{name}] partitions = {have} in driftloop.toml, or delete "
+            "the topic (and the feature group's changelog topics) before its first event"
+        )

@@ -57,6 +57,26 @@ def test_a_topic_with_fewer_partitions_than_asked_is_refused_with_the_way_out(se
     assert set(ensure_topics(old).values()) == {"exists"}  # the way out the message names works
 
 
+def test_a_topic_created_elsewhere_after_the_listing_is_checked_as_well(settings_factory, monkeypatch):
+    """Another process (or metadata lagging behind a creation) makes creating a topic answer "already exists": its
+    partitions are checked all the same, never taken as they come."""
+    ensure_topics(settings_factory(kafka={"topics": {"events-v1": {"partitions": 6}}}))
+    listing = AdminClient.list_topics
+    listings = []
+
+    def first_listing_without_them(self, *args, **kwargs):
+        metadata = listing(self, *args, **kwargs)
+        if not listings:
+            metadata.topics = {}  # listed before the other process created them
+        listings.append(metadata)
+        return metadata
+
+    monkeypatch.setattr(AdminClient, "list_topics", first_listing_without_them)
+    with pytest.raises(TopicError, match=r"has 6 partitions, .*\[kafka.topics.events-v1\] partitions = 6"):
+        ensure_topics(settings_factory())
+    assert len(listings) >= 2
+
+
 def test_round_trip_commit_and_resume_from_committed_offset(settings_factory):
     settings = settings_factory()
     ensure_topics(settings)
