@@ -152,6 +152,8 @@ class WorkerSettings(_Section):
     inference_group: str = "driftloop-inference"
     features_group: str = "driftloop-features"
     max_batch_size: int = Field(default=64, ge=1, le=1024)
+    # The inference consumer's fetch window (librdkafka fetch.wait.max.ms): what arrives within it comes in one
+    # fetch, and a read returns as soon as something has come (batches follow the load).
     max_wait_ms: int = Field(default=20, ge=1)
     max_in_flight: int = Field(default=2, ge=1, le=16)
     canary_share: float = Field(default=0.2, ge=0.0, le=1.0)  # of events answered by a candidate version

@@ -240,6 +240,21 @@ class KafkaConsumer:
                 log.warning("consumer: %s", err)
         return batch
 
+    def consume_available(self, max_records: int, timeout_s: float) -> list[Message]:
+        """Up to ``max_records`` messages: those fetched already, else the first to arrive within ``timeout_s`` and
+        those fetched with it. Returns as soon as there is something, so batches follow the load (small when it is
+        low, full under a backlog); pair it with ``fetch.wait.max.ms`` and ``fetch.min.bytes`` so that the broker,
+        not the worker, gathers what arrives in a window.
+
+        Raises:
+            KafkaClientError: as :meth:`consume_batch`.
+        """
+        batch = self.consume_batch(max_records, 0)
+        if batch:
+            return batch
+        first = self.consume_batch(1, timeout_s)
+        return first + self.consume_batch(max_records - 1, 0) if first and max_records > 1 else first
+
     def commit(self, messages: Sequence[Message]) -> None:
         """Synchronously commit the offset after the last of ``messages`` in each partition."""
         if not messages:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 TRACE_HEADERS = ("trace-id", "traceparent", "x-trace-id")
 OUTAGES = (FeatureStoreNotReady, TritonUnavailable)  # waited out: the batch is held and retried
 UNBOUNDED_DELIVERY = {"message.timeout.ms": 0}  # a broker outage is waited out, however long (see produce_batch)
+FETCH_MIN_BYTES = 64 * 1024  # a fetch answers at this much or after workers.max_wait_ms, whichever comes first
+READ_WAIT_S = 0.25  # an idle read returns this often (stop and liveness); events end it as soon as they come
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Batch:
     outputs: list[Record] = field(default_factory=list)
     predicted: int = 0
     dead: int = 0
+    completing: bool = False  # its outputs are being produced and its offsets committed: not to be cancelled
 
 
 def dead_letter(settings: Settings, msg: Message, stage: str, error: str) -> Record:
@@ -153,7 +156,13 @@ class InferenceWorker:
         settings, workers = self.settings, self.settings.workers
         store = open_reader(settings)
         feature_names = FEATURE_NAMES
-        consumer = KafkaConsumer(settings, workers.inference_group, [settings.kafka.topic("events-v1")])
+        consumer = KafkaConsumer(
+            settings,
+            workers.inference_group,
+            [settings.kafka.topic("events-v1")],
+            # The broker gathers what arrives within max_wait_ms into one fetch: a fetch per window, not per event.
+            {"fetch.wait.max.ms": workers.max_wait_ms, "fetch.min.bytes": FETCH_MIN_BYTES},
+        )
         producer = KafkaProducer(settings, UNBOUNDED_DELIVERY)
         tracker = ModelTracker(settings, settings.triton.model_name)
         tracker.start()
@@ -170,20 +179,20 @@ class InferenceWorker:
             while not self._stop.is_set():
                 if self.health:
                     self.health.beat()
-                messages = await asyncio.to_thread(
-                    consumer.consume_batch, workers.max_batch_size, workers.max_wait_ms / 1000
-                )
+                # Bounded in-flight work: the oldest batch must be committed before more is read.
+                while in_flight and (len(in_flight) >= workers.max_in_flight or in_flight[0][1].done()):
+                    await in_flight.popleft()[1]  # a batch's failure surfaces here
+                    self._count_in_flight(in_flight)
+                messages = await asyncio.to_thread(consumer.consume_available, workers.max_batch_size, READ_WAIT_S)
                 if messages:
                     batch = Batch(messages)
-                    task = asyncio.create_task(self._process(batch, store, feature_names, classifier, tracker))
+                    previous = in_flight[-1][1] if in_flight else None
+                    processing = self._process(batch, store, feature_names, classifier, tracker)
+                    task = asyncio.create_task(self._handle(batch, processing, previous, producer, consumer))
                     in_flight.append((batch, task))
                     self._count_in_flight(in_flight)
-                # Bounded in-flight work: the oldest batch must finish before more is read.
-                while in_flight and (len(in_flight) >= workers.max_in_flight or in_flight[0][1].done() or not messages):
-                    await self._complete(*in_flight.popleft(), producer, consumer)
-                    self._count_in_flight(in_flight)
             while in_flight:
-                await self._complete(*in_flight.popleft(), producer, consumer)
+                await in_flight.popleft()[1]
                 self._count_in_flight(in_flight)
         except (*OUTAGES, DeliveryError) as exc:
             if not self._stop.is_set():
@@ -191,8 +200,13 @@ class InferenceWorker:
             held = len(in_flight) + 1
             log.warning("stopping during an outage (%s): %d batch(es) left uncommitted, redelivered later", exc, held)
         finally:
-            for _, task in in_flight:
-                task.cancel()
+            # A batch half produced or committed finishes (in its thread either way) before the clients close; its
+            # producer stops waiting for an unreachable broker now. The others are dropped: they are redelivered.
+            self._stop.set()
+            for batch, task in in_flight:
+                if not batch.completing:
+                    task.cancel()
+            await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
             tracker.stop()
             await classifier.close()
             producer.close()
@@ -249,10 +263,21 @@ class InferenceWorker:
             self._reloads += 1
             self.metrics.model_reloaded()
 
-    async def _complete(
-        self, batch: Batch, task: asyncio.Task, producer: KafkaProducer, consumer: KafkaConsumer
+    async def _handle(
+        self,
+        batch: Batch,
+        processing: Coroutine[None, None, None],
+        previous: asyncio.Task | None,
+        producer: KafkaProducer,
+        consumer: KafkaConsumer,
     ) -> None:
-        await task
+        """Run ``processing`` (the batch's :meth:`_process`), then, once ``previous`` (the batch read before) is
+        done, produce the outputs and commit the batch. The worker reads on meanwhile; outputs go out and offsets
+        are committed in the order the batches were read."""
+        await processing
+        if previous is not None:
+            await previous
+        batch.completing = True
         # A broker outage: the records stay queued in the producer (retried by it) while the worker keeps waiting;
         # only a stop gives up on them (nothing is committed, so the batch is redelivered).
         await asyncio.to_thread(producer.produce_batch, batch.outputs, keep_waiting=self._still_running)

@@ -125,3 +125,26 @@ def test_unacknowledged_records_raise_delivery_error(settings_factory):
     producer = KafkaProducer(settings, {"message.timeout.ms": 3000})
     with pytest.raises(DeliveryError, match="not acknowledged"):
         producer.produce_batch(_records(settings.kafka.topic("events-v1"), 3), timeout_s=10)
+
+
+def test_consume_available_returns_what_has_come_and_full_batches_under_a_backlog(settings_factory):
+    settings = settings_factory()
+    ensure_topics(settings)
+    topic = settings.kafka.topic("labels-v1")
+    with KafkaProducer(settings) as producer:
+        producer.produce_batch(_records(topic, 3))
+    window = {"fetch.wait.max.ms": 50, "fetch.min.bytes": 64 * 1024}
+    with KafkaConsumer(settings, f"g-{uuid.uuid4().hex[:6]}", [topic], window) as consumer:
+        began, got = time.monotonic(), []
+        while len(got) < 3 and time.monotonic() - began < 60:
+            got += consumer.consume_available(64, timeout_s=60)
+        # Each call ended as soon as something had come, far from its 60 s: 3 records are not waited on to fill 64.
+        assert len(got) == 3
+        assert time.monotonic() - began < 60
+
+        with KafkaProducer(settings) as producer:
+            producer.produce_batch(_records(topic, 200, start=3))
+        time.sleep(3.0)  # fetched meanwhile: the broker answers a fetch within fetch.wait.max.ms (50 ms)
+        sizes = [len(consumer.consume_available(64, timeout_s=5)) for _ in range(4)]
+        assert sizes == [64, 64, 64, 8]
+        assert consumer.consume_available(64, timeout_s=0.2) == []

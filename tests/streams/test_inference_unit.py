@@ -14,6 +14,7 @@ from confluent_kafka import Message
 
 from foundation.settings import load_settings
 from streams import inference
+from streams.client import Record
 from streams.inference import Batch, InferenceWorker, Served, Stamps, checked_event
 from streams.schemas import DeadLetter, InvalidEvent, ModelState, Prediction
 from streams.triton_client import TritonRequestError, TritonUnavailable, VersionNotServed
@@ -250,3 +251,60 @@ def test_no_usable_champion_or_a_champion_that_went_away_is_an_outage() -> None:
         _classify(_worker(), ScriptedTriton({1}, {1: VersionNotServed("unloaded")}), _state(1))
     with pytest.raises(TritonUnavailable, match="down"):
         _classify(_worker(), ScriptedTriton({1}, {1: TritonUnavailable("down")}), _state(1))
+
+
+class _Recorder:
+    """Stands in for the producer and the consumer: records what goes out and what is committed, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def produce_batch(self, records, keep_waiting=None) -> int:
+        self.calls.append(("produce", [r.value for r in records]))
+        return len(records)
+
+    def commit_or_redeliver(self, messages) -> bool:
+        self.calls.append(("commit", [m.offset() for m in messages]))
+        return True
+
+
+def _handled(worker: InferenceWorker, first_fails: bool = False) -> tuple[list, BaseException | None]:
+    """Two batches handled concurrently, the second processed before the first; the calls made and the error."""
+    recorder = _Recorder()
+    first, second = Batch([_message(b"a", offset=1)]), Batch([_message(b"b", offset=2)])
+    first.outputs.append(Record("predictions-v1", b"first"))
+    second.outputs.append(Record("predictions-v1", b"second"))
+
+    async def main() -> BaseException | None:
+        release = asyncio.Event()
+
+        async def slow() -> None:
+            await release.wait()
+            if first_fails:
+                raise TritonUnavailable("down")
+
+        async def fast() -> None:
+            return None
+
+        one = asyncio.create_task(worker._handle(first, slow(), None, recorder, recorder))
+        two = asyncio.create_task(worker._handle(second, fast(), one, recorder, recorder))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert recorder.calls == []  # processed, and waiting for the batch read before it
+        release.set()
+        results = await asyncio.gather(one, two, return_exceptions=True)
+        return next((r for r in results if isinstance(r, BaseException)), None)
+
+    return recorder.calls, asyncio.run(main())
+
+
+def test_batches_go_out_and_commit_in_the_order_they_were_read_whichever_is_processed_first() -> None:
+    calls, error = _handled(_worker())
+    assert error is None
+    assert calls == [("produce", [b"first"]), ("commit", [1]), ("produce", [b"second"]), ("commit", [2])]
+
+
+def test_a_batch_read_after_one_that_failed_neither_goes_out_nor_commits() -> None:
+    calls, error = _handled(_worker(), first_fails=True)
+    assert isinstance(error, TritonUnavailable)
+    assert calls == []  # both are redelivered: nothing was committed past the failed batch
