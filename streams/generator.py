@@ -19,6 +19,8 @@ from streams.client import KafkaProducer, Record
 from streams.schemas import InvalidRecord, parse_label
 from streams.synthetic import SyntheticStream
 
+PACE_TICK_S = 0.005  # at a set rate, events due within this are sent in one request
+
 _CSV_FIELDS = {"event_id", "entity_id", "event_time", "text", "schema_version"}
 
 
@@ -183,17 +185,19 @@ def produce(
     pending: list[Record] = []
     sent = 0
     for records in batches:
+        if rate:
+            # Events due within a tick go out together, one request per tick as a producer lingering that long
+            # sends them; the next event not due yet: send what is, and wait for it.
+            ahead = started + sent / rate - time.monotonic()
+            if ahead > PACE_TICK_S:
+                producer.produce_batch(pending)
+                pending = []
+                time.sleep(ahead)
         if labels is not None:
             now = time.monotonic()
             records = labels.split(records, now) + labels.due(now)
         pending += records
         sent += 1
-        if rate:
-            ahead = started + sent / rate - time.monotonic()
-            if ahead > 0:
-                producer.produce_batch(pending)
-                pending = []
-                time.sleep(ahead)
         if len(pending) >= chunk:
             producer.produce_batch(pending)
             pending = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 
 from foundation.settings import load_settings
+from streams import generator
 from streams.client import Record
 from streams.generator import LabelSchedule, produce, synthetic_records
 from streams.schemas import parse_event, parse_label
@@ -126,6 +128,17 @@ def test_produce_sends_the_held_labels_after_the_events_before_it_returns():
     assert topics.count(EVENTS) == 40 and topics.count(LABELS) + schedule.dropped == 40
     assert topics.index(LABELS) > max(i for i, t in enumerate(topics) if t == EVENTS)  # as fast as possible: after
     assert len(schedule) == 0
+
+
+def test_at_a_set_rate_events_due_within_a_tick_go_out_together_and_never_ahead_of_time():
+    recorder, rate, count, stream = _Recorder(), 1000.0, 100, _stream(100)
+    began = time.monotonic()
+    assert produce(recorder, stream, rate=rate) == count
+    elapsed = time.monotonic() - began
+    sent = [batch for batch in recorder.batches if batch]
+    assert [r for batch in sent for r in batch] == [r for records in stream for r in records]
+    assert max(len(batch) for batch in sent) > 1 and len(sent) < count  # a request per tick, not per event
+    assert elapsed >= (count - 1) / rate - generator.PACE_TICK_S  # never more than a tick ahead of the rate
 
 
 def test_the_same_traffic_sent_again_with_another_id_seed_reuses_no_event_id():
