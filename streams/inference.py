@@ -13,10 +13,11 @@ A SIGTERM during an outage leaves the held batches uncommitted: they are redeliv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -187,8 +188,8 @@ class InferenceWorker:
                 if messages:
                     batch = Batch(messages)
                     previous = in_flight[-1][1] if in_flight else None
-                    processing = self._process(batch, store, feature_names, classifier, tracker)
-                    task = asyncio.create_task(self._handle(batch, processing, previous, producer, consumer))
+                    process = functools.partial(self._process, batch, store, feature_names, classifier, tracker)
+                    task = asyncio.create_task(self._handle(batch, process, previous, producer, consumer))
                     in_flight.append((batch, task))
                     self._count_in_flight(in_flight)
             while in_flight:
@@ -266,15 +267,15 @@ class InferenceWorker:
     async def _handle(
         self,
         batch: Batch,
-        processing: Coroutine[None, None, None],
+        process: Callable[[], Awaitable[None]],
         previous: asyncio.Task | None,
         producer: KafkaProducer,
         consumer: KafkaConsumer,
     ) -> None:
-        """Run ``processing`` (the batch's :meth:`_process`), then, once ``previous`` (the batch read before) is
+        """Run ``process()`` (the batch's :meth:`_process`), then, once ``previous`` (the batch read before) is
         done, produce the outputs and commit the batch. The worker reads on meanwhile; outputs go out and offsets
         are committed in the order the batches were read."""
-        await processing
+        await process()
         if previous is not None:
             await previous
         batch.completing = True

@@ -286,8 +286,8 @@ def _handled(worker: InferenceWorker, first_fails: bool = False) -> tuple[list, 
         async def fast() -> None:
             return None
 
-        one = asyncio.create_task(worker._handle(first, slow(), None, recorder, recorder))
-        two = asyncio.create_task(worker._handle(second, fast(), one, recorder, recorder))
+        one = asyncio.create_task(worker._handle(first, slow, None, recorder, recorder))
+        two = asyncio.create_task(worker._handle(second, fast, one, recorder, recorder))
         for _ in range(10):
             await asyncio.sleep(0)
         assert recorder.calls == []  # processed, and waiting for the batch read before it
