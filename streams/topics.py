@@ -31,12 +31,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
         KafkaClientError: the broker did not answer.
     """
     admin = AdminClient(client_config(settings))
-    try:
-        existing = admin.list_topics(timeout=timeout_s).topics
-    except KafkaException as exc:
-        raise KafkaClientError(f"cannot list topics on {settings.kafka_bootstrap}: {exc}") from exc
-
+    existing = _listing(admin, settings, timeout_s)
     result: dict[str, str] = {}
+    names: dict[str, str] = {}  # full -> logical name of each topic to create
     to_create: list[NewTopic] = []
     for name, spec in settings.kafka.topics.items():
         full = settings.kafka.topic(name)
@@ -45,6 +42,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
             result[full] = "exists"
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        names[full] = name
         to_create.append(NewTopic(full, num_partitions=spec.partitions, replication_factor=-1, config=config))
 
     raced: list[str] = []
@@ -63,20 +61,24 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
     if raced:
         # Created by someone else since the listing (another process, or a broker whose metadata lagged behind its
         # own creation): checked like any existing topic, once the metadata shows it.
-        by_name = {settings.kafka.topic(name): name for name in settings.kafka.topics}
-        for full, have in _partition_counts(admin, raced, timeout_s).items():
-            _check_partitions(settings, by_name[full], have)
+        for full, have in _partition_counts(admin, settings, raced, timeout_s).items():
+            _check_partitions(settings, names[full], have)
     return result
 
 
-def _partition_counts(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, int]:
+def _listing(admin: AdminClient, settings: Settings, timeout_s: float) -> dict:
+    """The broker's topics by full name. Raises: KafkaClientError when it does not answer."""
+    try:
+        return admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise KafkaClientError(f"cannot list topics on {settings.kafka_bootstrap}: {exc}") from exc
+
+
+def _partition_counts(admin: AdminClient, settings: Settings, topics: list[str], timeout_s: float) -> dict[str, int]:
     """Partitions of each of ``topics``, waiting for the broker's metadata to show them all."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            listed = admin.list_topics(timeout=timeout_s).topics
-        except KafkaException as exc:
-            raise KafkaClientError(f"cannot list topics: {exc}") from exc
+        listed = _listing(admin, settings, timeout_s)
         counts = {t: len(listed[t].partitions) for t in topics if t in listed and listed[t].partitions}
         if len(counts) == len(topics):
             return counts
