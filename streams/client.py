@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 _SECRET_KEYS = ("password", "secret", "key.password", "key.pem", "sasl.oauthbearer.config", "jaas", "token")
 
 Headers = list[tuple[str, bytes]]
+# A consumer fetching over a window asks for this much: the broker answers at it or when the window ends, whichever
+# comes first, so a fetch carries a window's events at moderate rates instead of one event.
+WINDOW_FETCH_MIN_BYTES = 64 * 1024
 
 
 def client_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -140,11 +140,12 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
     @app.timer(interval=COMMIT_GAP_CHECK_S)
     async def reread_stalled_partitions() -> None:
         """Read again the events faust fetched and dropped with none after them (see ``streams.fetch_ledger``)."""
-        if restart_stuck_recovery(app, time.monotonic()):
+        now = time.monotonic()
+        if restart_stuck_recovery(app, now):
             return
         if app.rebalancing:
             return  # faust seeks every partition to its committed offset when the rebalance ends
-        for tp, offset in app.fetch_ledger.stalled(time.monotonic()).items():
+        for tp, offset in app.fetch_ledger.stalled(now).items():
             log.warning(
                 "events of %s[%d] from offset %d fetched and never delivered: reading them again",
                 tp.topic,

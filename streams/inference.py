@@ -30,7 +30,7 @@ from features.online_read import FEATURE_NAMES, OnlineReader, open_reader
 from foundation.health import HealthServer
 from foundation.settings import Settings
 from streams.canary import route, serving_versions
-from streams.client import KafkaConsumer, KafkaProducer, Record
+from streams.client import WINDOW_FETCH_MIN_BYTES, KafkaConsumer, KafkaProducer, Record
 from streams.exceptions import DeliveryError, StreamsError
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 TRACE_HEADERS = ("trace-id", "traceparent", "x-trace-id")
 OUTAGES = (FeatureStoreNotReady, TritonUnavailable)  # waited out: the batch is held and retried
 UNBOUNDED_DELIVERY = {"message.timeout.ms": 0}  # a broker outage is waited out, however long (see produce_batch)
-FETCH_MIN_BYTES = 64 * 1024  # a fetch answers at this much or after workers.max_wait_ms, whichever comes first
 READ_WAIT_S = 0.25  # an idle read returns this often (stop and liveness); events end it as soon as they come
 
 
@@ -162,7 +161,7 @@ class InferenceWorker:
             workers.inference_group,
             [settings.kafka.topic("events-v1")],
             # The broker gathers what arrives within max_wait_ms into one fetch: a fetch per window, not per event.
-            {"fetch.wait.max.ms": workers.max_wait_ms, "fetch.min.bytes": FETCH_MIN_BYTES},
+            {"fetch.wait.max.ms": workers.max_wait_ms, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES},
         )
         producer = KafkaProducer(settings, UNBOUNDED_DELIVERY)
         tracker = ModelTracker(settings, settings.triton.model_name)

@@ -11,18 +11,19 @@ from typing import Any
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
-FETCH_MIN_BYTES = 64 * 1024
+from streams.client import WINDOW_FETCH_MIN_BYTES
+
 FETCH_MAX_WAIT_MS = 100
 
 
 class WindowedFetchThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """faust's consumer thread, whose fetches the broker answers at ``FETCH_MIN_BYTES`` or after
+    """faust's consumer thread, whose fetches the broker answers at ``WINDOW_FETCH_MIN_BYTES`` or after
     ``FETCH_MAX_WAIT_MS``: a fetch per window at moderate rates, not one per event (faust asks for 1 byte)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # faust passes no fetch_min_bytes; aiokafka reads both when the consumer starts (its fetcher is built then)
-        consumer._fetch_min_bytes = FETCH_MIN_BYTES
+        consumer._fetch_min_bytes = WINDOW_FETCH_MIN_BYTES
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
 
