@@ -48,7 +48,7 @@ from streams.ledger_consumer import LedgerConsumer
 from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, RECOVERY_RESTARTS, WorkerMetrics
 from streams.schemas import InvalidEvent, parse_event
 from streams.skips import SkippedRecords
-from streams.windows import FEATURES, add_event
+from streams.windows import FEATURES, EntityWindow, Features
 
 log = logging.getLogger(__name__)
 
@@ -244,27 +244,29 @@ def fold_batch(
 
 
 class BatchWindows:
-    """A batch's view of the windows table: reads see the batch's own changes first, writes wait for :meth:`flush`."""
+    """A batch's view of the windows table: each entity's window is taken from the table once, folded in place, and
+    written back by :meth:`flush`."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: faust.Table | dict) -> None:
         self.table = table
-        self.changed: dict[bytes, dict] = {}
+        self.changed: dict[bytes, EntityWindow] = {}
 
-    def get(self, key: bytes) -> dict | None:
-        return self.changed[key] if key in self.changed else self.table.get(key)
-
-    def __setitem__(self, key: bytes, state: dict) -> None:
-        self.changed[key] = state
+    def add(self, key: bytes, event_id: str, event_time: float, text_length: int) -> Features:
+        """Fold one event into the window of ``key`` and return its features (see ``streams.windows``)."""
+        window = self.changed.get(key)
+        if window is None:
+            window = self.changed[key] = EntityWindow(self.table.get(key))
+        return window.add(event_id, event_time, text_length)
 
     def flush(self) -> None:
         """Write each changed window to the table (and so to its changelog) once."""
-        for key, state in self.changed.items():
-            self.table[key] = state
+        for key, window in self.changed.items():
+            self.table[key] = window.state()
         self.changed.clear()
 
 
 def fold(
-    windows: faust.Table | BatchWindows,
+    windows: faust.Table | dict | BatchWindows,
     key: bytes | None,
     value: bytes | None,
     skipped: SkippedRecords | None = None,
@@ -276,14 +278,18 @@ def fold(
     folded for any other reason: that one is skipped and counted on ``skipped`` (with ``where``, e.g. its partition
     and offset, in the log line), so that no record can crash the agent and stall its partition.
     """
+    staged = windows if isinstance(windows, BatchWindows) else BatchWindows(windows)
     try:
-        return _fold(windows, key, value)
+        return _fold(staged, key, value)
     except Exception as exc:  # noqa: BLE001 - any record, any fault: skip it, never crash the agent
         (skipped or SKIPPED).skip(EVENTS_TOPIC, f"fold failed: {type(exc).__name__}: {exc}", **where)
         return None
+    finally:
+        if staged is not windows:
+            staged.flush()
 
 
-def _fold(windows: faust.Table | BatchWindows, key: bytes | None, value: bytes | None) -> dict | None:
+def _fold(windows: BatchWindows, key: bytes | None, value: bytes | None) -> dict | None:
     try:
         event = parse_event(value)
     except InvalidEvent:
@@ -291,8 +297,7 @@ def _fold(windows: faust.Table | BatchWindows, key: bytes | None, value: bytes |
     entity = event.entity_id.encode()
     if key != entity:
         return None  # keyed against the contract: the inference worker dead-letters it
-    state, features = add_event(windows.get(entity), event.event_id, event.event_time.timestamp(), len(event.text))
-    windows[entity] = state
+    features = windows.add(entity, event.event_id, event.event_time.timestamp(), len(event.text))
     return {"entity_id": event.entity_id, "event_timestamp": event.event_time, **features, "event_id": event.event_id}
 
 

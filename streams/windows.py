@@ -31,36 +31,74 @@ def empty_state() -> dict:
 
 
 def add_event(state: dict | None, event_id: str, event_time: float, text_length: int) -> tuple[dict, Features]:
-    """Fold one event (time in epoch seconds) into ``state``.
+    """Fold one event (time in epoch seconds) into ``state``, which is left as it was.
 
     Returns:
         The new state and the features of the windows that end at this event's time (a late event is placed by
         its time). An event already in the state is not counted again; its features are computed as before.
     """
-    state = state or empty_state()
-    ids, times, lengths = list(state["ids"]), list(state["times"]), list(state["lengths"])
-    if event_id in ids:
-        return state, features_at(times, lengths, event_time)
-    index = bisect_right(times, event_time)
-    ids.insert(index, event_id)
-    times.insert(index, event_time)
-    lengths.insert(index, text_length)
-    features = features_at(times, lengths, event_time)  # before pruning: the previous event may be days old
-    # Keep the last day, and always the newest event (the next event's "previous").
-    keep = min(max(bisect_left(times, times[-1] - DAY), len(times) - MAX_EVENTS), len(times) - 1)
-    return {"ids": ids[keep:], "times": times[keep:], "lengths": lengths[keep:]}, features
+    window = EntityWindow(state)
+    features = window.add(event_id, event_time, text_length)
+    return window.state(), features
 
 
-def features_at(times: list[float], lengths: list[int], at: float) -> Features:
-    """Window features as of time ``at`` over sorted ``times`` (which include the event at ``at``)."""
+class EntityWindow:
+    """One entity's window, changed in place: what folds many events of an entity at a time.
+
+    Taking a state copies it once; each event then costs a set lookup and one insertion, not a copy of the whole
+    window (which holds up to ``MAX_EVENTS`` events of a busy entity).
+    """
+
+    __slots__ = ("ids", "times", "lengths", "_seen", "_total")
+
+    def __init__(self, state: dict | None = None) -> None:
+        state = state or empty_state()
+        self.ids, self.times, self.lengths = list(state["ids"]), list(state["times"]), list(state["lengths"])
+        self._seen = set(self.ids)
+        self._total = sum(self.lengths)
+
+    def add(self, event_id: str, event_time: float, text_length: int) -> Features:
+        """Fold one event (see :func:`add_event`) and return its features."""
+        times = self.times
+        if event_id in self._seen:
+            return features_at(times, self.lengths, event_time, self._total)
+        index = bisect_right(times, event_time)
+        self.ids.insert(index, event_id)
+        times.insert(index, event_time)
+        self.lengths.insert(index, text_length)
+        self._seen.add(event_id)
+        self._total += text_length
+        # before pruning: the previous event may be days old
+        features = features_at(times, self.lengths, event_time, self._total)
+        # Keep the last day, and always the newest event (the next event's "previous").
+        keep = min(max(bisect_left(times, times[-1] - DAY), len(times) - MAX_EVENTS), len(times) - 1)
+        if keep > 0:
+            self._seen.difference_update(self.ids[:keep])
+            self._total -= sum(self.lengths[:keep])
+            del self.ids[:keep], times[:keep], self.lengths[:keep]
+        return features
+
+    def state(self) -> dict:
+        """The JSON-able state (shares the window's lists: take it when done folding)."""
+        return {"ids": self.ids, "times": self.times, "lengths": self.lengths}
+
+
+def features_at(times: list[float], lengths: list[int], at: float, total: int | None = None) -> Features:
+    """Window features as of time ``at`` over sorted ``times`` (which include the event at ``at``); ``total``, the
+    sum of all ``lengths`` when the caller keeps it, spares summing a long window (its complement is summed instead).
+    """
     end = bisect_right(times, at)
     first_at = bisect_left(times, at)
     start_1h = bisect_right(times, at - HOUR)
     start_24h = bisect_right(times, at - DAY)
-    window = lengths[start_24h:end]
+    count = end - start_24h
+    if total is not None and 2 * count > len(lengths):
+        length_sum = total - sum(lengths[:start_24h]) - sum(lengths[end:])
+    else:
+        length_sum = sum(lengths[start_24h:end])
     return {
         "msg_count_1h": end - start_1h,
-        "msg_count_24h": end - start_24h,
-        "mean_text_length": sum(window) / len(window) if window else 0.0,
+        "msg_count_24h": count,
+        "mean_text_length": length_sum / count if count else 0.0,
         "seconds_since_last_event": at - times[first_at - 1] if first_at > 0 else None,
     }

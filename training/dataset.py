@@ -26,7 +26,7 @@ from foundation.settings import Settings
 from streams.schemas import Event, InvalidRecord, Label, parse_event, parse_label
 from streams.skips import SkippedRecords
 from streams.synthetic import SyntheticStream
-from streams.windows import add_event
+from streams.windows import EntityWindow
 from training.exceptions import DatasetError
 from training.servable.runtime import FEATURE_NAMES
 from training.snapshot import SnapshotError, read_topic
@@ -311,7 +311,7 @@ def bootstrap_dataset(settings: Settings, samples: int | None = None, end: datet
 def synthetic_features(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Features of synthetic events, as the live pipeline serves them.
 
-    The feature worker folds each event into its entity's windows (``streams.windows.add_event``) and pushes that
+    The feature worker folds each event into its entity's windows (``streams.windows.EntityWindow``) and pushes that
     row; the inference worker, reading the store as an event arrives, sees the row of the entity's *previous* event
     (nothing for its first). So each event here gets the features folded at its entity's previous event. Profile
     features are left empty, as they are for live traffic until a batch job writes ``entity_profile``.
@@ -323,7 +323,7 @@ def synthetic_features(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     Returns:
         ``event_id`` and the six features (null where the pipeline would have none).
     """
-    states: dict[str, dict] = {}
+    windows: dict[str, EntityWindow] = {}
     served: dict[str, dict] = {}
     rows = []
     ordered = frame.sort_values(["event_timestamp", "event_id"], kind="stable")
@@ -333,5 +333,7 @@ def synthetic_features(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         rows.append(
             {"event_id": event_id, **served.get(entity_id, {}), "account_age_days": None, "lifetime_events": None}
         )
-        states[entity_id], served[entity_id] = add_event(states.get(entity_id), event_id, when.timestamp(), len(text))
+        if entity_id not in windows:
+            windows[entity_id] = EntityWindow()
+        served[entity_id] = windows[entity_id].add(event_id, when.timestamp(), len(text))
     return pd.DataFrame(rows, columns=["event_id", *FEATURE_NAMES])

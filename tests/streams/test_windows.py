@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streams.windows import DAY, HOUR, MAX_EVENTS, add_event
+from streams.windows import DAY, HOUR, MAX_EVENTS, EntityWindow, add_event
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +61,39 @@ def test_state_is_bounded():
         state, _ = add_event(state, str(i), T0 + i * 0.001, 1)
     assert len(state["times"]) == len(state["ids"]) == MAX_EVENTS
     assert state["ids"][0] == "50"
+
+
+_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from([str(i) for i in range(40)]),  # repeated ids: redeliveries
+        st.floats(T0, T0 + 3 * DAY),  # late events and events more than a day apart
+        st.integers(0, 500),
+    ),
+    max_size=120,
+)
+
+
+@given(_EVENTS)
+@settings(max_examples=200, deadline=None)
+def test_a_window_folded_in_place_matches_folding_from_its_state_each_time(events):
+    # The in-place window keeps its ids' set and its lengths' total across events and prunes; a window made from
+    # the state before each event computes them afresh.
+    window, state = EntityWindow(), None
+    for event_id, at, length in events:
+        state, expected = add_event(state, event_id, at, length)
+        assert window.add(event_id, at, length) == expected
+    assert window.state() == (state or EntityWindow().state())
+
+
+def test_a_late_event_averages_only_its_own_day_of_the_window():
+    window = EntityWindow()
+    for i, length in enumerate([50, 100, 100, 1, 3]):
+        window.add(str(i), T0 + i * 10 * HOUR, length)  # 0, 10, 20, 30, 40 h: the state keeps 20, 30 and 40 h
+    # at 35 h its day holds 20 h, 30 h and itself, not the event at 40 h
+    assert window.add("late", T0 + 35 * HOUR, 8) == {
+        "msg_count_1h": 1,
+        "msg_count_24h": 3,
+        "mean_text_length": (100 + 1 + 8) / 3,
+        "seconds_since_last_event": 5 * HOUR,
+    }
+    assert window.state()["ids"] == ["2", "3", "late", "4"]
