@@ -168,7 +168,10 @@ class WorkerSettings(_Section):
     # SIGTERM: a worker finishes and commits what it can within this time, then exits even when Kafka, Feast or
     # Triton is unreachable (what it did not commit is redelivered); `driftloop workers` SIGKILLs a child after it.
     shutdown_grace_s: float = Field(default=20.0, gt=0)
-    feature_push_batch: int = 500
+    # Up to this many events per push at saturation (below it, feature_push_interval_s bounds a batch): a push costs
+    # mostly per call (the online rows are one per entity; a parquet part per push), and each entity's window goes to
+    # the changelog once per batch. 2,000 took the feature worker from ~190 to ~140 µs of CPU per event against 500.
+    feature_push_batch: int = Field(default=2000, ge=1)
     feature_push_timeout_s: float = Field(default=30.0, gt=0)  # a push that hangs longer is an outage: tried again
     feature_push_interval_s: float = 0.5
     # Events of a partition fetched and not delivered this long while the feature worker is idle were dropped inside
