@@ -22,6 +22,7 @@ from streams.client import client_config
 from streams.feature_app import create_app
 from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED
 from streams.synthetic import SyntheticStream
+from streams.windows import fingerprint
 
 pytestmark = pytest.mark.integration
 
@@ -87,9 +88,9 @@ def test_dropped_events_are_folded_once_and_commits_reach_the_end(
             await app.stop()
         table = app.windows_table
         folded = {e.entity_id: table[e.entity_id.encode()]["ids"] for e in events}
-        in_order: dict[str, list[str]] = {}
+        in_order: dict[str, list[int]] = {}
         for e in sorted(events, key=lambda e: e.event_time):
-            in_order.setdefault(e.entity_id, []).append(e.event_id)
+            in_order.setdefault(e.entity_id, []).append(fingerprint(e.event_id))
         assert folded == in_order, "every event folded once"
 
     asyncio.run(scenario())
