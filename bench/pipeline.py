@@ -72,7 +72,7 @@ from features.store import apply_repo, online_features
 from foundation.settings import Settings, load_settings
 from streams import KafkaProducer, ensure_topics
 from streams.client import Record
-from streams.generator import produce, synthetic_records
+from streams.generator import dated_as_sent, produce, synthetic_records
 from streams.reader import BEGINNING, TopicReader
 
 NULL_MODEL = "bench_null"
@@ -365,8 +365,8 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def records(settings: Settings, count: int, seed: int) -> list[list[Record]]:
-    return list(synthetic_records(settings, count, seed=seed, labels=False))
+def records(settings: Settings, count: int, seed: int, rate: float | None = None) -> list[list[Record]]:
+    return list(synthetic_records(settings, count, seed=seed, labels=False, **dated_as_sent(count, rate)))
 
 
 def send(settings: Settings, batches: list[list[Record]], rate: float | None = None) -> None:
@@ -475,7 +475,7 @@ def measure_model(
             rate = max(1.0, saturated * fraction)
             count = int(max(50, min(events, rate * fixed_s)))
             first = len(arrivals)
-            batches = records(settings, count, seed=10 + i)
+            batches = records(settings, count, seed=10 + i, rate=rate)
             fixed_cpu, began, _ = cpu_during(count, lambda b=batches, r=rate: produce(producer, b, rate=r))
             timings = [json.loads(v)["timings_ms"] for _, v in arrivals.records[first : first + count]]
             ends = [t["end_to_end"] for t in timings]

@@ -168,6 +168,10 @@ class WorkerSettings(_Section):
     # SIGTERM: a worker finishes and commits what it can within this time, then exits even when Kafka, Feast or
     # Triton is unreachable (what it did not commit is redelivered); `driftloop workers` SIGKILLs a child after it.
     shutdown_grace_s: float = Field(default=20.0, gt=0)
+    # An event dated further than this ahead of its record's timestamp is refused (dead-lettered; the feature worker
+    # skips it): it would empty its entity's window and freeze its Redis features until that time. None: any date.
+    # One hour, like Kafka 4's log.message.timestamp.after.max.ms for record timestamps.
+    max_event_ahead_s: float | None = Field(default=3600.0, gt=0)
     # Up to this many events per push at saturation (below it, feature_push_interval_s bounds a batch): a push costs
     # mostly per call (the online rows are one per entity; a parquet part per push), and each entity's window goes to
     # the changelog once per batch. 2,000 took the feature worker from ~190 to ~140 µs of CPU per event against 500.

@@ -46,7 +46,7 @@ from streams.client import client_config
 from streams.fetch_ledger import FetchLedger
 from streams.ledger_consumer import LedgerConsumer
 from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, RECOVERY_RESTARTS, WorkerMetrics
-from streams.schemas import InvalidEvent, parse_event
+from streams.schemas import InvalidEvent, check_record_of, parse_event
 from streams.skips import SkippedRecords
 from streams.windows import FEATURES, EntityWindow, Features
 
@@ -122,7 +122,7 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
         ):
             started = time.monotonic()
             ledger.batch_started()
-            rows, recovered = fold_batch(windows, batch, SKIPPED, ledger)
+            rows, recovered = fold_batch(windows, batch, SKIPPED, ledger, workers.max_event_ahead_s)
             if not await pusher.push(rows):
                 log.warning(
                     "stopping with a batch unpushed: %d events left unacknowledged, redelivered later",
@@ -207,9 +207,13 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 
 def fold_batch(
-    windows: faust.Table, batch: list, skipped: SkippedRecords, ledger: FetchLedger | None = None
+    windows: faust.Table,
+    batch: list,
+    skipped: SkippedRecords,
+    ledger: FetchLedger | None = None,
+    max_ahead_s: float | None = None,
 ) -> tuple[list[dict], list]:
-    """Fold each event of a faust batch, in offset order per partition.
+    """Fold each event of a faust batch, in offset order per partition (``max_ahead_s``: see :func:`fold`).
 
     Returns:
         The feature rows of the events that count (see :func:`fold`), and the records faust fetched and dropped that
@@ -230,8 +234,10 @@ def fold_batch(
             for missed in ledger.delivered(tp, message.offset, now):
                 recovered.append((tp, missed))
                 where = {"partition": tp.partition, "offset": missed.offset}
-                rows.append(fold(staged, missed.key, missed.value, skipped, **where))
-        rows.append(fold(staged, event.key, event.value, skipped, partition=message.partition, offset=message.offset))
+                written_at = missed.timestamp / 1000 if missed.timestamp is not None else None  # aiokafka: ms
+                rows.append(fold(staged, missed.key, missed.value, skipped, written_at, max_ahead_s, **where))
+        where = {"partition": message.partition, "offset": message.offset}
+        rows.append(fold(staged, event.key, event.value, skipped, message.timestamp, max_ahead_s, **where))
     staged.flush()
     if recovered:
         DROPPED_EVENTS_RECOVERED.labels("features").inc(len(recovered))
@@ -270,17 +276,20 @@ def fold(
     key: bytes | None,
     value: bytes | None,
     skipped: SkippedRecords | None = None,
+    written_at: float | None = None,
+    max_ahead_s: float | None = None,
     **where: object,
 ) -> dict | None:
     """Fold one raw event into its entity's window and return its feature row (plus ``event_id``, not pushed).
 
-    None for an event the contract refuses (the inference worker dead-letters it) and for a record that cannot be
+    None for a record the inference worker dead-letters (``streams.schemas.check_record_of`` with the record's
+    timestamp ``written_at`` and ``max_ahead_s``, after the event contract) and for a record that cannot be
     folded for any other reason: that one is skipped and counted on ``skipped`` (with ``where``, e.g. its partition
     and offset, in the log line), so that no record can crash the agent and stall its partition.
     """
     staged = windows if isinstance(windows, BatchWindows) else BatchWindows(windows)
     try:
-        return _fold(staged, key, value)
+        return _fold(staged, key, value, written_at, max_ahead_s)
     except Exception as exc:  # noqa: BLE001 - any record, any fault: skip it, never crash the agent
         (skipped or SKIPPED).skip(EVENTS_TOPIC, f"fold failed: {type(exc).__name__}: {exc}", **where)
         return None
@@ -289,15 +298,15 @@ def fold(
             staged.flush()
 
 
-def _fold(windows: BatchWindows, key: bytes | None, value: bytes | None) -> dict | None:
+def _fold(
+    windows: BatchWindows, key: bytes | None, value: bytes | None, written_at: float | None, max_ahead_s: float | None
+) -> dict | None:
     try:
         event = parse_event(value)
+        check_record_of(event, key, written_at, max_ahead_s)
     except InvalidEvent:
-        return None
-    entity = event.entity_id.encode()
-    if key != entity:
-        return None  # keyed against the contract: the inference worker dead-letters it
-    features = windows.add(entity, event.event_id, event.event_time.timestamp(), len(event.text))
+        return None  # the inference worker dead-letters it
+    features = windows.add(key, event.event_id, event.event_time.timestamp(), len(event.text))
     return {"entity_id": event.entity_id, "event_timestamp": event.event_time, **features, "event_id": event.event_id}
 
 

@@ -23,6 +23,18 @@ PACE_TICK_S = 0.005  # at a set rate, events due within this are sent in one req
 
 _CSV_FIELDS = {"event_id", "entity_id", "event_time", "text", "schema_version"}
 
+#: How far apart synthetic events are dated unless told otherwise.
+EVENT_SPACING = timedelta(milliseconds=100)
+
+
+def dated_as_sent(count: int, rate: float | None) -> dict[str, datetime | timedelta]:
+    """``start`` and ``interval`` for :func:`synthetic_records` whose events are dated as they are sent: ``1 / rate``
+    apart from now, or, sent at once, a backlog that ends now. Dated ahead of the clock, a long run would pass
+    ``workers.max_event_ahead_s`` and its later events would be dead-lettered."""
+    if rate:
+        return {"start": datetime.now(UTC), "interval": timedelta(seconds=1 / rate)}
+    return {"start": datetime.now(UTC) - count * EVENT_SPACING, "interval": EVENT_SPACING}
+
 
 def synthetic_records(
     settings: Settings,
@@ -32,7 +44,7 @@ def synthetic_records(
     drift_at: int | None = None,
     labels: bool = True,
     start: datetime | None = None,
-    interval: timedelta = timedelta(milliseconds=100),
+    interval: timedelta = EVENT_SPACING,
     id_seed: int | None = None,
 ) -> Iterator[list[Record]]:
     """Per generated event, the records to send: the event, and its label unless ``labels`` is off.

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 import numpy as np
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from features.exceptions import FeatureStoreNotReady
 from features.online_read import FEATURE_NAMES, OnlineReader, open_reader
@@ -43,6 +43,7 @@ from streams.schemas import (
     Prediction,
     Source,
     Timings,
+    check_record_of,
     parse_event,
 )
 from streams.text_stats import load_vocab, text_stats
@@ -96,18 +97,15 @@ def feature_matrix(features: dict[str, list], names: Sequence[str]) -> np.ndarra
     return np.asarray(columns, dtype=np.float32).T.reshape(len(features[names[0]]) if names else 0, len(names))
 
 
-def checked_event(msg: Message) -> Event:
-    """The record's event, keyed by its entity id.
+def checked_event(msg: Message, max_ahead_s: float | None = None) -> Event:
+    """The record's event, keyed by its entity id and dated at most ``max_ahead_s`` ahead of the record.
 
     Raises:
-        InvalidEvent: the value breaks the event contract, or the key is not the event's ``entity_id``.
+        InvalidEvent: the value breaks the event contract, or the record breaks ``check_record_of``.
     """
     event = parse_event(msg.value())
-    if msg.key() != event.entity_id.encode():
-        key = msg.key()
-        raise InvalidEvent(
-            f"the record key must be the entity_id {event.entity_id!r}, got {key if key is None else key[:64]!r}"
-        )
+    kind, written_ms = msg.timestamp()
+    check_record_of(event, msg.key(), written_ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None, max_ahead_s)
     return event
 
 
@@ -334,9 +332,10 @@ class InferenceWorker:
         """The batch's valid events; each record the contract refuses (or that fails in any other way) becomes a
         dead letter with the reason."""
         events: list[tuple[Message, Event]] = []
+        max_ahead_s = self.settings.workers.max_event_ahead_s
         for msg in batch.messages:
             try:
-                events.append((msg, checked_event(msg)))
+                events.append((msg, checked_event(msg, max_ahead_s)))
             except InvalidEvent as exc:
                 batch.outputs.append(dead_letter(self.settings, msg, "validate", exc.reason))
                 batch.dead += 1

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import math
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -273,6 +274,36 @@ def parse_event(raw: bytes | None) -> Event:
     if version != SCHEMA_VERSION:
         raise InvalidEvent(f"unknown schema_version {version!r}; this worker reads {SCHEMA_VERSION}")
     return _validate(Event, data, InvalidEvent)
+
+
+def check_record_of(
+    event: Event, key: bytes | None, written_at: float | None, max_ahead_s: float | None, now: float | None = None
+) -> None:
+    """Check what the stream workers require of an events-topic record beyond its value's contract: the key is the
+    event's ``entity_id``, and ``event_time`` lies at most ``max_ahead_s`` (None: any) ahead of when the record was
+    written (``written_at``, its timestamp in epoch seconds; the clock instead when it has none or is ahead of it).
+
+    Both workers judge a record alike: by its timestamp, not by when they read it (the clock only bounds a timestamp
+    that claims to come from the future). A far-future event would empty its entity's window (the window keeps the
+    day before its newest event) and freeze its online features in Redis (Feast keeps a row until a newer one comes).
+
+    Raises:
+        InvalidEvent: with the reason.
+    """
+    if key != event.entity_id.encode():
+        raise InvalidEvent(
+            f"the record key must be the entity_id {event.entity_id!r}, got {key if key is None else key[:64]!r}"
+        )
+    if max_ahead_s is None:
+        return
+    now = time.time() if now is None else now
+    reference = now if not written_at or written_at > now else written_at
+    ahead_s = event.event_time.timestamp() - reference
+    if ahead_s > max_ahead_s:
+        raise InvalidEvent(
+            f"dated too far ahead: event_time {event.event_time.isoformat()} is {ahead_s:,.0f} s after the record was "
+            f"written; workers.max_event_ahead_s allows {max_ahead_s:,.0f}"
+        )
 
 
 def parse_label(raw: bytes | None) -> Label:

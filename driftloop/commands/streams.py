@@ -19,7 +19,7 @@ from tqdm import tqdm
 from driftloop.commands.context import CommandContext, pass_ctx
 from streams.client import KafkaConsumer, KafkaProducer
 from streams.exceptions import StreamsError
-from streams.generator import LabelSchedule, file_records, produce, synthetic_records
+from streams.generator import LabelSchedule, dated_as_sent, file_records, produce, synthetic_records
 from streams.schemas import (
     DeadLetter,
     InvalidRecord,
@@ -105,6 +105,7 @@ def produce_command(
             drift_at,
             labels,
             id_seed=secrets.randbits(64) if id_seed is None else id_seed,
+            **dated_as_sent(count, rate),
         )
     )
     schedule = None

@@ -243,6 +243,12 @@ def _oversize_compressed(rng, event, i):
     return _key(event), _dumps(event), f"a {COMPRESSED_VALUE:,}-byte value that lz4 compresses under the broker limit"
 
 
+def _far_future(rng, event, i):
+    # Valid by the contract (before 2200) but dated far ahead of its record: it would empty the entity's window.
+    event["event_time"] = rng.choice(["2100-01-01T00:00:00Z", "2150-06-15T12:00:00+02:00", "2199-12-31T23:59:59Z"])
+    return _key(event), _dumps(event), f"dated {event['event_time']}, far ahead of its record"
+
+
 def _control_bytes(rng, event, i):
     body = _dumps(event)
     return _key(event), body.replace(b", ", b",\x00 ", 1), "a NUL byte between JSON tokens"
@@ -274,6 +280,7 @@ KINDS: dict[str, Builder] = {
     "bad_ids": _bad_ids,
     "bad_attributes": _bad_attributes,
     "control_bytes": _control_bytes,
+    "far_future": _far_future,
     "huge_key": _huge_key,
     # These two need a producer whose message.max.bytes is raised (PRODUCER_OVERRIDES).
     "huge_random": _huge_random,

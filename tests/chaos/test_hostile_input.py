@@ -24,7 +24,7 @@ import pytest
 
 from foundation.settings import Settings
 from streams import DeliveryError, KafkaConsumer, KafkaProducer, Record, ensure_topics
-from streams.schemas import DeadLetter, InvalidEvent, parse_event
+from streams.schemas import DeadLetter, InvalidEvent, check_record_of, parse_event
 from streams.synthetic import SyntheticStream
 from tests.chaos.corpus import (
     COMPRESSED_VALUE,
@@ -44,12 +44,13 @@ MIN_THROUGHPUT_RATIO = 0.25
 
 
 def _rejected(key: bytes | None, value: bytes | None) -> bool:
-    """The inference worker's validation: the event contract, then the key rule (key = entity_id)."""
+    """The inference worker's validation: the event contract, then the record rules (key = entity_id, not dated far
+    ahead of the record: its timestamp is about now)."""
     try:
-        event = parse_event(value)
+        check_record_of(parse_event(value), key, None, Settings().workers.max_event_ahead_s)
     except InvalidEvent:
         return True
-    return key != event.entity_id.encode()
+    return False
 
 
 @pytest.mark.unit

@@ -114,7 +114,9 @@ def test_a_batch_writes_each_entity_window_once_and_folds_as_event_by_event() ->
     stream = SyntheticStream(seed=5)
     events = [stream.one(NOW + timedelta(seconds=i)).event for i in range(200)]
     batch = [
-        SimpleNamespace(key=e.entity_id.encode(), value=e.to_bytes(), message=SimpleNamespace(partition=0, offset=i))
+        SimpleNamespace(
+            key=e.entity_id.encode(), value=e.to_bytes(), message=SimpleNamespace(partition=0, offset=i, timestamp=None)
+        )
         for i, e in enumerate(events)
     ]
     one_by_one: dict[bytes, dict] = {}
@@ -132,12 +134,35 @@ def test_a_batch_writes_each_entity_window_once_and_folds_as_event_by_event() ->
 
 
 @pytest.mark.unit
+def test_an_event_dated_far_ahead_of_its_record_is_not_folded() -> None:
+    stream = SyntheticStream(seed=7, entities=1)
+    events = [stream.one(NOW + timedelta(seconds=i)).event for i in range(3)]
+    ahead = events[1].model_copy(update={"event_time": NOW + timedelta(days=3)})
+    written_at = NOW.timestamp() + 5
+    batch = [
+        SimpleNamespace(
+            key=e.entity_id.encode(),
+            value=e.to_bytes(),
+            message=SimpleNamespace(partition=0, offset=i, timestamp=written_at),
+        )
+        for i, e in enumerate([events[0], ahead, events[2]])
+    ]
+    table: dict[bytes, dict] = {}
+
+    rows, _ = fold_batch(table, batch, SkippedRecords(registry=CollectorRegistry()), max_ahead_s=3600)
+
+    # the far-ahead event would have emptied the window: the next one would have seen no event before it
+    assert [row["event_id"] for row in rows] == [events[0].event_id, events[2].event_id]
+    assert rows[1]["msg_count_24h"] == 2 and rows[1]["seconds_since_last_event"] == 2
+
+
+@pytest.mark.unit
 def test_events_faust_fetched_and_dropped_are_folded_first_in_offset_order() -> None:
     stream = SyntheticStream(seed=6, entities=3)
     events = [stream.one(NOW + timedelta(seconds=i)).event for i in range(40)]
     tp = TP("events", 0)
     messages = [
-        SimpleNamespace(key=e.entity_id.encode(), value=e.to_bytes(), offset=i, partition=0, tp=tp)
+        SimpleNamespace(key=e.entity_id.encode(), value=e.to_bytes(), offset=i, partition=0, tp=tp, timestamp=None)
         for i, e in enumerate(events)
     ]
     ledger = FetchLedger("events", stall_s=30)

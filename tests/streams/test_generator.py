@@ -11,7 +11,7 @@ import pytest
 from foundation.settings import load_settings
 from streams import generator
 from streams.client import Record
-from streams.generator import LabelSchedule, produce, synthetic_records
+from streams.generator import LabelSchedule, dated_as_sent, produce, synthetic_records
 from streams.schemas import parse_event, parse_label
 
 pytestmark = pytest.mark.unit
@@ -151,3 +151,12 @@ def test_the_same_traffic_sent_again_with_another_id_seed_reuses_no_event_id():
     assert [(e.text, e.entity_id) for e in first] == [(e.text, e.entity_id) for e in second]
     assert not {e.event_id for e in first} & {e.event_id for e in second}
     assert sent(None) == sent(None) and sent(11) == first  # a given (or the default) id seed repeats its ids
+
+
+def test_synthetic_events_are_dated_as_they_are_sent_never_ahead_of_the_clock():
+    before = datetime.now(UTC)
+    backlog = [parse_event(r[0].value) for r in synthetic_records(SETTINGS, 50_000, **dated_as_sent(50_000, None))]
+    assert before - backlog[0].event_time > (backlog[-1].event_time - backlog[0].event_time) * 0.99
+    assert backlog[-1].event_time <= datetime.now(UTC)  # 50,000 events 100 ms apart: a backlog ending now
+    paced = [parse_event(r[0].value) for r in synthetic_records(SETTINGS, 101, **dated_as_sent(101, 50.0))]
+    assert (paced[-1].event_time - paced[0].event_time).total_seconds() == pytest.approx(2.0)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
 from foundation.settings import load_settings
 from streams import inference
@@ -93,6 +93,24 @@ def test_an_unexpected_parse_failure_is_dead_lettered_and_the_batch_goes_on(monk
 
     assert [event.event_id for _, event in events] == ["e1"]
     assert [letter.error for letter in _letters(batch)] == ["RuntimeError: parser bug"]
+
+
+def test_an_event_dated_far_ahead_of_its_record_becomes_a_dead_letter_with_the_reason() -> None:
+    written_ms = int(datetime(2026, 11, 30, 11, 30, tzinfo=UTC).timestamp() * 1000)  # _event is dated 12:00
+    batch = Batch(
+        [
+            _message(_event("e1"), offset=1, timestamp=(TIMESTAMP_CREATE_TIME, written_ms)),
+            _message(_event("e2"), offset=2, timestamp=(TIMESTAMP_CREATE_TIME, written_ms - 3_600_000)),
+        ]
+    )
+
+    events = _worker(max_event_ahead_s=3600)._parse(batch)
+
+    assert [event.event_id for _, event in events] == ["e1"]
+    assert [letter.error for letter in _letters(batch)] == [
+        "dated too far ahead: event_time 2026-11-30T12:00:00+00:00 is 5,400 s after the record was written; "
+        "workers.max_event_ahead_s allows 3,600"
+    ]
 
 
 def test_the_key_check_names_the_expected_entity_and_cuts_a_long_key() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.schemas import MAX_EVENT_BYTES, DeadLetter, InvalidEvent, Source, parse_event
+from streams.schemas import MAX_EVENT_BYTES, DeadLetter, InvalidEvent, Source, check_record_of, parse_event
 from streams.synthetic import SyntheticStream
 
 pytestmark = pytest.mark.unit
@@ -111,3 +111,25 @@ def test_synthetic_drift_changes_vocabulary_and_mapping():
     assert great and set(great) == {"positive"}
     stellar = [le.label for le in after if "stellar" in le.event.text.split()]
     assert stellar and set(stellar) == {"negative"}
+
+
+def _dated(event_time: str):
+    return parse_event(json.dumps(_event(event_time=event_time)).encode())
+
+
+def test_a_record_dated_far_ahead_of_its_timestamp_is_refused_by_the_record_rules():
+    written = datetime(2026, 11, 27, 10, tzinfo=UTC).timestamp()
+    now = written + 7 * 86_400  # read a week later: judged by the record's timestamp all the same
+    check_record_of(_dated("2026-11-27T10:59:00Z"), b"entity-1", written, 3600, now=now)
+    check_record_of(_dated("2020-01-01T00:00:00Z"), b"entity-1", written, 3600, now=now)  # the past is fine
+    with pytest.raises(InvalidEvent, match=r"dated too far ahead: event_time 2026-11-27T11:01:00\+00:00 is 3,660 s"):
+        check_record_of(_dated("2026-11-27T11:01:00Z"), b"entity-1", written, 3600, now=now)
+    check_record_of(_dated("2199-12-31T23:59:59Z"), b"entity-1", written, None, now=now)  # no bound
+
+
+def test_a_record_timestamp_from_the_future_or_none_is_bounded_by_the_clock():
+    now = datetime(2026, 11, 27, 10, tzinfo=UTC).timestamp()
+    for written in (None, 0, datetime(2150, 1, 1, tzinfo=UTC).timestamp()):
+        check_record_of(_dated("2026-11-27T10:30:00Z"), b"entity-1", written, 3600, now=now)
+        with pytest.raises(InvalidEvent, match="dated too far ahead"):
+            check_record_of(_dated("2149-12-31T00:00:00Z"), b"entity-1", written, 3600, now=now)
