@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from feast import FeatureStore
 from driftloop.stack.process import ServerProcess
 from features import apply_repo
 from foundation.settings import Settings, load_settings
+from streams import ensure_topics
 from tests.helpers import free_port, redis_command
 
 ONLINE_STORES = ("sqlite", "redis")
@@ -116,3 +118,22 @@ def stream_rows_factory() -> Callable[..., pd.DataFrame]:
         )
 
     return factory
+
+
+@pytest.fixture
+def feature_worker_settings(settings_factory, tmp_path) -> Callable[..., Settings]:
+    """Settings of an in-process feature worker on the session's broker with a Feast store of its own (topics made,
+    store applied); kwargs override the ``workers`` section."""
+
+    def make(**workers: object) -> Settings:
+        defaults = {
+            "features_group": f"features-{uuid.uuid4().hex[:6]}",
+            "faust_data_dir": tmp_path / "faust",
+            "metrics_port": 0,
+        }
+        settings = settings_factory(feast={"data_dir": tmp_path / "feast"}, workers=defaults | workers)
+        ensure_topics(settings)
+        apply_repo(settings)
+        return settings
+
+    return make

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from features import apply_repo
-from streams import KafkaProducer, Record, ensure_topics
+from streams import KafkaProducer, Record
 from streams.client import client_config
 from streams.feature_app import create_app
 from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED
@@ -55,21 +53,8 @@ def _count(metric) -> float:
 
 
 @pytest.mark.parametrize(("after", "recovered", "rereads"), [(AFTER, DROPPED, 0), (0, 0, 1)], ids=["middle", "tail"])
-def test_dropped_events_are_folded_once_and_commits_reach_the_end(
-    settings_factory, tmp_path, after, recovered, rereads
-):
-    settings = settings_factory(
-        feast={"data_dir": tmp_path / "feast"},
-        workers={
-            "features_group": f"features-{uuid.uuid4().hex[:6]}",
-            "faust_data_dir": tmp_path / "faust",
-            "feature_push_interval_s": 0.2,
-            "commit_stall_s": 2.0,
-            "metrics_port": 0,
-        },
-    )
-    ensure_topics(settings)
-    apply_repo(settings)
+def test_dropped_events_are_folded_once_and_commits_reach_the_end(feature_worker_settings, after, recovered, rereads):
+    settings = feature_worker_settings(feature_push_interval_s=0.2, commit_stall_s=2.0)
     topic = settings.kafka.topic("events-v1")
     events = [e.event for e in SyntheticStream(seed=5, entities=4).stream(WARMUP + DROPPED + after)]
     before = _count(DROPPED_EVENTS_RECOVERED), _count(COMMIT_GAP_REREADS)

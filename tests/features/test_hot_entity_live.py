@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from features import apply_repo
-from streams import KafkaProducer, Record, ensure_topics
+from streams import KafkaProducer, Record
 from streams.client import client_config
 from streams.feature_app import create_app
 from streams.schemas import Event
@@ -38,17 +36,8 @@ def _committed(settings, topic: str) -> int:
         consumer.close()
 
 
-def test_a_full_window_of_long_ids_is_folded_and_written_to_the_changelog(settings_factory, tmp_path):
-    settings = settings_factory(
-        feast={"data_dir": tmp_path / "feast"},
-        workers={
-            "features_group": f"features-{uuid.uuid4().hex[:6]}",
-            "faust_data_dir": tmp_path / "faust",
-            "metrics_port": 0,
-        },
-    )
-    ensure_topics(settings)
-    apply_repo(settings)
+def test_a_full_window_of_long_ids_is_folded_and_written_to_the_changelog(feature_worker_settings):
+    settings = feature_worker_settings()
     topic = settings.kafka.topic("events-v1")
     count = MAX_EVENTS + 500
     start = datetime.now(UTC) - timedelta(hours=12)
