@@ -64,11 +64,13 @@ lint: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
-## Pipeline throughput vs the raw model, tiny and MiniLM (one JSON line each), on the local stack.
+## Pipeline throughput vs the raw model, tiny and MiniLM, and the feature worker as its windows fill (one JSON line
+## each), on the local stack.
 bench: setup
 	$(BIN)/driftloop stack up
 	$(BIN)/python bench/pipeline.py --encoder tiny --replicas 1,2,3 --plot .stack/bench-pipeline-tiny.png
 	$(BIN)/python bench/pipeline.py --encoder minilm --plot .stack/bench-pipeline-minilm.png
+	$(BIN)/python bench/feature_worker.py --plot .stack/bench-feature-worker.png
 
 stack-up: setup
 	$(BIN)/driftloop stack up

@@ -105,12 +105,10 @@ class Servers:
     repository: Path
 
 
-@contextlib.contextmanager
-def servers(folder: Path, triton_env: dict[str, str] | None = None) -> Iterator[Servers]:
-    """Start what the benchmark needs under ``folder`` and stop it on exit; ``triton_env`` is added to the
-    environment of its tritonserver (and so of the python backend stubs)."""
+def private_settings(folder: Path) -> Settings:
+    """Settings of servers the benchmark starts itself under ``folder``, on free ports."""
     user = load_settings()
-    private = load_settings(
+    return load_settings(
         stack={
             "run_dir": folder / "stack",
             "serving_venv": user.stack.serving_venv,
@@ -123,33 +121,47 @@ def servers(folder: Path, triton_env: dict[str, str] | None = None) -> Iterator[
         },
         triton={"model_repository": folder / "triton_repo"},
     )
-    started = []
+
+
+@contextlib.contextmanager
+def broker(private: Settings) -> Iterator[tuple[str, int, str]]:
+    """The local stack's broker when it runs, else one started with ``private`` (stopped on exit): its bootstrap
+    servers, its PID, and which it is (``stack`` or ``private``)."""
+    user = load_settings()
+    stack_broker = local_kafka.server(user).pid()
+    if stack_broker is not None and local_kafka.is_ready(user):
+        yield user.kafka_bootstrap, stack_broker, "stack"
+        return
+    proc = local_kafka.server(private)
     try:
-        stack_broker = local_kafka.server(user).pid()
-        if stack_broker is not None and local_kafka.is_ready(user):
-            bootstrap, broker_pid, broker = user.kafka_bootstrap, stack_broker, "stack"
-        else:
-            proc = local_kafka.server(private)
-            broker_pid = local_kafka.start(private)
-            started.append(proc)
-            proc.wait_ready(lambda: local_kafka.is_ready(private), 120, "benchmark broker")
-            bootstrap, broker = private.kafka_bootstrap, "private"
-        proc = local_triton.server(private)
-        with _environment(triton_env or {}):
-            triton_pid = local_triton.start(private)
-        started.append(proc)
-        proc.wait_ready(lambda: local_triton.is_ready(private), 120, "benchmark tritonserver")
-        yield Servers(
-            bootstrap,
-            broker_pid,
-            broker,
-            triton_pid,
-            private.triton_http,
-            private.triton_grpc,
-            private.triton.model_repository,
-        )
+        broker_pid = local_kafka.start(private)
+        proc.wait_ready(lambda: local_kafka.is_ready(private), 120, "benchmark broker")
+        yield private.kafka_bootstrap, broker_pid, "private"
     finally:
-        for proc in reversed(started):
+        proc.stop()
+
+
+@contextlib.contextmanager
+def servers(folder: Path, triton_env: dict[str, str] | None = None) -> Iterator[Servers]:
+    """Start what the benchmark needs under ``folder`` and stop it on exit; ``triton_env`` is added to the
+    environment of its tritonserver (and so of the python backend stubs)."""
+    private = private_settings(folder)
+    with broker(private) as (bootstrap, broker_pid, which):
+        proc = local_triton.server(private)
+        try:
+            with _environment(triton_env or {}):
+                triton_pid = local_triton.start(private)
+            proc.wait_ready(lambda: local_triton.is_ready(private), 120, "benchmark tritonserver")
+            yield Servers(
+                bootstrap,
+                broker_pid,
+                which,
+                triton_pid,
+                private.triton_http,
+                private.triton_grpc,
+                private.triton.model_repository,
+            )
+        finally:
             proc.stop()
 
 
