@@ -297,7 +297,7 @@ def check_record_of(
     if max_ahead_s is None:
         return
     now = time.time() if now is None else now
-    reference = now if not written_at or written_at > now else written_at
+    reference = now if written_at is None or not 0 < written_at <= now else written_at
     ahead_s = event.event_time.timestamp() - reference
     if ahead_s > max_ahead_s:
         raise InvalidEvent(
