@@ -21,7 +21,8 @@ from foundation.settings import Settings
 from streams import KafkaConsumer, KafkaProducer
 from streams.client import client_config
 from streams.generator import synthetic_records
-from streams.schemas import DeadLetter, InvalidEvent, parse_event
+from streams.inference import checked_event
+from streams.schemas import DeadLetter, InvalidEvent
 
 __all__ = [
     "FOREIGN_HEADER",
@@ -72,16 +73,13 @@ def read_events(settings: Settings, expected: int, timeout_s: float = 60.0) -> S
         while len(sent) < expected and time.monotonic() < deadline:
             for msg in consumer.consume_batch(1000, 0.5):
                 position = (msg.partition(), msg.offset())
-                try:
-                    event = parse_event(msg.value())
+                try:  # the inference worker's judgment: the contract, then the record rules
+                    event = checked_event(msg, settings.workers.max_event_ahead_s)
                 except InvalidEvent:
                     sent.refused.add(position)
                     continue
-                if msg.key() == event.entity_id.encode():
-                    sent.valid[position] = event.event_id
-                    sent.entity[event.event_id] = event.entity_id
-                else:
-                    sent.refused.add(position)
+                sent.valid[position] = event.event_id
+                sent.entity[event.event_id] = event.entity_id
     return sent
 
 

@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from driftloop.demo import DemoPlan, run_loop
 from foundation.settings import Settings
 from streams.client import client_config
-from streams.schemas import InvalidEvent, parse_event
+from streams.schemas import InvalidEvent, check_record_of, parse_event
 from tests.chaos import fuzz_corpus
 from tests.chaos.accounting import FOREIGN_HEADER, Outputs, account, read_events
 from tests.chaos.fuzz_corpus import Hostile
@@ -61,13 +61,16 @@ def hostile_corpus(model: str) -> list[Hostile]:
 
 
 def _accepted_event(record: Hostile):
+    """The event the inference worker predicts, None for one it dead-letters: the contract, then the record rules
+    (its timestamp is about now: :func:`inject` backdates it by minutes, and the corpus's dates are years apart)."""
     if record.topic != "events":
         return None
     try:
         event = parse_event(record.value)
+        check_record_of(event, record.key, None, Settings().workers.max_event_ahead_s)
     except InvalidEvent:
         return None
-    return event if record.key == event.entity_id.encode() else None
+    return event
 
 
 def inject(settings: Settings, records: list[Hostile], backdate_s: float = 600.0) -> Counter[str]:
