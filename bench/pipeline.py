@@ -74,6 +74,7 @@ from streams import KafkaProducer, ensure_topics
 from streams.client import Record
 from streams.generator import dated_as_sent, produce, synthetic_records
 from streams.reader import BEGINNING, TopicReader
+from training.repository import MAX_BATCH_SIZE
 
 NULL_MODEL = "bench_null"
 NULL_MODEL_FILE = Path(__file__).with_name("null_model.py")
@@ -738,7 +739,9 @@ def main() -> None:
                 apply_repo(settings)
                 version = publish_classifier(settings, samples=200)
                 version_dir = found.repository / model / str(version)
-                batch = settings.workers.max_batch_size
+                # the raw model at the batch the pipeline hands it: a read of up to workers.max_batch_size events goes
+                # to Triton in requests of the served version's max_batch_size
+                batch = min(settings.workers.max_batch_size, MAX_BATCH_SIZE)
                 texts = [json.loads(r[0].value)["text"] for r in records(settings, max(events, 4 * batch), seed=1)]
                 raw, raw_cpu = raw_throughput(version_dir, texts, batch)
 

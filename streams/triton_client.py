@@ -3,10 +3,11 @@ inference workers, and :class:`TritonAdmin`, the synchronous calls of the stack,
 (health, repository index, load and unload). The classifier contract: TEXT (BYTES) + FEATURES (FP32) in, PROBS
 (FP32) out.
 
-A batch goes to Triton as one request, always for an explicit model version (never Triton's default, which is the
-highest loaded version: possibly a candidate). When a request fails, the batch is bisected; only an event that fails
-*alone*, twice, with an error that is the request's (e.g. a text the model refuses) is reported as failed (it goes to
-the dead-letter topic); the rest are answered. A failure that is the server's, not the request's - out of memory,
+A batch goes to Triton as one request (as concurrent requests of the version's ``max_batch_size`` when it is larger),
+always for an explicit model version (never Triton's default, which is the highest loaded version: possibly a
+candidate). When a request fails, the batch is bisected; only an event that fails *alone*, twice, with an error that
+is the request's (e.g. a text the model refuses) is reported as failed (it goes to the dead-letter topic); the rest
+are answered. A failure that is the server's, not the request's - out of memory,
 an internal error, a crashed stub - is never blamed on an event: a smaller batch may pass (a batch too large for the
 GPU is answered in halves), and where even one event fails that way the call raises ``TritonServerFault`` and the
 worker holds the batch and retries. When the server is unreachable, the call is retried with exponential backoff and
@@ -25,6 +26,7 @@ is the cure.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -111,6 +113,7 @@ class TritonClassifier:
         self._admin_headers = admin_headers(settings)
         self._served: frozenset[int] = frozenset()
         self._served_at = float("-inf")
+        self._max_batch: dict[int, int] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -157,6 +160,9 @@ class TritonClassifier:
         """
         if not texts:
             return []
+        limit = await self.max_batch_size(version)
+        if limit and len(texts) > limit:
+            return await self._classify_in_chunks(texts, features, version, limit)
         try:
             probs, served = await self._infer_with_retries(texts, features, version)
         except (TritonRequestError, TritonServerFault) as exc:
@@ -168,6 +174,28 @@ class TritonClassifier:
                 *await self.classify(texts[middle:], features[middle:], version),
             ]
         return [(row, served) for row in probs]
+
+    async def max_batch_size(self, version: int) -> int:
+        """The version's ``max_batch_size`` in its Triton config (0: none declared, or not known yet), read once."""
+        if version not in self._max_batch:
+            try:
+                response = await self._client.get_model_config(self.model, str(version), client_timeout=self.timeout_s)
+            except InferenceServerException:
+                return 0  # not known now: the request itself tells what is wrong (not served, unreachable, ...)
+            self._max_batch[version] = int(response.config.max_batch_size)
+        return self._max_batch[version]
+
+    async def _classify_in_chunks(self, texts, features, version: int, limit: int) -> list[Result]:
+        """:meth:`classify` of chunks of at most ``limit`` texts, concurrently (Triton's batcher and instances take
+        them side by side), answers in the order of ``texts``; the first chunk's error is raised after all ended."""
+        chunks = [slice(i, i + limit) for i in range(0, len(texts), limit)]
+        answers = await asyncio.gather(
+            *(self.classify(texts[chunk], features[chunk], version) for chunk in chunks), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return [result for answer in answers for result in answer]
 
     async def _alone(self, texts, features, version: int, error: StreamsError) -> Result:
         """One text that failed alone: a server fault is raised (hold); a request error counts only if it fails twice

@@ -32,9 +32,15 @@ OOM = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 class Scripted(TritonClassifier):
     """Answers like a server that runs out of memory above ``max_rows`` and refuses texts containing ``POISON``."""
 
-    def __init__(self, max_rows: int = 64, flaky: int = 0, fault: str = OOM, retries: int = 0) -> None:
+    def __init__(
+        self, max_rows: int = 64, flaky: int = 0, fault: str = OOM, retries: int = 0, declared: int = 0
+    ) -> None:
         super().__init__(load_settings(triton={"url": "127.0.0.1:1"}, workers={"triton_retries": retries}))
         self.max_rows, self.flaky, self.fault, self.calls = max_rows, flaky, fault, []
+        self.declared = declared  # the version's max_batch_size in its config (0: none)
+
+    async def max_batch_size(self, version: int) -> int:
+        return self.declared
 
     async def _infer(self, texts, features, version):
         self.calls.append(len(texts))
@@ -61,6 +67,22 @@ def classify(make, texts: list[str], version: int = 3, calls: list | None = None
             await client.close()
 
     return asyncio.run(run())
+
+
+def test_a_batch_over_the_declared_max_batch_size_goes_in_chunks_answered_in_order():
+    calls: list[int] = []
+    texts = [f"text {i}" for i in range(150)] + ["POISON"] + ["more"] * 19
+    results = classify(lambda: Scripted(max_rows=64, declared=64), texts, calls=calls)
+    assert sorted(calls[:3]) == [42, 64, 64]  # three requests side by side, none refused for its size
+    assert [isinstance(r, TritonRequestError) for r in results] == [False] * 150 + [True] + [False] * 19
+
+
+def test_a_failed_chunk_fails_the_batch_after_every_chunk_ended():
+    calls: list[int] = []
+    with pytest.raises(TritonServerFault):
+        classify(lambda: Scripted(max_rows=0, declared=64), ["x"] * 130, calls=calls)
+    # every chunk was tried and halved down to one event (64: 7 requests, 64: 7, 2: 2) before the fault was raised
+    assert sorted(calls) == sorted([64, 32, 16, 8, 4, 2, 1] * 2 + [2, 1])
 
 
 def test_out_of_memory_above_a_size_is_answered_in_halves_without_a_dead_letter():
