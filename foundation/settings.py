@@ -151,7 +151,10 @@ class WorkerSettings(_Section):
 
     inference_group: str = "driftloop-inference"
     features_group: str = "driftloop-features"
-    max_batch_size: int = Field(default=64, ge=1, le=1024)
+    # The inference worker reads up to this many events at once (fewer at low load: reads follow it) and sends them to
+    # Triton in requests of the served version's max_batch_size (64 for driftloop's). Under a backlog, 256 against 64
+    # drained 48 % more events/s with the tiny model (the per-read costs: poll, produce, commit, thread hand-offs).
+    max_batch_size: int = Field(default=256, ge=1, le=1024)
     # The inference consumer's fetch window (librdkafka fetch.wait.max.ms): what arrives within it comes in one
     # fetch, and a read returns as soon as something has come (batches follow the load).
     max_wait_ms: int = Field(default=20, ge=1)
