@@ -115,6 +115,7 @@ def main() -> None:
                         worker.wait(timeout=60)
                     except subprocess.TimeoutExpired:
                         worker.kill()
+                        worker.wait()
                     if worker.returncode not in (0, -signal.SIGTERM):
                         print((folder / "features.log").read_text(errors="replace")[-3000:], file=sys.stderr)
             finally:
