@@ -3,7 +3,7 @@ inference workers, and :class:`TritonAdmin`, the synchronous calls of the stack,
 (health, repository index, load and unload). The classifier contract: TEXT (BYTES) + FEATURES (FP32) in, PROBS
 (FP32) out.
 
-A batch goes to Triton as one request (as concurrent requests of the version's ``max_batch_size`` when it is larger),
+A batch goes to Triton as one request (as requests of the version's ``max_batch_size``, in turn, when it is larger),
 always for an explicit model version (never Triton's default, which is the highest loaded version: possibly a
 candidate). When a request fails, the batch is bisected; only an event that fails *alone*, twice, with an error that
 is the request's (e.g. a text the model refuses) is reported as failed (it goes to the dead-letter topic); the rest
@@ -26,7 +26,6 @@ is the cure.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -186,16 +185,13 @@ class TritonClassifier:
         return self._max_batch[version]
 
     async def _classify_in_chunks(self, texts, features, version: int, limit: int) -> list[Result]:
-        """:meth:`classify` of chunks of at most ``limit`` texts, concurrently (Triton's batcher and instances take
-        them side by side), answers in the order of ``texts``; the first chunk's error is raised after all ended."""
-        chunks = [slice(i, i + limit) for i in range(0, len(texts), limit)]
-        answers = await asyncio.gather(
-            *(self.classify(texts[chunk], features[chunk], version) for chunk in chunks), return_exceptions=True
-        )
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
-        return [result for answer in answers for result in answer]
+        """:meth:`classify` of chunks of at most ``limit`` texts, one after the other, answers in the order of
+        ``texts``. Not side by side: Triton's dynamic batcher would run concurrent chunks as one execution, larger than
+        the version takes (a model that runs out of memory above a size would then fail even single events)."""
+        results: list[Result] = []
+        for start in range(0, len(texts), limit):
+            results += await self.classify(texts[start : start + limit], features[start : start + limit], version)
+        return results
 
     async def _alone(self, texts, features, version: int, error: StreamsError) -> Result:
         """One text that failed alone: a server fault is raised (hold); a request error counts only if it fails twice
