@@ -38,6 +38,7 @@ from streams.generator import EVENT_SPACING, produce
 from streams.synthetic import SyntheticStream
 
 DRAIN_TIMEOUT_S = 300
+WARM_UP = 500  # events folded before the first round (they count in the windows)
 
 
 def backlog(settings, count: int, entities: int, seed: int) -> list[list[Record]]:
@@ -85,9 +86,9 @@ def main() -> None:
                 try:
                     groups = {"feature_worker": [worker.pid], "broker": procstat.tree(broker_pid)}
                     with KafkaProducer(settings) as producer:
-                        produce(producer, backlog(settings, 500, args.entities, seed=1))
+                        produce(producer, backlog(settings, WARM_UP, args.entities, seed=1))
                         wait_for(lambda: group_caught_up(settings, group), 180, "the warm-up", [worker])
-                        held = 500
+                        held = WARM_UP
                         for r in range(args.rounds):
                             records = backlog(settings, args.events, args.entities, seed=2 + r)
                             worker.send_signal(signal.SIGSTOP)
