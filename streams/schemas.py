@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streams.exceptions import StreamsError
@@ -130,6 +131,40 @@ class Prediction(_Contract):
     # Text descriptors of the event's text for drift monitoring (``length``, ``word_count``, ``oov_share``),
     # computed by the inference worker with ``monitoring.text_stats``; the text itself is not carried.
     text_stats: dict[Id, Finite] | None = Field(default=None, max_length=64)
+
+
+def encode_prediction(fields: dict[str, Any]) -> bytes:
+    """The bytes ``Prediction(**fields).to_bytes()`` writes, without building the model (~6x faster): the inference
+    worker's hot path.
+
+    ``fields`` are plain values, the nested ones as dicts (``model``, ``timings_ms``). The caller vouches for what its
+    own code and the validated event give (ids, label names, times); checked here is what a model or the feature
+    store hands over: every number must be finite, as the contract requires. Keys come out in the model's order and
+    a top-level None is left out, as ``to_bytes`` does; the unit tests hold the two equal.
+
+    Raises:
+        ValueError: a field unknown to the contract or missing, or a number that is not finite (named).
+    """
+    unknown = fields.keys() - _PREDICTION_FIELDS.keys()
+    missing = _PREDICTION_REQUIRED - fields.keys()
+    if unknown or missing:
+        raise ValueError(f"prediction fields: unknown {sorted(unknown)}, missing {sorted(missing)}")
+    for name in _PREDICTION_NUMBERS:
+        numbers = fields.get(name) or {}
+        bad = [key for key, value in numbers.items() if value is not None and not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"{name}: numbers must be finite: {bad[:5]}")
+    ordered = {}
+    for name, default in _PREDICTION_FIELDS.items():
+        value = fields.get(name, default)
+        if value is not None:
+            ordered[name] = value
+    return orjson.dumps(ordered, option=orjson.OPT_UTC_Z)
+
+
+_PREDICTION_FIELDS = {name: None if f.is_required() else f.get_default() for name, f in Prediction.model_fields.items()}
+_PREDICTION_REQUIRED = {name for name, field in Prediction.model_fields.items() if field.is_required()}
+_PREDICTION_NUMBERS = ("scores", "features", "timings_ms", "text_stats")
 
 
 class ModelState(_Contract):
@@ -338,7 +373,7 @@ def _json_object(raw: bytes | None, what: str, max_bytes: int, error: type[Inval
     except UnicodeDecodeError as exc:
         raise error(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except (ValueError, RecursionError) as exc:  # ValueError: also numbers Python refuses to convert
         raise error(f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
@@ -346,6 +381,21 @@ def _json_object(raw: bytes | None, what: str, max_bytes: int, error: type[Inval
     if _depth(data) > MAX_JSON_DEPTH:
         raise error(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return data
+
+
+def _loads(text: str) -> Any:
+    """The JSON value of ``text`` as the json module reads it, read by orjson where orjson can (5x faster).
+
+    orjson refuses what the json module reads beyond strict JSON (NaN and infinity literals, numbers past a double,
+    lone surrogates, nesting past 1,024 levels): those texts are read again by the json module, so every record is
+    judged as before. Where both read a text they agree, except that orjson reads an integer past 64 bits as the
+    nearest float: a contract's float gets the same value either way, and a contract's int (a version, a count) that
+    large is absurd either way (read as an int of the float's value).
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _validate(model: type[_Contract], data: dict, error: type[InvalidRecord]):
@@ -358,13 +408,24 @@ def _validate(model: type[_Contract], data: dict, error: type[InvalidRecord]):
 
 
 def _depth(value: Any, level: int = 1) -> int:
+    """How deep ``value`` nests, a scalar counting one level, up to the first level past ``MAX_JSON_DEPTH``."""
     if level > MAX_JSON_DEPTH:
         return level
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
+        children = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return level
+    deepest = level
+    for child in children:
+        # A scalar child is one level down: only containers are walked (events hold a few, predictions a few more).
+        depth = _depth(child, level + 1) if isinstance(child, dict | list) else level + 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                break
+    return deepest
 
 
 def _reasons(exc: ValidationError) -> str:
