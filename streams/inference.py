@@ -39,11 +39,9 @@ from streams.schemas import (
     DeadLetter,
     Event,
     InvalidEvent,
-    ModelRef,
-    Prediction,
     Source,
-    Timings,
     check_record_of,
+    encode_prediction,
     parse_event,
 )
 from streams.text_stats import load_vocab, text_stats
@@ -117,14 +115,15 @@ class Stamps(NamedTuple):
     features_done: float
     inference_done: float
 
-    def timings(self, broker_ts: float, now: float) -> Timings:
-        """Per-stage milliseconds of one event written by the broker at ``broker_ts``, predicted at ``now``."""
-        return Timings(
-            queue=round((self.started - broker_ts) * 1000, 3),
-            features=round((self.features_done - self.started) * 1000, 3),
-            inference=round((self.inference_done - self.features_done) * 1000, 3),
-            end_to_end=round((now - broker_ts) * 1000, 3),
-        )
+    def timings(self, broker_ts: float, now: float) -> dict[str, float]:
+        """Per-stage milliseconds (``Timings``' fields) of one event written by the broker at ``broker_ts``, predicted
+        at ``now``."""
+        return {
+            "queue": round((self.started - broker_ts) * 1000, 3),
+            "features": round((self.features_done - self.started) * 1000, 3),
+            "inference": round((self.inference_done - self.features_done) * 1000, 3),
+            "end_to_end": round((now - broker_ts) * 1000, 3),
+        }
 
 
 class InferenceWorker:
@@ -378,28 +377,33 @@ class InferenceWorker:
         features: dict[str, float | None],
         stamps: Stamps,
     ) -> Record:
-        """The prediction record of one answer ``(probabilities, version)``, keyed like the event."""
+        """The prediction record of one answer ``(probabilities, version)``, keyed like the event.
+
+        Raises:
+            ValueError: a probability or feature that is not finite (the caller dead-letters the event).
+        """
         probs, served_version = result
         now = time.time()
         broker_ms = msg.timestamp()[1]
-        prediction = Prediction(
-            event_id=event.event_id,
-            entity_id=event.entity_id,
-            event_time=event.event_time,
-            label=self.labels[int(np.argmax(probs))],
-            scores={label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
-            model=ModelRef(name=self.settings.triton.model_name, version=served_version),
-            role=role,
-            features=features,
-            timings_ms=stamps.timings(broker_ms / 1000 if broker_ms > 0 else stamps.read_at, now),
-            trace_id=trace_id(msg),
-            text_stats=text_stats(event.text, self._vocab(served_version)),
-            predicted_at=datetime.fromtimestamp(now, UTC),
+        trace = trace_id(msg)
+        value = encode_prediction(
+            {
+                "event_id": event.event_id,
+                "entity_id": event.entity_id,
+                "event_time": event.event_time,
+                "label": self.labels[int(np.argmax(probs))],
+                "scores": {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)},
+                "model": {"name": self.settings.triton.model_name, "version": int(served_version)},
+                "role": role,
+                "features": features,
+                "timings_ms": stamps.timings(broker_ms / 1000 if broker_ms > 0 else stamps.read_at, now),
+                "trace_id": trace,
+                "text_stats": text_stats(event.text, self._vocab(served_version)),
+                "predicted_at": datetime.fromtimestamp(now, UTC),
+            }
         )
-        headers = [("trace-id", prediction.trace_id.encode())] if prediction.trace_id else None
-        return Record(
-            self.settings.kafka.topic("predictions-v1"), prediction.to_bytes(), key=msg.key(), headers=headers
-        )
+        headers = [("trace-id", trace.encode())] if trace else None
+        return Record(self.settings.kafka.topic("predictions-v1"), value, key=msg.key(), headers=headers)
 
     def _vocab(self, version: int) -> frozenset[str] | None:
         """The serving version's tokenizer vocabulary, for ``oov_share``; None where the repository is not mounted."""

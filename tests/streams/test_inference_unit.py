@@ -180,10 +180,26 @@ def test_answers_become_predictions_and_failed_answers_dead_letters() -> None:
     assert all(r.key == b"user-1" for r in records)
 
 
+def test_an_answer_that_is_not_a_number_is_a_dead_letter_not_a_prediction() -> None:
+    worker = _worker()
+    worker._vocabs = {1: None}
+    batch = Batch([_message(_event("e0"), offset=0), _message(_event("e1"), offset=1)])
+    served = Served([(np.array([np.nan, 0.5, 0.5]), 1), (np.array([0.2, 0.3, 0.5]), 1)], [], None)
+    features = {"account_age_days": [1, float("inf")], "lifetime_events": [1, 2]}
+
+    worker._answer(batch, worker._parse(batch), served, features, FEATURES, Stamps(1.0, 1.0, 1.0, 1.0))
+
+    assert batch.predicted == 0 and batch.dead == 2
+    assert [letter.error for letter in _letters(batch)] == [
+        "ValueError: scores: numbers must be finite: ['negative']",
+        "ValueError: features: numbers must be finite: ['account_age_days']",
+    ]
+
+
 def test_stage_timings_run_from_the_broker_timestamp_or_else_from_the_read() -> None:
     stamps = Stamps(read_at=10.0, started=10.25, features_done=10.5, inference_done=11.0)
     timings = stamps.timings(broker_ts=9.0, now=11.5)
-    assert (timings.queue, timings.features, timings.inference, timings.end_to_end) == (1250, 250, 500, 2500)
+    assert timings == {"queue": 1250, "features": 250, "inference": 500, "end_to_end": 2500}
 
     worker = _worker()
     worker._vocabs = {1: None}
