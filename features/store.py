@@ -204,7 +204,8 @@ def push_stream_features(store: FeatureStore, rows: pd.DataFrame) -> None:
     try:
         # Feast's own ingestion, minus the registry lookup that push does first (a proto parse, ~4 ms per call).
         store._get_provider().ingest_df(view, frame.drop_duplicates(ENTITY_KEY, keep="last"))
-        offline_parts.write_part(pa.Table.from_pandas(frame, preserve_index=False), folder)
+        # nthreads=1: for a frame this size pyarrow would start (and join) a thread pool per call, 0.9 ms against 0.2.
+        offline_parts.write_part(pa.Table.from_pandas(frame, preserve_index=False, nthreads=1), folder)
     except _PUSH_UNAVAILABLE as exc:
         raise FeatureStoreNotReady(f"feature store {store.config.online_store.type} unwritable: {exc}") from exc
 
