@@ -1,15 +1,18 @@
 """The feature worker's faust consumer: faust's own (aiokafka), showing ``app.fetch_ledger`` what it fetches, with
-fetches the broker gathers over a window.
+fetches the broker gathers over a window, and a cheaper hand-over of each record to the agent's stream.
 
 Installed per app (``app.transport.Consumer``); see :mod:`streams.fetch_ledger` for why.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from mode import Service
+from mode.services import WaitResults
 
 from streams.client import WINDOW_FETCH_MIN_BYTES
 
@@ -28,7 +31,30 @@ class WindowedFetchThread(aiokafka_driver.AIOKafkaConsumerThread):
         return consumer
 
 
-class LedgerConsumer(aiokafka_driver.Consumer):
+class EagerDelivery(Service):
+    """A mode service whose ``wait_first(delivery, flow_stopped)`` runs ``delivery`` alone while it does not wait.
+
+    faust's consumer hands each fetched record to the streams as ``wait_first(callback(message),
+    suspend_flow.wait())``: mode makes a task of each, two more of the service's stopped and crashed events, and
+    cancels the three that lose, 20 µs per record (the feature worker spent ~90 µs per event in all). Here the
+    delivery runs as the only task; it almost always ends in its first step (the stream's buffer has room). One that
+    waits (a full buffer) goes on through mode's own ``wait_first``, which cuts it short when the flow stops, as
+    before. Both ways, a delivery takes its first step before any stop can cancel it, as in mode's.
+    """
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        if len(coros) != 2 or timeout is not None or not all(asyncio.iscoroutine(coro) for coro in coros):
+            return await super().wait_first(*coros, timeout=timeout)
+        delivery, flow_stopped = coros
+        task = asyncio.ensure_future(delivery)
+        await asyncio.sleep(0)  # the task takes its first step: the loop runs ready callbacks in order
+        if not task.done():
+            return await super().wait_first(task, flow_stopped)
+        flow_stopped.close()  # never awaited: closed, so that Python does not warn
+        return WaitResults([delivery], [task.result()], False)
+
+
+class LedgerConsumer(EagerDelivery, aiokafka_driver.Consumer):
     """Records every record the broker returns in the app's ``fetch_ledger``.
 
     Records are taken where aiokafka hands them over, before faust decides to deliver them: faust discards the rest of
