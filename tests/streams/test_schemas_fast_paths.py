@@ -124,11 +124,11 @@ def prediction_fields(draw) -> dict:
 @given(prediction_fields())
 @example(
     {
-        "event_id": "e",
+        "event_id": "é ✓",
         "entity_id": "u",
         "event_time": datetime(2026, 12, 1, 12, tzinfo=UTC),
         "label": "a",
-        "scores": {"a": 1e-07, "b": 1e16},
+        "scores": {"a": 1e-07, "b": 1e16, "c": 5e-324, "d": 1.7976931348623157e308},
         "model": {"name": "m", "version": 1},
         "features": {"x": None, "y": -0.0},
         "timings_ms": {"queue": 0.0, "features": 1.5, "inference": 2.0, "end_to_end": 3.0},
@@ -136,9 +136,7 @@ def prediction_fields(draw) -> dict:
     }
 )
 def test_encode_prediction_writes_what_the_model_writes(fields: dict) -> None:
-    fast, slow = encode_prediction(fields), Prediction(**fields).to_bytes()
-    assert list(json.loads(fast)) == list(json.loads(slow))  # the same keys in the same order
-    assert Prediction.model_validate_json(fast) == Prediction.model_validate_json(slow)
+    assert encode_prediction(fields) == Prediction(**fields).to_bytes()
 
 
 @pytest.mark.parametrize(
