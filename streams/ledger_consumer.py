@@ -47,7 +47,12 @@ class EagerDelivery(Service):
             return await super().wait_first(*coros, timeout=timeout)
         delivery, flow_stopped = coros
         task = asyncio.ensure_future(delivery)
-        await asyncio.sleep(0)  # the task takes its first step: the loop runs ready callbacks in order
+        try:
+            await asyncio.sleep(0)  # the task takes its first step: the loop runs ready callbacks in order
+        except BaseException:  # cancelled meanwhile (the consumer stops): as mode does, nothing is left running
+            task.cancel()
+            flow_stopped.close()
+            raise
         if not task.done():
             return await super().wait_first(task, flow_stopped)
         flow_stopped.close()  # never awaited: closed, so that Python does not warn

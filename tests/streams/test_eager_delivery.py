@@ -81,6 +81,27 @@ def test_a_delivery_that_waits_ends_when_the_buffer_has_room():
     assert _run(scenario) == (["delivered"], "new")
 
 
+def test_a_wait_cancelled_before_the_delivery_ends_leaves_nothing_running():
+    async def scenario(service):
+        full, flow = asyncio.Queue(maxsize=1), asyncio.Event()
+        full.put_nowait("old")
+
+        async def deliver():
+            await full.put("new")
+
+        flow_stopped = flow.wait()
+        waiting = asyncio.ensure_future(service.wait_first(deliver(), flow_stopped))
+        await asyncio.sleep(0)  # the wait has started; the delivery has not taken its first step
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.01)
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        return others, full.qsize(), inspect.getcoroutinestate(flow_stopped)
+
+    assert _run(scenario) == ([], 1, inspect.CORO_CLOSED)
+
+
 def test_a_delivery_that_fails_raises_its_error():
     async def scenario(service):
         async def deliver():
