@@ -10,6 +10,10 @@ committed every event. Each round adds ``events / entities`` events to every win
 show what a fuller window costs: events/s, and CPU microseconds per event of the feature worker and of the broker
 (``bench/procstat.py``; the broker's includes the benchmark's own writes and the worker's changelog).
 
+``--bare stock|driftloop`` runs ``bench/faust_floor.py`` in the worker's place: a faust agent that only acknowledges
+the events (with faust's own consumer, or with the feature worker's), so that faust's share of the worker's cost shows
+apart from the fold, the push and the table.
+
 Prints one JSON line; ``--plot`` draws CPU per event against events per window.
 """
 
@@ -55,6 +59,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="events per round (default 20,000)")
     parser.add_argument("--entities", type=int, default=50, help="distinct entities (default 50)")
     parser.add_argument("--plot", default=None, help="write a PNG of CPU per event against events per window here")
+    parser.add_argument(
+        "--bare",
+        choices=("stock", "driftloop"),
+        default=None,
+        help="in the worker's place, a faust agent that only acknowledges (faust's consumer or the feature worker's)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-fw-") as tmp:
@@ -78,9 +88,7 @@ def main() -> None:
                 apply_repo(settings)
                 log = (folder / "features.log").open("wb")
                 worker = subprocess.Popen(
-                    [sys.executable, "-m", "driftloop.cli", "workers", "run", "--role", "features"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    worker_command(settings, folder, args.bare), stdout=log, stderr=subprocess.STDOUT
                 )
                 rounds = []
                 try:
@@ -123,6 +131,7 @@ def main() -> None:
                 delete_topics(settings, prefix)
     result = {
         "bench": "feature_worker",
+        "worker": f"faust_{args.bare}" if args.bare else "feature_worker",
         "events": args.events,
         "entities": args.entities,
         "broker": which,
@@ -132,6 +141,20 @@ def main() -> None:
     print(json.dumps(result))
     if args.plot:
         plot(result, args.plot)
+
+
+def worker_command(settings, folder: Path, bare: str | None) -> list[str]:
+    """The feature worker's command line, or with ``bare`` the acknowledge-only faust agent's (``faust_floor.py``)."""
+    if bare is None:
+        return [sys.executable, "-m", "driftloop.cli", "workers", "run", "--role", "features"]
+    floor = Path(__file__).with_name("faust_floor.py")
+    events = settings.kafka.topics["events-v1"]
+    return [
+        *(sys.executable, str(floor), "--consumer", bare, "--broker", settings.kafka_bootstrap),
+        *("--topic", settings.kafka.topic("events-v1"), "--group", settings.workers.features_group),
+        *("--partitions", str(events.partitions), "--datadir", str(folder / "faust-bare")),
+        *("--web-port", str(settings.workers.faust_web_port)),
+    ]
 
 
 def plot(result: dict, path: str) -> None:
@@ -148,7 +171,7 @@ def plot(result: dict, path: str) -> None:
     ax.set_xlabel("events per entity window at the end of the round")
     ax.set_ylabel("CPU µs per event")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"feature worker draining {result['events']:,}-event backlogs, {result['entities']} entities")
+    ax.set_title(f"{result['worker'].replace('_', ' ')} draining {result['events']:,}-event backlogs")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
