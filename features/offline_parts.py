@@ -35,6 +35,7 @@ PATTERN = "*.parquet"
 LOCK_FILE = ".compact.lock"
 COMPACT_MIN_FILES = 64  # merge once this many small parts have piled up
 COMPACT_MAX_BYTES = 16 * 1024 * 1024  # a part this big is left alone: merging it again would cost more than it saves
+SCHEMA_LISTINGS = 10  # listings of the folder that :func:`schema_of` tries while merges remove the parts listed
 
 
 def dataset_glob(folder: Path | str) -> str:
@@ -77,10 +78,18 @@ def create(folder: Path, schema: pa.Schema) -> None:
 
 
 def schema_of(folder: Path) -> pa.Schema:
-    """The schema of the folder's parts (read from the first one that is still there)."""
-    for path in parts(folder):
-        with contextlib.suppress(FileNotFoundError):  # merged away since the listing
-            return pq.read_schema(path)
+    """The schema of the folder's parts (read from the first one that is still there).
+
+    A merge by another process can delete every part of a listing before one is read; its merged part was in place
+    before, so the folder is listed again (a few times at most: each time another merge must have won the race).
+    """
+    for _ in range(SCHEMA_LISTINGS):
+        listed = parts(folder)
+        if not listed:
+            break
+        for path in listed:
+            with contextlib.suppress(FileNotFoundError):  # merged away since the listing
+                return pq.read_schema(path)
     raise FileNotFoundError(f"no offline part in {folder} to take the schema from: apply the feature repo first")
 
 
