@@ -387,10 +387,10 @@ def _loads(text: str) -> Any:
     """The JSON value of ``text`` as the json module reads it, read by orjson where orjson can (5x faster).
 
     orjson refuses what the json module reads beyond strict JSON (NaN and infinity literals, numbers past a double,
-    lone surrogates, nesting past 1,024 levels): those texts are read again by the json module, so every record is
-    judged as before. Where both read a text they agree, except that orjson reads an integer past 64 bits as the
-    nearest float: a contract's float gets the same value either way, and a contract's int (a version, a count) that
-    large is absurd either way (read as an int of the float's value).
+    lone surrogates, nesting past 1,024 levels): those texts are read again by the json module. Where both read a
+    text they agree, except that orjson reads an integer outside [-2**63, 2**64) as the nearest float: a contract's
+    float gets the same value either way, and a contract's int field (a version, a count) refuses such a number with
+    a reason ("exceeded maximum size"), where the json module's reading let pydantic take the absurd int.
     """
     try:
         return orjson.loads(text)

@@ -11,7 +11,17 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streams.schemas import MAX_JSON_DEPTH, MAX_TIME, MIN_TIME, Prediction, _depth, _loads, encode_prediction
+from streams.schemas import (
+    MAX_JSON_DEPTH,
+    MAX_TIME,
+    MIN_TIME,
+    InvalidRecord,
+    Prediction,
+    _depth,
+    _loads,
+    encode_prediction,
+    parse_model_state,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -71,6 +81,19 @@ def test_loads_refuses_what_the_json_module_refuses(text: str) -> None:
             _loads(text)
     else:
         assert _same(_loads(text), _as_read(expected)) or _same(_loads(text), expected)
+
+
+@pytest.mark.parametrize("version", [10**30, 2**64 + 5, -(2**63) - 1])
+def test_an_int_field_past_64_bits_is_refused_with_a_reason(version: int) -> None:
+    """orjson reads such a number as a float, which an int field refuses (the json module's int was taken)."""
+    raw = json.dumps({"model": "classifier", "champion": version, "event": "published", "at": "2026-12-01T00:00:00Z"})
+    with pytest.raises(InvalidRecord, match="champion: .*exceeded maximum size"):
+        parse_model_state(raw.encode())
+
+
+def test_an_int_field_within_64_bits_is_read_exactly() -> None:
+    raw = json.dumps({"model": "classifier", "champion": 2**64 - 1, "event": "published", "at": "2026-12-01T00:00:00Z"})
+    assert parse_model_state(raw.encode()).champion == 2**64 - 1
 
 
 def _plain_depth(value, level: int = 1) -> int:
