@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 
 from foundation.health import HealthServer
+from foundation.heap import freeze_startup_heap
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from monitoring.alerts import AlertDispatcher, build_dispatcher
@@ -329,4 +330,5 @@ def run_monitor(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop)
         await worker.run()
 
+    freeze_startup_heap()
     asyncio.run(main())

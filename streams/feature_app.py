@@ -39,6 +39,7 @@ import pandas as pd
 from features.exceptions import FeatureStoreNotReady
 from features.store import online_features, open_store, push_stream_features
 from foundation.health import HealthServer
+from foundation.heap import freeze_startup_heap
 from foundation.retry import async_policy
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
@@ -498,4 +499,5 @@ def run(settings: Settings, replica: int = 0, health: HealthServer | None = None
     worker = FeatureWorker(
         app, on_stop_requested=stop_requested, loglevel=settings.log.level.lower(), quiet=True, redirect_stdouts=False
     )
+    freeze_startup_heap()
     worker.execute_from_commandline()

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from foundation.health import HealthServer
+from foundation.heap import freeze_startup_heap
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from foundation.supervisor import Child, Supervisor
@@ -59,6 +60,7 @@ async def _run_inference(settings: Settings, replica: int, health: HealthServer)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    freeze_startup_heap()
     await worker.run()
 
 
