@@ -4,8 +4,10 @@ acknowledges them (no parse, no window, no Feast, no table). Started by ``bench/
     .venv/bin/python bench/faust_floor.py --consumer {stock,driftloop} --broker HOST:PORT --topic T --group G \
         --partitions N --datadir DIR --web-port PORT
 
-``stock``: faust's own consumer. ``driftloop``: the feature worker's (``streams.ledger_consumer``: windowed fetches,
-the fetch ledger, one task per record hand-over), the ledger told of each delivery as the feature worker's fold does.
+``stock``: faust's own consumer and stream (``take_events``, ``stream.ack``). ``driftloop``: the feature worker's
+consumer (``streams.ledger_consumer``: windowed fetches, the fetch ledger, one task per record hand-over) and its
+batches taken from the channel's queue (``streams.event_batches``), the ledger told of each delivery as the feature
+worker's fold does.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import time
 
 import faust
 
+from foundation.heap import freeze_startup_heap
+from streams.event_batches import acknowledge as acknowledge_batch
+from streams.event_batches import take_batch
 from streams.fetch_ledger import FetchLedger
 from streams.ledger_consumer import LedgerConsumer
 
@@ -46,13 +51,16 @@ def create_app(args: argparse.Namespace) -> faust.App:
 
     @app.agent(events)
     async def acknowledge(stream: faust.StreamT) -> None:
-        async for batch in stream.noack().take_events(BATCH, within=WITHIN_S):
-            if ledger is not None:
-                now = time.monotonic()
+        if ledger is None:  # faust's own way: the stream's buffering generator, an ack per event through the stream
+            async for batch in stream.noack().take_events(BATCH, within=WITHIN_S):
                 for event in batch:
-                    ledger.delivered(event.message.tp, event.message.offset, now)
+                    await stream.ack(event)
+        while ledger is not None:  # the feature worker's way
+            batch = await take_batch(stream.channel.queue, BATCH, WITHIN_S)
+            now = time.monotonic()
             for event in batch:
-                await stream.ack(event)
+                ledger.delivered(event.message.tp, event.message.offset, now)
+            acknowledge_batch(batch, app.consumer, app.monitor.stream_inbound_time)
 
     return app
 
@@ -68,6 +76,7 @@ def main() -> None:
     parser.add_argument("--web-port", type=int, required=True)
     args = parser.parse_args()
     worker = faust.Worker(create_app(args), loglevel="warning", quiet=True, redirect_stdouts=False)
+    freeze_startup_heap()  # as the feature worker does
     worker.execute_from_commandline()
 
 

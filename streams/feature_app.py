@@ -44,6 +44,7 @@ from foundation.retry import async_policy
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from streams.client import client_config
+from streams.event_batches import acknowledge, take_batch
 from streams.fetch_ledger import FetchLedger
 from streams.ledger_consumer import LedgerConsumer
 from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, RECOVERY_RESTARTS, WorkerMetrics
@@ -118,9 +119,9 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
         the agent returns with the batch unacknowledged, and it is redelivered after the restart.
         """
         ledger = app.fetch_ledger
-        async for batch in stream.noack().take_events(
-            workers.feature_push_batch, within=workers.feature_push_interval_s
-        ):
+        queue = stream.channel.queue  # taken from in batches: see streams.event_batches
+        while True:
+            batch = await take_batch(queue, workers.feature_push_batch, workers.feature_push_interval_s)
             started = time.monotonic()
             ledger.batch_started()
             rows, recovered = fold_batch(windows, batch, SKIPPED, ledger, workers.max_event_ahead_s)
@@ -131,8 +132,7 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
                     extra={"events": len(batch)},
                 )
                 return
-            for event in batch:
-                await stream.ack(event)
+            acknowledge(batch, app.consumer, app.monitor.stream_inbound_time)
             for tp, record in recovered:
                 app.consumer.ack_record(tp, record)
             ledger.batch_done(time.monotonic())
