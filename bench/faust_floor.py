@@ -19,7 +19,7 @@ import faust
 
 from foundation.heap import freeze_startup_heap
 from streams.event_batches import acknowledge as acknowledge_batch
-from streams.event_batches import take_batch
+from streams.event_batches import batches
 from streams.fetch_ledger import FetchLedger
 from streams.ledger_consumer import LedgerConsumer
 
@@ -55,8 +55,8 @@ def create_app(args: argparse.Namespace) -> faust.App:
             async for batch in stream.noack().take_events(BATCH, within=WITHIN_S):
                 for event in batch:
                     await stream.ack(event)
-        while ledger is not None:  # the feature worker's way
-            batch = await take_batch(stream.channel.queue, BATCH, WITHIN_S)
+            return
+        async for batch in batches(stream.channel.queue, BATCH, WITHIN_S):  # the feature worker's way
             now = time.monotonic()
             for event in batch:
                 ledger.delivered(event.message.tp, event.message.offset, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 # While a batch is open and the queue is empty, the agent looks again this often instead of being woken for each
@@ -40,6 +40,18 @@ async def take_batch(queue: Any, max_events: int, within_s: float, poll_s: float
             break
         await asyncio.sleep(min(remaining, poll_s))
     return batch
+
+
+async def batches(queue: Any, max_events: int, within_s: float, poll_s: float = POLL_S) -> AsyncIterator[list]:
+    """Batch after batch from ``queue`` (see :func:`take_batch`) until faust ends the channel: it throws
+    ``StopAsyncIteration`` into the queue when the worker stops, and the stream's iterator ends there too. A batch
+    being taken then is dropped unacknowledged: it is read again after the restart."""
+    while True:
+        try:
+            batch = await take_batch(queue, max_events, within_s, poll_s)
+        except StopAsyncIteration:
+            return
+        yield batch
 
 
 def acknowledge(batch: Iterable, consumer: Any, inbound: dict | None = None) -> None:

@@ -44,7 +44,7 @@ from foundation.retry import async_policy
 from foundation.settings import Settings
 from foundation.shutdown import exit_after
 from streams.client import client_config
-from streams.event_batches import acknowledge, take_batch
+from streams.event_batches import acknowledge, batches
 from streams.fetch_ledger import FetchLedger
 from streams.ledger_consumer import LedgerConsumer
 from streams.metrics import COMMIT_GAP_REREADS, DROPPED_EVENTS_RECOVERED, RECOVERY_RESTARTS, WorkerMetrics
@@ -119,9 +119,8 @@ def create_app(settings: Settings, replica: int = 0, health: HealthServer | None
         the agent returns with the batch unacknowledged, and it is redelivered after the restart.
         """
         ledger = app.fetch_ledger
-        queue = stream.channel.queue  # taken from in batches: see streams.event_batches
-        while True:
-            batch = await take_batch(queue, workers.feature_push_batch, workers.feature_push_interval_s)
+        # taken from the channel's queue, not through the stream: see streams.event_batches
+        async for batch in batches(stream.channel.queue, workers.feature_push_batch, workers.feature_push_interval_s):
             started = time.monotonic()
             ledger.batch_started()
             rows, recovered = fold_batch(windows, batch, SKIPPED, ledger, workers.max_event_ahead_s)

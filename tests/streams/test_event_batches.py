@@ -10,7 +10,7 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from streams.event_batches import acknowledge, take_batch
+from streams.event_batches import acknowledge, batches, take_batch
 
 pytestmark = pytest.mark.unit
 
@@ -141,6 +141,33 @@ def test_an_error_thrown_to_the_channel_is_raised(queued):
         return True
 
     assert asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("within_s", "expected"),
+    [
+        (0.01, [[0, 1, 2], [3, 4]]),  # both batches closed before the end
+        (5.0, [[0, 1, 2]]),  # [3, 4] still open at the end: dropped unacknowledged, read again after a restart
+    ],
+)
+def test_batches_end_cleanly_when_faust_ends_the_channel(within_s, expected):
+    async def scenario():
+        queue = _queue(*range(5))
+        taken = []
+
+        async def agent():
+            async for batch in batches(queue, max_events=3, within_s=within_s):
+                taken.append(batch)
+
+        running = asyncio.create_task(agent())
+        async with asyncio.timeout(5.0):
+            while len(taken) < len(expected) or not queue.empty():  # every event taken, the expected batches out
+                await asyncio.sleep(0.005)
+        await queue.throw(StopAsyncIteration())  # what faust throws into the channel when the worker stops
+        await asyncio.wait_for(running, 2.0)  # ends, not raises
+        return taken
+
+    assert asyncio.run(scenario()) == expected
 
 
 def test_each_event_is_acknowledged_to_the_consumer_and_its_partition_marked_read():
