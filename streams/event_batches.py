@@ -54,7 +54,7 @@ async def batches(queue: Any, max_events: int, within_s: float, poll_s: float = 
         yield batch
 
 
-def acknowledge(batch: Iterable, consumer: Any, inbound: dict | None = None) -> None:
+def acknowledge(batch: Iterable, consumer: Any, inbound: dict) -> None:
     """Acknowledge each event of ``batch`` to ``consumer`` (faust's), as ``stream.ack`` does, so that its offset
     can be committed; ``inbound`` (faust's ``app.monitor.stream_inbound_time``) is told each partition is read, as
     the stream's sensors tell it: faust logs a partition its streams do not read as stuck."""
@@ -62,5 +62,4 @@ def acknowledge(batch: Iterable, consumer: Any, inbound: dict | None = None) -> 
     for event in batch:
         message = event.message
         message.ack(consumer)
-        if inbound is not None:
-            inbound[message.tp] = now
+        inbound[message.tp] = now

@@ -179,5 +179,5 @@ def test_each_event_is_acknowledged_to_the_consumer_and_its_partition_marked_rea
 
     assert consumer.acked == [(TP("events", 0), 10), (TP("events", 1), 4), (TP("events", 0), 11)]
     assert set(inbound) == {TP("events", 0), TP("events", 1)} and min(inbound.values()) >= before
-    acknowledge(batch, consumer)  # acknowledged twice: faust counts it once
+    acknowledge(batch, consumer, inbound)  # acknowledged twice: faust counts it once
     assert len(consumer.acked) == 3
