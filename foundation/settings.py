@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -225,6 +225,9 @@ class TrainingSettings(_Section):
     # Torch threads of each CPU instance of the served model. torch's default (0 here) is a thread per host core in
     # every instance, which oversubscribes the cores and burns CPU spinning: scale with instance_count instead.
     cpu_threads: int = Field(1, ge=0)
+    # What runs the served model on a CPU instance: the version's ONNX graph in ONNX Runtime ("auto": when the
+    # serving environment has onnxruntime, about twice torch's speed) or its weights in torch. GPUs always run torch.
+    cpu_engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     max_queue_delay_us: int = Field(2000, ge=0)  # dynamic batching delay
 
 

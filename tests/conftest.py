@@ -97,11 +97,13 @@ def settings_factory(stack_settings: Settings, kafka_bootstrap: str) -> Callable
 
 @dataclass(frozen=True)
 class TritonEndpoint:
-    """A running Triton server; ``repository`` is None when it is an external server (load with file overrides)."""
+    """A running Triton server; ``repository`` and ``log`` are None when it is an external server (load with file
+    overrides)."""
 
     http: str
     grpc: str
     repository: Path | None
+    log: Path | None = None
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +120,6 @@ def triton_server(stack_settings: Settings, tmp_path_factory: pytest.TempPathFac
     local_triton.start(settings)
     try:
         proc.wait_ready(lambda: local_triton.is_ready(settings), 120, "test tritonserver")
-        yield TritonEndpoint(settings.triton_http, settings.triton_grpc, repository)
+        yield TritonEndpoint(settings.triton_http, settings.triton_grpc, repository, proc.log_file)
     finally:
         proc.stop()

@@ -1,8 +1,10 @@
 """Export a trained classifier as a self-contained version folder, and describe it in ``metadata.json``.
 
 A version folder holds ``model.py`` and ``runtime.py`` (copied from :mod:`training.servable`, with their bytecode),
-``model.safetensors``, ``encoder_config.json``, ``tokenizer/`` and ``metadata.json``. After writing, the folder is
-loaded back with the runtime Triton uses and must give the trained model's probabilities (:func:`check_export`).
+``model.safetensors``, ``model.onnx`` (the runtime's network as an ONNX graph, :func:`export_graph`),
+``encoder_config.json``, ``tokenizer/`` and ``metadata.json``. After writing, the folder is loaded back with the
+runtime Triton uses, with each engine (torch, ONNX Runtime), and must give the trained model's probabilities
+(:func:`check_export`).
 
 ``metadata.json`` (:class:`VersionMetadata`) carries what the inference worker and the drift monitor read:
 ``labels``, ``feature_names``, ``version``, ``parent_version``, ``metrics``, ``data_window``, ``created_at``,
@@ -14,11 +16,13 @@ give in process, which publishing compares with Triton's answers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import py_compile
 import shutil
 import subprocess
 import uuid
+import warnings
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,31 +135,99 @@ def export_version(
         write_metadata(dest, metadata)
     except OSError as exc:
         raise ExportError(f"cannot write version folder {dest}: {exc}") from exc
+    export_graph(dest)
     return dest
+
+
+# A batch of three texts of another length than three: torch.export would take equal example sizes for one dimension.
+_GRAPH_EXAMPLE = ("an example", "a longer example text to trace the network with", "")
+
+
+def export_graph(version_dir: Path) -> Path:
+    """Write ``model.onnx``: the network the runtime loads from the folder's weights, traced by torch's ONNX exporter
+    with the batch and the sequence length left free, so that one graph takes every batch the runtime forms.
+
+    Raises:
+        ExportError: the folder does not load with torch, or the network cannot be exported or written.
+    """
+    try:
+        predictor = runtime.Predictor.load(version_dir, engine="torch")
+    except ValueError as exc:
+        raise ExportError(f"the exported version does not load: {exc}") from exc
+    ids, mask = predictor.text_encoder(list(_GRAPH_EXAMPLE))
+    features = torch.zeros(len(_GRAPH_EXAMPLE), len(predictor.feature_names))
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    path = version_dir / runtime.ONNX_FILE
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it warns about every optional operator library it does not find
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                predictor.model,
+                (ids, mask, features),
+                input_names=list(runtime.ONNX_INPUTS),
+                output_names=[runtime.ONNX_OUTPUT],
+                dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}, {0: batch}),
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        program.save(str(path), external_data=False)
+        path.chmod(0o644)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; each means no graph for this version
+        raise ExportError(f"cannot export the network to ONNX: {type(exc).__name__}: {exc}") from exc
+    finally:
+        exporter_log.setLevel(level)
+    return path
+
+
+def engines(version_dir: Path) -> list[str]:
+    """The engines a version folder can run on: torch (its weights), and ONNX Runtime when it carries its graph."""
+    return ["torch", *(["onnxruntime"] if (version_dir / runtime.ONNX_FILE).is_file() else [])]
+
+
+def check_engines(
+    version_dir: Path, texts: list[str], features: np.ndarray, want: np.ndarray, atol: float, against: str
+) -> np.ndarray:
+    """Load the folder with each of its :func:`engines`, in process; each must give ``want`` within ``atol``.
+
+    Returns:
+        The probabilities of the last engine: the one a CPU instance serves the version with.
+
+    Raises:
+        ExportError: the folder does not load with an engine, or a probability differs by more than ``atol``.
+    """
+    for engine in engines(version_dir):
+        try:
+            loaded = runtime.Predictor.load(version_dir, engine=engine)
+        except ValueError as exc:
+            raise ExportError(f"the version does not load with {engine}: {exc}") from exc
+        got = loaded.predict_proba(texts, features)
+        diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
+        if diff > atol:
+            raise ExportError(f"the version differs from {against} by {diff:.2e} (> {atol:.0e}) with {engine}")
+    return got
 
 
 def check_export(
     version_dir: Path, trained: runtime.Predictor, frame: pd.DataFrame, atol: float = EXPORT_ATOL
 ) -> np.ndarray:
-    """Load the exported folder with the served runtime and compare its probabilities with the trained model's.
+    """Compare the exported folder, with each engine it runs on (:func:`check_engines`), with the trained model.
 
     Returns:
-        The exported version's probabilities on ``frame``.
+        The exported version's probabilities on ``frame``, from the engine a CPU instance serves it with.
 
     Raises:
         ExportError: the folder does not load, or a probability differs by more than ``atol``.
     """
-    try:
-        exported = runtime.Predictor.load(version_dir)
-    except ValueError as exc:
-        raise ExportError(f"the exported version does not load: {exc}") from exc
     texts, features = frame["text"].tolist(), feature_matrix(frame)
-    got = exported.predict_proba(texts, features)
-    want = trained.predict_proba(texts, features)
-    diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
-    if diff > atol:
-        raise ExportError(f"the exported version differs from the trained model by {diff:.2e} (> {atol:.0e})")
-    return got
+    return check_engines(
+        version_dir, texts, features, trained.predict_proba(texts, features), atol, "the trained model"
+    )
 
 
 def smoke_sample(predictor: runtime.Predictor, frame: pd.DataFrame, rows: int = 6) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Publishing a built version folder (see :mod:`training.export`), under the reposi
 2. the folder moves to ``<model>/<version>/`` with one rename;
 3. ``config.pbtxt`` serves it beside the versions that have a role, and Triton loads the model (explicit mode:
    versions already loaded keep serving, only the new one loads);
-4. it must become ready and answer its smoke requests like it did in process;
+4. it must answer its smoke requests in process with each engine its folder carries (the weights in torch, the
+   graph in ONNX Runtime: Triton runs only one of them, the graph on a CPU and the weights on a GPU), then become
+   ready in Triton and answer them there like it did in process;
 5. only then is it announced on the models topic as the candidate; the replaced candidate stops being served and
    versions beyond ``keep_versions`` (never one with a role) are deleted.
 
@@ -48,8 +50,8 @@ from prometheus_client import Counter
 
 from foundation.settings import Settings
 from streams.triton_client import InferenceServerException, TritonAdmin, admin_headers
-from training.exceptions import PublishError, RegistryError, VersionRejected
-from training.export import read_metadata, write_metadata
+from training.exceptions import ExportError, PublishError, RegistryError, VersionRejected
+from training.export import check_engines, read_metadata, write_metadata
 from training.registry import ModelState, announce, read_state
 from training.repository import ModelRepository
 
@@ -245,6 +247,23 @@ class TritonReplicas:
             self._drop(url)
 
 
+def check_in_process(version_dir: Path, smoke: dict[str, Any], atol: float) -> None:
+    """The version's smoke requests in process, with each engine its folder carries: each must give the recorded
+    probabilities within ``atol`` (a folder without a smoke sample is refused by :func:`smoke_test`).
+
+    Raises:
+        PublishError: an engine does not load the folder or answers otherwise.
+    """
+    if not smoke.get("texts"):
+        return
+    features = np.asarray(smoke["features"], dtype=np.float32)
+    want = np.asarray(smoke["probs"], dtype=np.float32)
+    try:
+        check_engines(version_dir, list(smoke["texts"]), features, want, atol, "its smoke sample")
+    except ExportError as exc:
+        raise PublishError(str(exc)) from exc
+
+
 def smoke_test(triton: TritonControl, model: str, version: int, smoke: dict[str, Any], atol: float) -> None:
     """Send the version's smoke requests; the answers must match its in-process probabilities within ``atol``.
 
@@ -328,6 +347,7 @@ class Publisher:
             path = self.repo.install(build_dir, version)
             started = time.perf_counter()
             try:
+                check_in_process(path, metadata.smoke, self.settings.training.smoke_atol)
                 served = self._serve_checked(
                     replicas, sorted({*before, version}), [(version, metadata.smoke)], "publish"
                 )

@@ -62,11 +62,13 @@ def render_config(
     instance_count: int = 1,
     max_queue_delay_us: int = 2000,
     cpu_threads: int = 1,
+    cpu_engine: str = "auto",
 ) -> str:
     """The ``config.pbtxt`` of the classifier serving ``versions``.
 
     ``KIND_AUTO`` gives one instance group on each GPU when Triton has GPUs (the model then runs in fp16), else on
-    the CPU; ``model.py`` reads the kind Triton chose, and runs a CPU instance on ``cpu_threads`` torch threads.
+    the CPU; ``model.py`` reads the kind Triton chose, and runs a CPU instance with ``cpu_engine`` on ``cpu_threads``
+    threads.
     """
     if not versions:
         raise ValueError("a config needs at least one version to serve")
@@ -85,7 +87,10 @@ output [
 ]
 dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
 instance_group [ {{ kind: KIND_AUTO count: {instance_count} }} ]
-parameters [ {{ key: "{runtime.CPU_THREADS_PARAMETER}" value: {{ string_value: "{cpu_threads}" }} }} ]
+parameters [
+  {{ key: "{runtime.CPU_THREADS_PARAMETER}" value: {{ string_value: "{cpu_threads}" }} }},
+  {{ key: "{runtime.CPU_ENGINE_PARAMETER}" value: {{ string_value: "{cpu_engine}" }} }}
+]
 """
 
 
@@ -252,6 +257,7 @@ class ModelRepository:
             instance_count=training.instance_count,
             max_queue_delay_us=training.max_queue_delay_us,
             cpu_threads=training.cpu_threads,
+            cpu_engine=training.cpu_engine,
         )
         partial = self.config_path.with_name(f"{CONFIG_FILE}.{uuid.uuid4().hex[:8]}.partial")
         partial.write_text(text, encoding="utf-8")

@@ -13,7 +13,7 @@ from foundation.settings import load_settings
 from training.dataset import bootstrap_dataset, split_by_time
 from training.encoders import initial_model, minilm_dir
 from training.exceptions import ExportError, TrainingError
-from training.export import check_export, read_metadata
+from training.export import check_export, export_graph, read_metadata
 from training.pipeline import build_version
 from training.servable import runtime
 from training.trainer import FitOptions, fit, resolve_device
@@ -95,10 +95,15 @@ def test_the_folder_reproduces_the_model_and_a_changed_one_is_caught(tiny_versio
     weights = load_file(str(changed / runtime.WEIGHTS_FILE))
     weights["scaler.mean"] = weights["scaler.mean"] + 3.0
     save_file(weights, str(changed / runtime.WEIGHTS_FILE))
-    with pytest.raises(ExportError, match="differs from the trained model"):
+    with pytest.raises(ExportError, match="differs from the trained model by .* with torch"):
+        check_export(changed, trained, holdout)
+    # A graph traced from other weights than the folder's is caught as well: each engine is checked.
+    export_graph(changed)
+    shutil.copy2(tiny_version.path / runtime.WEIGHTS_FILE, changed / runtime.WEIGHTS_FILE)
+    with pytest.raises(ExportError, match="differs from the trained model by .* with onnxruntime"):
         check_export(changed, trained, holdout)
     (changed / runtime.WEIGHTS_FILE).write_bytes(b"nonsense")
-    with pytest.raises(ExportError, match="does not load"):
+    with pytest.raises(ExportError, match="does not load with torch"):
         check_export(changed, trained, holdout)
     shutil.copy2(tiny_version.path / runtime.WEIGHTS_FILE, changed / runtime.WEIGHTS_FILE)
     shutil.rmtree(changed / runtime.TOKENIZER_DIR)

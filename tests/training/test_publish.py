@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from streams import ensure_topics
 from training.dataset import feature_matrix
 from training.exceptions import RegistryError, VersionRejected
+from training.export import export_graph
 from training.publish import Publisher, promote, publish_version, rollback, withdraw
 from training.registry import read_state
 from training.repository import ModelRepository, served_versions
@@ -52,6 +53,7 @@ def test_round_trip_export_load_infer_equals_in_process(tiny_version, publish_se
     assert sorted(p.name for p in publication.path.iterdir() if not p.name.startswith("__")) == [
         "encoder_config.json",
         "metadata.json",
+        "model.onnx",
         "model.py",
         "model.safetensors",
         "runtime.py",
@@ -94,8 +96,11 @@ def test_round_trip_export_load_infer_equals_in_process(tiny_version, publish_se
     np.testing.assert_allclose(batch, expected, atol=1e-5)
     # Dynamic batching merged requests: fewer executions than inferences.
     assert stats["execution_count"] < stats["inference_count"]
-    # Triton hands the CPU thread count to the stub (model.py sets torch's threads from it).
-    assert http.get_model_config(name)["parameters"]["cpu_threads"] == {"string_value": "1"}
+    # Triton hands the CPU thread count and engine to the stub, which runs the version's graph in ONNX Runtime.
+    parameters = http.get_model_config(name)["parameters"]
+    assert parameters["cpu_threads"] == {"string_value": "1"} and parameters["cpu_engine"] == {"string_value": "auto"}
+    if triton_server.log is not None:
+        assert f"model {name} version 1 ready on cpu (onnxruntime)" in triton_server.log.read_text(errors="replace")
     http.close()
 
 
@@ -137,11 +142,26 @@ def _shift_the_head(version: Path) -> None:
     save_file(weights, str(version / runtime.WEIGHTS_FILE))
 
 
+def _truncate_graph(version: Path) -> None:
+    graph = version / runtime.ONNX_FILE
+    graph.write_bytes(graph.read_bytes()[:5000])
+
+
+def _graph_of_other_weights(version: Path) -> None:
+    """The weights answer right and the graph (what a CPU instance runs) wrong."""
+    weights = (version / runtime.WEIGHTS_FILE).read_bytes()
+    _shift_the_head(version)
+    export_graph(version)
+    (version / runtime.WEIGHTS_FILE).write_bytes(weights)
+
+
 BREAKAGES = {
     "bad weights": _truncate_weights,
     "initialize raises": _raise_in_initialize,
     "execute raises": _raise_in_execute,
     "wrong answers": _shift_the_head,
+    "bad graph": _truncate_graph,
+    "graph answers otherwise": _graph_of_other_weights,
 }
 
 

@@ -25,7 +25,7 @@ def test_exports_are_sorted_and_exist() -> None:
 
 
 def test_config_follows_the_contract() -> None:
-    text = render_config("classifier", 3, [4, 2, 4], max_queue_delay_us=500, instance_count=2)
+    text = render_config("classifier", 3, [4, 2, 4], max_queue_delay_us=500, instance_count=2, cpu_engine="torch")
 
     assert served_versions(text) == [2, 4]
     for line in (
@@ -37,7 +37,8 @@ def test_config_follows_the_contract() -> None:
         '{ name: "PROBS" data_type: TYPE_FP32 dims: [ 3 ] }',
         "dynamic_batching { max_queue_delay_microseconds: 500 }",
         "instance_group [ { kind: KIND_AUTO count: 2 } ]",
-        'parameters [ { key: "cpu_threads" value: { string_value: "1" } } ]',
+        '{ key: "cpu_threads" value: { string_value: "1" } }',
+        '{ key: "cpu_engine" value: { string_value: "torch" } }',
     ):
         assert line in text
     with pytest.raises(ValueError):

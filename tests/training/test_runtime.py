@@ -172,6 +172,60 @@ def test_cpu_threads_come_from_the_config_parameter() -> None:
             runtime.cpu_threads(config(bad))
 
 
+def test_cpu_engine_comes_from_the_config_parameter() -> None:
+    assert runtime.cpu_engine({}) == "auto"
+    for engine in runtime.ENGINES:
+        assert runtime.cpu_engine({"parameters": {"cpu_engine": {"string_value": engine}}}) == engine
+    with pytest.raises(ValueError, match="cpu_engine is 'tensorrt'"):
+        runtime.cpu_engine({"parameters": {"cpu_engine": {"string_value": "tensorrt"}}})
+
+
+def test_onnx_runtime_gives_torch_probabilities_for_every_batch_shape(tiny_version) -> None:
+    """A CPU instance runs the version's graph; it must answer as the weights do for any batch and text length."""
+    graph = runtime.Predictor.load(tiny_version.path)
+    weights = runtime.Predictor.load(tiny_version.path, engine="torch")
+    assert (graph.engine, weights.engine) == ("onnxruntime", "torch")
+    holdout = tiny_version.holdout
+    texts, features = holdout["text"].tolist(), feature_matrix(holdout)
+    # one row; rows past a forward pass (PREDICT_BATCH); texts past the encoder's window; empty and non-ASCII texts
+    cases = [
+        (texts[:1], features[:1]),
+        (texts * 3, np.concatenate([features] * 3)),
+        ([" ".join(["word"] * 600), "", "é ✓ 漢字"], np.full((3, 6), 1e6, np.float32)),
+    ]
+    for case_texts, case_features in cases:
+        got = graph.predict_proba(case_texts, case_features)
+        assert got.shape == (len(case_texts), len(graph.labels)) and got.dtype == np.float32
+        np.testing.assert_allclose(got, weights.predict_proba(case_texts, case_features), atol=1e-5)
+
+
+def test_the_engine_follows_the_device_the_graph_and_the_request(tiny_version, tmp_path) -> None:
+    cpu = torch.device("cpu")
+    assert runtime.resolve_engine("auto", tiny_version.path, cpu) == "onnxruntime"
+    assert runtime.resolve_engine("auto", tiny_version.path, cpu, fp16=True) == "torch"
+    assert runtime.resolve_engine("auto", tiny_version.path, torch.device("cuda:0")) == "torch"
+    assert runtime.resolve_engine("torch", tiny_version.path, cpu) == "torch"
+    with pytest.raises(ValueError, match="unknown engine"):
+        runtime.resolve_engine("tensorrt", tiny_version.path, cpu)
+    # A version exported before the graph existed serves with torch; asked for onnxruntime, it says why not.
+    older = tiny_version.copy_to(tmp_path / "older")
+    (older / runtime.ONNX_FILE).unlink()
+    assert runtime.Predictor.load(older).engine == "torch"
+    with pytest.raises(ValueError, match="from its model.onnx"):
+        runtime.Predictor.load(older, engine="onnxruntime")
+    with pytest.raises(ValueError, match="float16"):
+        runtime.resolve_engine("onnxruntime", tiny_version.path, cpu, fp16=True)
+
+
+def test_a_broken_graph_fails_the_load(tiny_version, tmp_path) -> None:
+    """Triton keeps the version it serves when a new one fails to load: a damaged graph must fail, not fall back."""
+    broken = tiny_version.copy_to(tmp_path / "broken")
+    graph = broken / runtime.ONNX_FILE
+    graph.write_bytes(graph.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="cannot load .*model.onnx"):
+        runtime.Predictor.load(broken)
+
+
 def test_servable_files_import_nothing_from_the_project() -> None:
     allowed = {
         "__future__",
@@ -183,6 +237,7 @@ def test_servable_files_import_nothing_from_the_project() -> None:
         "torch",
         "tokenizers",
         "safetensors",
+        "onnxruntime",  # optional: the serving environment's, for a CPU version's graph
         "importlib",
         "sys",
         "triton_python_backend_utils",

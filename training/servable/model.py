@@ -6,7 +6,9 @@ Inputs ``TEXT`` (TYPE_STRING ``[1]``, UTF-8) and ``FEATURES`` (TYPE_FP32 ``[6]``
 - The device comes from the instance: ``KIND_GPU`` runs on ``cuda:<model_instance_device_id>`` in float16,
   ``KIND_CPU`` on the CPU in float32 (``config.pbtxt`` asks for ``KIND_AUTO``: a GPU when Triton has one).
 - ``initialize`` checks the configuration against the version and fails the load with a message naming the model.
-- A CPU instance runs torch on ``cpu_threads`` threads (a ``config.pbtxt`` parameter; 0: torch's default).
+- A CPU instance runs the version's ONNX graph with ONNX Runtime when it can (``cpu_engine``: ``auto``, the default;
+  ``onnxruntime``; or ``torch``, the weights), on ``cpu_threads`` threads (``config.pbtxt`` parameters; 0 threads:
+  the engine's default).
 - ``execute`` answers every request: a bad request (not UTF-8, NaN features, wrong row counts) gets its own error
   response and the others in the batch are answered; nothing is raised from ``execute``.
 """
@@ -44,11 +46,14 @@ class TritonPythonModel:
             self.runtime = _load_runtime(version_dir)
             model_config = json.loads(args["model_config"])
             threads = self.runtime.cpu_threads(model_config)
+            engine = self.runtime.cpu_engine(model_config) if kind != "GPU" else "torch"
             if kind != "GPU" and threads:
                 # Each instance is its own stub process; torch's default (a thread per host core in every one of
                 # them) oversubscribes the cores, and the spinning threads cost more CPU than the model does.
                 self.runtime.torch.set_num_threads(threads)
-            self.predictor = self.runtime.Predictor.load(version_dir, device=device, fp16=kind == "GPU")
+            self.predictor = self.runtime.Predictor.load(
+                version_dir, device=device, fp16=kind == "GPU", engine=engine, threads=threads
+            )
             self.runtime.check_model_config(model_config, self.predictor.labels, self.predictor.feature_names)
         except Exception as exc:
             raise pb_utils.TritonModelException(
@@ -56,7 +61,7 @@ class TritonPythonModel:
             ) from exc
         pb_utils.Logger.log_info(
             f"model {self.model_name} version {self.version} ready on {device}"
-            f"{' (fp16)' if kind == 'GPU' else ''}; labels {list(self.predictor.labels)}"
+            f" ({'torch fp16' if kind == 'GPU' else self.predictor.engine}); labels {list(self.predictor.labels)}"
         )
 
     def execute(self, requests):

@@ -5,14 +5,17 @@ Triton ``model.py`` that calls it, and training calls the very same functions in
 version. So a version behaves the same inside and outside Triton, and a version folder is self-contained.
 
 It imports nothing from driftloop, only the standard library, numpy (1.26 in Triton's serving environment, 2.x in
-the workers'), torch, tokenizers and safetensors. The encoder is a plain-torch BERT with the parameter names of
-``transformers.BertModel``: training fine-tunes transformers' model, the export saves its weights, and this module
-loads them. Importing transformers' BERT costs ~5 s per Triton model instance on a small CPU; this one costs nothing
-beyond torch. The export checks that both give the same probabilities before a version can be published.
+the workers'), torch, tokenizers and safetensors (and onnxruntime, when present, for the graph). The encoder is a
+plain-torch BERT with the parameter names of ``transformers.BertModel``: training fine-tunes transformers' model,
+the export saves its weights (and this network's graph), and this module loads them. Importing transformers' BERT
+costs ~5 s per Triton model instance on a small CPU; this one costs nothing beyond torch. The export checks that
+every engine gives the trained model's probabilities before a version can be published.
 
 A version folder holds:
 
 - ``model.safetensors``: the classifier's weights (encoder, feature scaler statistics, heads), float32;
+- ``model.onnx``: the same network as an ONNX graph (ids, mask, features -> logits), which CPU instances run with
+  ONNX Runtime when it is installed (about twice torch's speed on a CPU core); GPUs run the weights with torch;
 - ``encoder_config.json``: the BERT configuration (``transformers.BertConfig`` keys);
 - ``tokenizer/tokenizer.json`` (+ the vocabulary files): the tokenizer the encoder was trained with;
 - ``metadata.json``: labels, feature names, ``max_seq_len``, lineage, metrics, the drift reference sample and a
@@ -32,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
 ENCODER_CONFIG_FILE = "encoder_config.json"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
@@ -41,6 +45,13 @@ TEXT_INPUT = "TEXT"
 FEATURES_INPUT = "FEATURES"
 PROBS_OUTPUT = "PROBS"
 CPU_THREADS_PARAMETER = "cpu_threads"
+CPU_ENGINE_PARAMETER = "cpu_engine"
+# What runs a version on the CPU: "auto" is ONNX Runtime when the version has its graph and the environment has
+# onnxruntime, else torch. GPUs always run torch (float16).
+ENGINES = ("auto", "onnxruntime", "torch")
+# The graph's inputs and output, in the order of Classifier.forward.
+ONNX_INPUTS = ("input_ids", "attention_mask", "features")
+ONNX_OUTPUT = "logits"
 
 # The contract with the inference worker: FEATURES columns, in this order; missing values arrive as 0.
 FEATURE_NAMES = (
@@ -310,11 +321,79 @@ def read_metadata(version_dir: Path | str) -> dict[str, Any]:
     return metadata
 
 
+class OnnxClassifier:
+    """The version's ONNX graph in an ONNX Runtime session on the CPU: called like :class:`Classifier`, it returns
+    the logits as a torch tensor.
+
+    Args:
+        path: the ``model.onnx`` file.
+        threads: ONNX Runtime's intra-op threads (0: its default, one per physical core).
+
+    Raises:
+        ValueError: onnxruntime is not installed, or the file does not load or lacks the classifier's inputs.
+    """
+
+    def __init__(self, path: Path | str, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ValueError(f"onnxruntime is not installed, so {path} cannot run") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle threads that spin between calls take CPU from the workers and the broker on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: it warns about every node it leaves on the CPU provider
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own classes for every kind of bad file
+            raise ValueError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
+        inputs = tuple(i.name for i in self.session.get_inputs())
+        outputs = tuple(o.name for o in self.session.get_outputs())
+        if sorted(inputs) != sorted(ONNX_INPUTS) or outputs != (ONNX_OUTPUT,):
+            raise ValueError(
+                f"{path} takes {list(inputs)} and gives {list(outputs)}; "
+                f"expected {list(ONNX_INPUTS)} and {ONNX_OUTPUT!r}"
+            )
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        feeds = dict(zip(ONNX_INPUTS, (input_ids.numpy(), attention_mask.numpy(), features.numpy()), strict=True))
+        (logits,) = self.session.run(None, feeds)
+        return torch.from_numpy(logits)
+
+
+def resolve_engine(engine: str, version_dir: Path | str, device: torch.device, fp16: bool = False) -> str:
+    """The engine that runs a version: ``"torch"`` or ``"onnxruntime"`` (see :data:`ENGINES`).
+
+    Raises:
+        ValueError: an unknown engine, or ``"onnxruntime"`` asked where it cannot run (a GPU, float16, no graph).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {list(ENGINES)}")
+    graph = Path(version_dir) / ONNX_FILE
+    runnable = device.type == "cpu" and not fp16 and graph.is_file()
+    if engine == "onnxruntime" and not runnable:
+        raise ValueError(
+            f"onnxruntime runs a version in float32 on the CPU from its {ONNX_FILE}; "
+            f"asked for {device}{' in float16' if fp16 else ''} in {version_dir}"
+        )
+    if engine != "auto":
+        return engine
+    if not runnable:
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
 class Predictor:
     """One loaded version, ready to predict.
 
     Args:
-        model: the classifier, in eval mode, on ``device``.
+        model: the classifier in eval mode on ``device``, or its graph in ONNX Runtime (:class:`OnnxClassifier`).
         text_encoder: its tokenizer.
         labels: output order of the probabilities.
         feature_names: input order of the features.
@@ -323,7 +402,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: Classifier,
+        model: Classifier | OnnxClassifier,
         text_encoder: TextEncoder,
         labels: Sequence[str],
         feature_names: Sequence[str],
@@ -335,22 +414,39 @@ class Predictor:
         self.feature_names = tuple(feature_names)
         self.device = device
 
+    @property
+    def engine(self) -> str:
+        """``"onnxruntime"`` or ``"torch"``."""
+        return "onnxruntime" if isinstance(self.model, OnnxClassifier) else "torch"
+
     @classmethod
-    def load(cls, version_dir: Path | str, device: str | torch.device = "cpu", fp16: bool = False) -> Predictor:
+    def load(
+        cls,
+        version_dir: Path | str,
+        device: str | torch.device = "cpu",
+        fp16: bool = False,
+        engine: str = "auto",
+        threads: int = 0,
+    ) -> Predictor:
         """Load a version folder.
 
         Args:
-            version_dir: the folder (weights, encoder config, tokenizer, metadata).
+            version_dir: the folder (weights, graph, encoder config, tokenizer, metadata).
             device: ``"cpu"`` or ``"cuda:<id>"``.
             fp16: run the encoder and heads in float16 (for GPUs).
+            engine: one of :data:`ENGINES`; ``"auto"`` runs the graph with ONNX Runtime on a CPU where it can.
+            threads: ONNX Runtime's threads (0: one per core); torch's are the process's own setting.
 
         Raises:
-            ValueError: a file is missing or unreadable, or the weights do not fit the architecture.
+            ValueError: a file is missing or unreadable, the weights do not fit the architecture, or the engine
+                cannot run here.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(version_dir)
+        target = torch.device(device)
+        engine = resolve_engine(engine, folder, target, fp16)
         metadata = read_metadata(folder)
         try:
             encoder_config = json.loads((folder / ENCODER_CONFIG_FILE).read_text(encoding="utf-8"))
@@ -358,6 +454,16 @@ class Predictor:
             raise ValueError(f"cannot read {folder / ENCODER_CONFIG_FILE}: {exc}") from exc
         labels, feature_names = metadata["labels"], metadata["feature_names"]
         max_length = min(int(metadata["max_seq_len"]), int(encoder_config["max_position_embeddings"]))
+        tokenizer_file = folder / TOKENIZER_DIR / TOKENIZER_FILE
+        if not tokenizer_file.is_file():
+            raise ValueError(f"tokenizer {tokenizer_file} is missing")
+        text_encoder = TextEncoder(tokenizer_file, max_length)
+        if text_encoder.vocab_size > encoder_config["vocab_size"]:
+            raise ValueError(
+                f"tokenizer has {text_encoder.vocab_size} tokens, the encoder only {encoder_config['vocab_size']}"
+            )
+        if engine == "onnxruntime":
+            return cls(OnnxClassifier(folder / ONNX_FILE, threads), text_encoder, labels, feature_names, target)
         model = Classifier(BertEncoder(encoder_config), encoder_config["hidden_size"], len(feature_names), len(labels))
         try:
             state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
@@ -367,15 +473,6 @@ class Predictor:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(f"weights {folder / WEIGHTS_FILE} do not fit the architecture: {exc}") from exc
-        tokenizer_file = folder / TOKENIZER_DIR / TOKENIZER_FILE
-        if not tokenizer_file.is_file():
-            raise ValueError(f"tokenizer {tokenizer_file} is missing")
-        text_encoder = TextEncoder(tokenizer_file, max_length)
-        if text_encoder.vocab_size > encoder_config["vocab_size"]:
-            raise ValueError(
-                f"tokenizer has {text_encoder.vocab_size} tokens, the encoder only {encoder_config['vocab_size']}"
-            )
-        target = torch.device(device)
         model.eval().to(target)
         if fp16:
             model.half_precision()
@@ -496,6 +593,20 @@ def cpu_threads(model_config: dict[str, Any]) -> int:
     if threads < 0:
         raise ValueError(f"config.pbtxt parameter {CPU_THREADS_PARAMETER} is {raw!r}; it needs a whole number >= 0")
     return threads
+
+
+def cpu_engine(model_config: dict[str, Any]) -> str:
+    """The engine of a CPU instance: the ``cpu_engine`` parameter of ``config.pbtxt`` (none: ``"auto"``).
+
+    Raises:
+        ValueError: the parameter is not one of :data:`ENGINES`.
+    """
+    engine = model_config.get("parameters", {}).get(CPU_ENGINE_PARAMETER, {}).get("string_value", "auto")
+    if engine not in ENGINES:
+        raise ValueError(
+            f"config.pbtxt parameter {CPU_ENGINE_PARAMETER} is {engine!r}; it needs one of {list(ENGINES)}"
+        )
+    return engine
 
 
 def check_model_config(model_config: dict[str, Any], labels: Sequence[str], feature_names: Sequence[str]) -> None:
