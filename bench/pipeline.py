@@ -14,7 +14,9 @@ model repository (nothing is written to ``triton_repo/``), its own Feast store a
    here, the network's shape does) and ``bench_null``, the *null model* (``bench/null_model.py``: the classifier's
    inputs and outputs, constant probabilities, no work), which measures the pipeline's own cost apart from the model.
 2. Raw: the classifier version in this process (``Predictor.predict_proba``) at the workers' micro-batch size:
-   sequences/s and CPU microseconds per sequence.
+   sequences/s and CPU microseconds per sequence, with the engine a CPU instance serves it with (``raw_engine``:
+   ONNX Runtime on the version's graph by default, ``training.cpu_engine``) and with torch on its weights
+   (``raw_torch_*``, the model as trained). ``ratio`` is against the first, ``ratio_vs_torch`` against the second.
 3. Per model, one feature worker and one inference worker, as ``driftloop workers run`` starts them, with the default
    worker settings: warm-up events, then 3 s without traffic (``idle_cpu_ms_per_s``); then, with both workers stopped
    (SIGSTOP), a backlog of ``--events`` events (at least 3,000 for the null model) goes onto the topic, and the
@@ -65,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import procstat
+from torch import device as torch_device
 
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import triton as local_triton
@@ -75,6 +78,7 @@ from streams.client import Record
 from streams.generator import dated_as_sent, produce, synthetic_records
 from streams.reader import BEGINNING, TopicReader
 from training.repository import MAX_BATCH_SIZE
+from training.servable.runtime import resolve_engine
 
 NULL_MODEL = "bench_null"
 NULL_MODEL_FILE = Path(__file__).with_name("null_model.py")
@@ -284,11 +288,12 @@ def publish_null(settings: Settings, classifier: Path) -> int:
     return version
 
 
-def raw_throughput(version_dir: Path, texts: list[str], batch: int) -> tuple[float, float]:
-    """Sequences per second of the version in this process, and CPU microseconds per sequence (all threads)."""
+def raw_throughput(version_dir: Path, texts: list[str], batch: int, engine: str) -> tuple[float, float]:
+    """Sequences per second of the version in this process with ``engine`` (all cores), and CPU microseconds per
+    sequence (all threads)."""
     from training.servable.runtime import Predictor
 
-    predictor = Predictor.load(version_dir)
+    predictor = Predictor.load(version_dir, engine=engine)
     features = np.zeros((batch, 6), dtype=np.float32)
     predictor.predict_proba(texts[:batch], features)  # warm up
     started, cpu = time.perf_counter(), time.process_time()
@@ -692,6 +697,12 @@ def main() -> None:
         "--instances", type=int, default=None, help="Triton instances of each model (default: training.instance_count)"
     )
     parser.add_argument(
+        "--cpu-engine",
+        choices=["auto", "onnxruntime", "torch"],
+        default=None,
+        help="what runs the served model on Triton's CPU instances (default: training.cpu_engine)",
+    )
+    parser.add_argument(
         "--replicas",
         default=None,
         help="also drain the backlog with N feature and N inference workers for each N of this list, e.g. 1,2,3",
@@ -731,6 +742,8 @@ def main() -> None:
             }
             if args.instances:
                 base_env["DRIFTLOOP_TRAINING__INSTANCE_COUNT"] = str(args.instances)
+            if args.cpu_engine:
+                base_env["DRIFTLOOP_TRAINING__CPU_ENGINE"] = args.cpu_engine
             env = {**os.environ, **base_env}
             with _environment(base_env):
                 settings = load_settings()
@@ -743,7 +756,9 @@ def main() -> None:
                 # to Triton in requests of the served version's max_batch_size
                 batch = min(settings.workers.max_batch_size, MAX_BATCH_SIZE)
                 texts = [json.loads(r[0].value)["text"] for r in records(settings, max(events, 4 * batch), seed=1)]
-                raw, raw_cpu = raw_throughput(version_dir, texts, batch)
+                engine = resolve_engine(settings.training.cpu_engine, version_dir, torch_device("cpu"))
+                raw, raw_cpu = raw_throughput(version_dir, texts, batch, engine)
+                raw_torch, raw_torch_cpu = raw_throughput(version_dir, texts, batch, "torch")
 
                 result = {
                     "bench": "pipeline",
@@ -751,8 +766,11 @@ def main() -> None:
                     "model_version": version,
                     "batch": batch,
                     "events": events,
+                    "raw_engine": engine,
                     "raw_seq_per_s": round(raw, 1),
                     "raw_cpu_us_per_seq": round(raw_cpu, 1),
+                    "raw_torch_seq_per_s": round(raw_torch, 1),
+                    "raw_torch_cpu_us_per_seq": round(raw_torch_cpu, 1),
                 }
                 measured = measure_model(
                     env, model, folder, found, settings, events, args.fixed_s, args.profile, monitor=True
@@ -761,6 +779,7 @@ def main() -> None:
                 result.update(
                     pipeline_events_per_s=measured["pipeline_events_per_s"],
                     ratio=round(measured["pipeline_events_per_s"] / raw, 3) if raw else None,
+                    ratio_vs_torch=round(measured["pipeline_events_per_s"] / raw_torch, 3) if raw_torch else None,
                     fixed_rate_per_s=half.get("rate_per_s"),
                     fixed_rate_events=half.get("events"),
                     latency_ms_p50=half.get("p50_ms"),
@@ -824,12 +843,16 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = {"raw model": result["raw_seq_per_s"], "pipeline": result["pipeline_events_per_s"]}
+    bars = {
+        "raw, torch": result["raw_torch_seq_per_s"],
+        f"raw, {result['raw_engine']}": result["raw_seq_per_s"],
+        "pipeline": result["pipeline_events_per_s"],
+    }
     if "null_model" in result:
-        bars["pipeline, null model"] = result["null_model"]["pipeline_events_per_s"]
-    left.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "tab:orange"][: len(bars)])
+        bars["pipeline,\nnull model"] = result["null_model"]["pipeline_events_per_s"]
+    left.bar(list(bars), list(bars.values()), color=["silver", "grey", "tab:blue", "tab:orange"][: len(bars)])
     left.set_ylabel("events / s")
-    left.set_title(f"{result['encoder']}: ratio {result['ratio']}")
+    left.set_title(f"{result['encoder']}: ratio {result['ratio']} ({result['ratio_vs_torch']} vs torch)")
     for name, runs in (("classifier", result["latency"]), ("null model", result.get("null_model", {}).get("latency"))):
         if runs:
             rates = [run["rate_per_s"] for run in runs.values()]

@@ -186,8 +186,10 @@ def export_graph(version_dir: Path) -> Path:
 
 
 def engines(version_dir: Path) -> list[str]:
-    """The engines a version folder can run on: torch (its weights), and ONNX Runtime when it carries its graph."""
-    return ["torch", *(["onnxruntime"] if (version_dir / runtime.ONNX_FILE).is_file() else [])]
+    """The engines whose files a version folder carries: torch (``model.safetensors``), ONNX Runtime (``model.onnx``).
+    None for a folder whose ``model.py`` is not the runtime's (a model of the user's own with the same contract)."""
+    carried = {"torch": runtime.WEIGHTS_FILE, "onnxruntime": runtime.ONNX_FILE}
+    return [engine for engine, name in carried.items() if (version_dir / name).is_file()]
 
 
 def check_engines(
@@ -201,7 +203,10 @@ def check_engines(
     Raises:
         ExportError: the folder does not load with an engine, or a probability differs by more than ``atol``.
     """
-    for engine in engines(version_dir):
+    found = engines(version_dir)
+    if not found:
+        raise ExportError(f"{version_dir} has neither {runtime.WEIGHTS_FILE} nor {runtime.ONNX_FILE}")
+    for engine in found:
         try:
             loaded = runtime.Predictor.load(version_dir, engine=engine)
         except ValueError as exc:

@@ -51,7 +51,7 @@ from prometheus_client import Counter
 from foundation.settings import Settings
 from streams.triton_client import InferenceServerException, TritonAdmin, admin_headers
 from training.exceptions import ExportError, PublishError, RegistryError, VersionRejected
-from training.export import check_engines, read_metadata, write_metadata
+from training.export import check_engines, engines, read_metadata, write_metadata
 from training.registry import ModelState, announce, read_state
 from training.repository import ModelRepository
 
@@ -249,12 +249,13 @@ class TritonReplicas:
 
 def check_in_process(version_dir: Path, smoke: dict[str, Any], atol: float) -> None:
     """The version's smoke requests in process, with each engine its folder carries: each must give the recorded
-    probabilities within ``atol`` (a folder without a smoke sample is refused by :func:`smoke_test`).
+    probabilities within ``atol``. (A folder without a smoke sample is refused by :func:`smoke_test`; one that
+    carries no engine's files, a ``model.py`` of the user's own, is checked in Triton only.)
 
     Raises:
         PublishError: an engine does not load the folder or answers otherwise.
     """
-    if not smoke.get("texts"):
+    if not smoke.get("texts") or not engines(version_dir):
         return
     features = np.asarray(smoke["features"], dtype=np.float32)
     want = np.asarray(smoke["probs"], dtype=np.float32)

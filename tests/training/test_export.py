@@ -13,7 +13,7 @@ from foundation.settings import load_settings
 from training.dataset import bootstrap_dataset, split_by_time
 from training.encoders import initial_model, minilm_dir
 from training.exceptions import ExportError, TrainingError
-from training.export import check_export, export_graph, read_metadata
+from training.export import check_export, engines, export_graph, read_metadata
 from training.pipeline import build_version
 from training.servable import runtime
 from training.trainer import FitOptions, fit, resolve_device
@@ -104,6 +104,15 @@ def test_the_folder_reproduces_the_model_and_a_changed_one_is_caught(tiny_versio
         check_export(changed, trained, holdout)
     (changed / runtime.WEIGHTS_FILE).write_bytes(b"nonsense")
     with pytest.raises(ExportError, match="does not load with torch"):
+        check_export(changed, trained, holdout)
+    shutil.copy2(tiny_version.path / runtime.WEIGHTS_FILE, changed / runtime.WEIGHTS_FILE)
+    assert engines(changed) == ["torch", "onnxruntime"]
+    (changed / runtime.ONNX_FILE).unlink()
+    assert engines(changed) == ["torch"]
+    check_export(changed, trained, holdout)  # a folder exported before graphs existed: its weights are checked
+    (changed / runtime.WEIGHTS_FILE).unlink()
+    assert engines(changed) == []  # a model.py of the user's own: nothing for the runtime to check
+    with pytest.raises(ExportError, match="has neither"):
         check_export(changed, trained, holdout)
     shutil.copy2(tiny_version.path / runtime.WEIGHTS_FILE, changed / runtime.WEIGHTS_FILE)
     shutil.rmtree(changed / runtime.TOKENIZER_DIR)
