@@ -226,7 +226,8 @@ class TrainingSettings(_Section):
     # every instance, which oversubscribes the cores and burns CPU spinning: scale with instance_count instead.
     cpu_threads: int = Field(1, ge=0)
     # What runs the served model on a CPU instance: the version's ONNX graph in ONNX Runtime ("auto": when the
-    # serving environment has onnxruntime, about twice torch's speed) or its weights in torch. GPUs always run torch.
+    # serving environment has onnxruntime; MiniLM runs about twice as fast per core) or its weights in torch. GPUs
+    # always run torch.
     cpu_engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     max_queue_delay_us: int = Field(2000, ge=0)  # dynamic batching delay
 

@@ -187,7 +187,7 @@ def export_graph(version_dir: Path) -> Path:
 
 def engines(version_dir: Path) -> list[str]:
     """The engines whose files a version folder carries: torch (``model.safetensors``), ONNX Runtime (``model.onnx``).
-    None for a folder whose ``model.py`` is not the runtime's (a model of the user's own with the same contract)."""
+    Neither for a folder whose ``model.py`` is not the runtime's (a model of the user's own with the same contract)."""
     carried = {"torch": runtime.WEIGHTS_FILE, "onnxruntime": runtime.ONNX_FILE}
     return [engine for engine, name in carried.items() if (version_dir / name).is_file()]
 

@@ -15,7 +15,7 @@ A version folder holds:
 
 - ``model.safetensors``: the classifier's weights (encoder, feature scaler statistics, heads), float32;
 - ``model.onnx``: the same network as an ONNX graph (ids, mask, features -> logits), which CPU instances run with
-  ONNX Runtime when it is installed (about twice torch's speed on a CPU core); GPUs run the weights with torch;
+  ONNX Runtime when it is installed (MiniLM: about twice torch's speed per core); GPUs run the weights with torch;
 - ``encoder_config.json``: the BERT configuration (``transformers.BertConfig`` keys);
 - ``tokenizer/tokenizer.json`` (+ the vocabulary files): the tokenizer the encoder was trained with;
 - ``metadata.json``: labels, feature names, ``max_seq_len``, lineage, metrics, the drift reference sample and a
