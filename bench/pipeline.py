@@ -81,7 +81,7 @@ from streams.generator import dated_as_sent, produce, synthetic_records
 from streams.reader import BEGINNING, TopicReader
 from training.export import engines
 from training.repository import MAX_BATCH_SIZE
-from training.servable.runtime import resolve_engine
+from training.servable.runtime import Predictor, resolve_engine
 
 NULL_MODEL = "bench_null"
 NULL_MODEL_FILE = Path(__file__).with_name("null_model.py")
@@ -296,8 +296,6 @@ def publish_null(settings: Settings, classifier: Path) -> int:
 def raw_throughput(version_dir: Path, texts: list[str], batch: int, engine: str) -> tuple[float, float]:
     """Sequences per second of the version in this process with ``engine`` (all cores), and CPU microseconds per
     sequence (all threads)."""
-    from training.servable.runtime import Predictor
-
     predictor = Predictor.load(version_dir, engine=engine)
     features = np.zeros((batch, 6), dtype=np.float32)
     predictor.predict_proba(texts[:batch], features)  # warm up
