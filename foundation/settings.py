@@ -354,6 +354,10 @@ class StackSettings(_Section):
     # Opt-in second listener, SASL_SSL with SCRAM-SHA-256/512 (0 = off): a CA and a broker certificate are generated
     # once into <run_dir>/kafka/tls (clients trust tls/ca.crt); the user is created when the storage is formatted.
     # The password is a secret: env DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD, or a file named by
+    # JVM flags of the local broker, after its heap and G1. C1 only: the C2 compiler threads keep compiling for minutes
+    # after the broker starts, CPU a small host takes from the pipeline (2 cores, 20,000-event tiny drains: the broker
+    # spent 42-86 µs of CPU per event with C2, 29 of 53 compiling in one, against 31-37 with C1 only).
+    kafka_jvm_flags: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
     # DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD_FILE. The PLAINTEXT listener stays the default for everything else.
     kafka_sasl_port: int = Field(default=0, ge=0, le=65535)
     kafka_sasl_username: str = Field(default="driftloop", pattern=r"^[A-Za-z0-9._-]{1,64}$")

@@ -387,6 +387,7 @@ def _java_argv(settings: Settings, main_class: str, *args: str) -> list[str]:
         f"-Xms{heap}",
         f"-Xmx{heap}",
         "-XX:+UseG1GC",
+        *settings.stack.kafka_jvm_flags,
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={run_dir / 'log4j2.xml'}",
         "-cp",
