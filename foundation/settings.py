@@ -221,7 +221,10 @@ class TrainingSettings(_Section):
     smoke_atol: float = Field(0.02, gt=0)  # Triton's smoke answers vs in-process probabilities (fp16 on GPU)
     load_timeout_s: float = Field(180.0, gt=0)
     retire_grace_s: float = Field(5.0, ge=0)  # after a role change, how long a replaced version keeps serving
-    instance_count: int = Field(1, ge=1)  # Triton instances per GPU (or on the CPU)
+    # Triton instances of the served model per GPU (or on the CPU). Two: on a CPU host each runs on cpu_threads of its
+    # own, and one's Python work (tokenizing, tensors in and out) overlaps the other's model; on 2 cores MiniLM's
+    # pipeline drained 0.83-0.99x the raw model with two, 0.61 with one. Each is a stub process (~770 MB for MiniLM).
+    instance_count: int = Field(2, ge=1)
     # Torch threads of each CPU instance of the served model. torch's default (0 here) is a thread per host core in
     # every instance, which oversubscribes the cores and burns CPU spinning: scale with instance_count instead.
     cpu_threads: int = Field(1, ge=0)
@@ -351,13 +354,13 @@ class StackSettings(_Section):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "768m"
-    # Opt-in second listener, SASL_SSL with SCRAM-SHA-256/512 (0 = off): a CA and a broker certificate are generated
-    # once into <run_dir>/kafka/tls (clients trust tls/ca.crt); the user is created when the storage is formatted.
-    # The password is a secret: env DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD, or a file named by
     # JVM flags of the local broker, after its heap and G1. C1 only: the C2 compiler threads keep compiling for minutes
     # after the broker starts, CPU a small host takes from the pipeline (2 cores, 20,000-event tiny drains: the broker
     # spent 42-86 µs of CPU per event with C2, 29 of 53 compiling in one, against 31-37 with C1 only).
     kafka_jvm_flags: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
+    # Opt-in second listener, SASL_SSL with SCRAM-SHA-256/512 (0 = off): a CA and a broker certificate are generated
+    # once into <run_dir>/kafka/tls (clients trust tls/ca.crt); the user is created when the storage is formatted.
+    # The password is a secret: env DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD, or a file named by
     # DRIFTLOOP_STACK__KAFKA_SASL_PASSWORD_FILE. The PLAINTEXT listener stays the default for everything else.
     kafka_sasl_port: int = Field(default=0, ge=0, le=65535)
     kafka_sasl_username: str = Field(default="driftloop", pattern=r"^[A-Za-z0-9._-]{1,64}$")

@@ -59,7 +59,7 @@ def render_config(
     versions: list[int],
     *,
     n_features: int = len(runtime.FEATURE_NAMES),
-    instance_count: int = 1,
+    instance_count: int = 2,
     max_queue_delay_us: int = 2000,
     cpu_threads: int = 1,
     cpu_engine: str = "auto",
