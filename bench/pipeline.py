@@ -18,18 +18,21 @@ model repository (nothing is written to ``triton_repo/``), its own Feast store a
    on its weights, ONNX Runtime on its graph). ``raw_seq_per_s`` is the fastest of them (``raw_engine``): the
    pipeline is compared with the best this machine does with the model in process, whatever Triton runs.
 3. Per model, one feature worker and one inference worker, as ``driftloop workers run`` starts them, with the default
-   worker settings: warm-up events, then 3 s without traffic (``idle_cpu_ms_per_s``); then, with both workers stopped
-   (SIGSTOP), a backlog of ``--events`` events (at least 20,000 for the null model) goes onto the topic, and the
-   workers drain it once resumed: events/s from the resume to the last prediction read back. The default backlogs
-   (20,000 tiny, 2,000 MiniLM) take seconds to drain, many times the first read's start and the feature worker's
-   push interval, so the rate is the steady one (a 3,000-event backlog drained in 0.7 s gave half of it). Then
-   three fixed rates, 25 %, 50 % and 75 % of that throughput (``--fixed-s`` seconds each, at most ``--events`` events):
-   end-to-end latency p50/p99 (the prediction's ``timings_ms.end_to_end``: event's broker timestamp to production).
+   worker settings: a few warm-up batches and an unmeasured drain of a backlog as big as the measured one (a broker
+   started for the benchmark compiles its hot paths during its first drains), then 3 s without traffic
+   (``idle_cpu_ms_per_s``); then, with both workers stopped (SIGSTOP), a backlog of ``--events`` events (at least 20,000
+   for the null model) goes onto the topic, and the workers drain it once resumed: events/s from the resume to the last
+   prediction read back. The default backlogs (20,000 tiny, 2,000 MiniLM) take seconds to drain, many times the first
+   read's start and the feature worker's push interval, so the rate is the steady one (a 3,000-event backlog drained in
+   0.7 s gave half of it). Then three fixed rates, 25 %, 50 % and 75 % of that throughput (``--fixed-s`` seconds each,
+   at most ``--events`` events): end-to-end latency p50/p99 (the prediction's ``timings_ms.end_to_end``: event's broker
+   timestamp to production).
 4. CPU per event, from ``/proc/<pid>/stat`` (utime + stime, all threads; ``bench/procstat.py``) over each measured
    interval: the inference worker, the feature worker (``driftloop`` is the two summed), tritonserver with its python
-   backend stubs, and the broker (which also serves the benchmark's own writes and reads). The benchmark's process
-   is not counted. The feature worker's interval ends when its group has committed every event (faust commits every
-   second), so it includes up to a second of idling. Resolution: one clock tick (10 ms) over the interval's events.
+   backend stubs, and the broker (which also serves the benchmark's own writes and reads; ``broker_jit`` is the part its
+   JVM's compiler threads took). The benchmark's process is not counted. The feature worker's interval ends when its
+   group has committed every event (faust commits every second), so it includes up to a second of idling. Resolution:
+   one clock tick (10 ms) over the interval's events.
 5. Cold start and memory per role, each started alone: the inference worker (start to its first prediction, one
    event waiting), the feature worker (start to the first features it pushed being served from a fresh store), the
    drift monitor and the retraining consumer (start to ``/readyz`` answering 200); resident memory (VmRSS) then; and
@@ -88,6 +91,7 @@ NULL_MODEL_FILE = Path(__file__).with_name("null_model.py")
 FRACTIONS = (0.25, 0.5, 0.75)
 STAGES = ("queue", "features", "inference")  # timings_ms stages before end_to_end
 WORKER_TIMEOUT_S = 300.0
+JIT_THREADS = "CompilerThre"  # the JVM's C1 and C2 compiler threads ("C2 CompilerThre" in /proc)
 IDLE_S = 3.0  # warm workers, no traffic: what they burn idle
 DEFAULT_EVENTS = {"tiny": 20_000, "minilm": 2_000}  # backlogs of several seconds at these machines' rates
 NULL_EVENTS = 20_000
@@ -439,8 +443,18 @@ def measure_model(
             wait_for(
                 lambda g=group: group_members(settings, g) == replicas, 120, f"{replicas} members in {group}", procs
             )
+        # Warm-up: a few batches, then an unmeasured drain of a backlog as big as the measured one. A broker started
+        # for the benchmark compiles its hot paths (the JVM's JIT) during its first drains: in the first 20,000-event
+        # tiny drain its compiler threads took ~4 s of CPU on 2 cores, against ~1 s in later ones.
         warm = 2 * settings.workers.max_batch_size
         produce(producer, records(settings, warm, seed=1))
+        wait_for(lambda: len(arrivals) >= warm, WORKER_TIMEOUT_S, f"{warm} warm-up predictions", procs)
+        pipeline.signal(signal.SIGSTOP)
+        try:
+            produce(producer, records(settings, events, seed=3))
+        finally:
+            pipeline.signal(signal.SIGCONT)
+        warm += events
         wait_for(lambda: len(arrivals) >= warm, WORKER_TIMEOUT_S, f"{warm} warm-up predictions", procs)
         wait_for(lambda: group_caught_up(settings, features_group), 120, "the feature worker's warm-up", procs)
         groups = {
@@ -463,16 +477,20 @@ def measure_model(
             profilers = profilers or {}
             expected = len(arrivals) + count
             before = procstat.sample(groups)
+            compiling = procstat.thread_ticks(found.broker_pid, JIT_THREADS)
             began = time.time()
             start()
             wait_for(lambda: len(arrivals) >= expected, WORKER_TIMEOUT_S, f"{count} predictions", procs)
             after = procstat.sample(groups)
+            compiled = procstat.thread_ticks(found.broker_pid, JIT_THREADS)
             stop_profilers(profilers, "inference")
             wait_for(lambda: group_caught_up(settings, features_group), 300, "the feature worker's commits", procs)
             after["feature_worker"] = procstat.sample({"feature_worker": groups["feature_worker"]})["feature_worker"]
             stop_profilers(profilers, "features")
             cpu = procstat.cpu_us_per_event(before, after, count, procstat.CLOCK_TICKS)
             cpu["driftloop"] = _sum(cpu["inference_worker"], cpu["feature_worker"])
+            if compiling is not None and compiled is not None:  # the broker's, spent by its JIT compiler threads
+                cpu["broker_jit"] = round((compiled - compiling) / procstat.CLOCK_TICKS * 1e6 / count, 1)
             last = max(t for t, _ in arrivals.records[expected - count : expected])
             return cpu, began, last
 

@@ -122,6 +122,18 @@ def read_memory_kb(pid: int, proc: Path = PROC) -> dict[str, int]:
         return {}
 
 
+def thread_ticks(pid: int, marker: str, proc: Path = PROC) -> int | None:
+    """CPU ticks of ``pid``'s threads whose name holds ``marker`` (``/proc/<pid>/task/<tid>/stat``, e.g. the JVM's
+    compiler threads); None when the process is gone."""
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return None
+    return sum(
+        stat.cpu_ticks for task in tasks if (stat := read_stat(int(task.name), task.parent)) and marker in stat.comm
+    )
+
+
 def all_stats(proc: Path = PROC) -> list[Stat]:
     """Every process's stat (those that vanish while being read are skipped)."""
     stats = []

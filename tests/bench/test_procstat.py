@@ -96,3 +96,15 @@ def test_readers_return_nothing_for_a_process_that_is_gone(tmp_path):
     assert procstat.read_memory_kb(4243, tmp_path) == {}
     assert procstat.sample({"w": [4242, 4243]}, tmp_path) == {"w": {4242: 1290}}
     assert procstat.tree(4242, tmp_path) == [4242]
+
+
+def test_thread_ticks_sum_the_named_threads_of_a_process(tmp_path):
+    tasks = tmp_path / "4242" / "task"
+    for tid, name, ticks in ((4242, "java", 5), (4250, "C2 CompilerThre", 300), (4251, "C1 CompilerThre", 40)):
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(
+            f"{tid} ({name}) S 1 4242 1 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 30 0 1 1 1 0 0 0\n"
+        )
+    assert procstat.thread_ticks(4242, "CompilerThre", tmp_path) == 340
+    assert procstat.thread_ticks(4242, "GC Thread", tmp_path) == 0
+    assert procstat.thread_ticks(4243, "CompilerThre", tmp_path) is None
