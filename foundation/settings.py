@@ -356,7 +356,7 @@ class StackSettings(_Section):
     kafka_heap: str = "768m"
     # JVM flags of the local broker, after its heap and G1. C1 only: the C2 compiler threads keep compiling for minutes
     # after the broker starts, CPU a small host takes from the pipeline (2 cores, 20,000-event tiny drains: the broker
-    # spent 42-86 µs of CPU per event with C2, 29 of 53 compiling in one, against 31-37 with C1 only).
+    # spent 42-86 µs of CPU per event with C2, 29 of 53 compiling in one, against 31-43 with C1 only).
     kafka_jvm_flags: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
     # Opt-in second listener, SASL_SSL with SCRAM-SHA-256/512 (0 = off): a CA and a broker certificate are generated
     # once into <run_dir>/kafka/tls (clients trust tls/ca.crt); the user is created when the storage is formatted.
