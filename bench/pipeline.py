@@ -444,8 +444,8 @@ def measure_model(
                 lambda g=group: group_members(settings, g) == replicas, 120, f"{replicas} members in {group}", procs
             )
         # Warm-up: a few batches, then an unmeasured drain of a backlog as big as the measured one. A broker started
-        # for the benchmark compiles its hot paths (the JVM's JIT) during its first drains: in the first 20,000-event
-        # tiny drain its compiler threads took ~4 s of CPU on 2 cores, against ~1 s in later ones.
+        # for the benchmark compiles its hot paths (the JVM's JIT) during its first drains: with C2, its compiler
+        # threads took 4 to 6 s of CPU over the first tiny measurement on 2 cores, 1 to 3 s over each later one.
         warm = 2 * settings.workers.max_batch_size
         produce(producer, records(settings, warm, seed=1))
         wait_for(lambda: len(arrivals) >= warm, WORKER_TIMEOUT_S, f"{warm} warm-up predictions", procs)
