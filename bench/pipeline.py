@@ -72,7 +72,6 @@ from pathlib import Path
 
 import numpy as np
 import procstat
-from torch import device as torch_device
 
 from driftloop.stack import kafka as local_kafka
 from driftloop.stack import triton as local_triton
@@ -790,7 +789,7 @@ def main() -> None:
                     "model_version": version,
                     "batch": batch,
                     "events": events,
-                    "served_engine": resolve_engine(settings.training.cpu_engine, version_dir, torch_device("cpu")),
+                    "served_engine": resolve_engine(settings.training.cpu_engine, version_dir, "cpu"),
                     "raw_engine": best,
                     "raw_seq_per_s": raw,
                     "raw_cpu_us_per_seq": raw_engines[best]["cpu_us_per_seq"],

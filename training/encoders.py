@@ -5,7 +5,7 @@
 - a published version (warm start): its weights and tokenizer, so a retrain fine-tunes the champion.
 
 The encoder is ``transformers.BertModel`` (without pooler); the classifier around it is the served one
-(:class:`training.servable.runtime.Classifier`), so the trained weights load into the runtime unchanged.
+(:class:`training.servable.network.Classifier`), so the trained weights load into the runtime unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.exceptions import TrainingError
-from training.servable import runtime
+from training.servable import network, runtime
 
 ENCODERS = ("minilm", "tiny")
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -40,7 +40,7 @@ class InitialModel:
         parent_version: the version it was initialised from, if any.
     """
 
-    model: runtime.Classifier
+    model: network.Classifier
     encoder_config: dict[str, Any]
     tokenizer_dir: Path
     base: str
@@ -89,7 +89,7 @@ def initial_model(kind: str, n_labels: int, seed: int) -> InitialModel:
         config = BertConfig(vocab_size=vocab, max_position_embeddings=512, **TINY_SHAPE)
         encoder = BertModel(config, add_pooling_layer=False)
         base = f"tiny: random BERT {TINY_SHAPE}, seed {seed}"
-    model = runtime.Classifier(encoder, config.hidden_size, len(runtime.FEATURE_NAMES), n_labels)
+    model = network.Classifier(encoder, config.hidden_size, len(runtime.FEATURE_NAMES), n_labels)
     return InitialModel(model, _config_dict(config), source, base, kind)
 
 
@@ -107,7 +107,7 @@ def from_version(version_dir: Path, version: int, labels: tuple[str, ...]) -> In
         if tuple(metadata["labels"]) != tuple(labels) or tuple(metadata["feature_names"]) != runtime.FEATURE_NAMES:
             raise TrainingError(f"version {version} has labels {metadata['labels']}, not {list(labels)}")
         config = BertConfig.from_dict(cfg)
-        model = runtime.Classifier(
+        model = network.Classifier(
             BertModel(config, add_pooling_layer=False), config.hidden_size, len(runtime.FEATURE_NAMES), len(labels)
         )
         model.load_state_dict(load_file(str(version_dir / runtime.WEIGHTS_FILE)), strict=True)

@@ -1,7 +1,7 @@
 """Export a trained classifier as a self-contained version folder, and describe it in ``metadata.json``.
 
-A version folder holds ``model.py`` and ``runtime.py`` (copied from :mod:`training.servable`, with their bytecode),
-``model.safetensors``, ``model.onnx`` (the runtime's network as an ONNX graph, :func:`export_graph`),
+A version folder holds ``model.py``, ``runtime.py`` and ``network.py`` (copied from :mod:`training.servable`, with
+their bytecode), ``model.safetensors``, ``model.onnx`` (the network as an ONNX graph, :func:`export_graph`),
 ``encoder_config.json``, ``tokenizer/`` and ``metadata.json``. After writing, the folder is loaded back with the
 runtime Triton uses, with each engine (torch, ONNX Runtime), and must give the trained model's probabilities
 (:func:`check_export`).
@@ -39,7 +39,7 @@ from streams.text_stats import TEXT_STATS_COLUMNS, text_stats
 from training.dataset import feature_matrix
 from training.encoders import TOKENIZER_FILES
 from training.exceptions import ExportError
-from training.servable import SERVABLE_DIR, SERVABLE_FILES, runtime
+from training.servable import SERVABLE_DIR, SERVABLE_FILES, network, runtime
 
 FORMAT_VERSION = 1
 EXPORT_ATOL = 1e-4
@@ -92,7 +92,7 @@ def read_metadata(version_dir: Path) -> VersionMetadata:
 
 
 def export_version(
-    model: runtime.Classifier,
+    model: network.Classifier,
     *,
     encoder_config: dict[str, Any],
     tokenizer_dir: Path,
@@ -154,7 +154,7 @@ def export_graph(version_dir: Path) -> Path:
         predictor = runtime.Predictor.load(version_dir, engine="torch")
     except ValueError as exc:
         raise ExportError(f"the exported version does not load: {exc}") from exc
-    ids, mask = predictor.text_encoder(list(_GRAPH_EXAMPLE))
+    ids, mask = (torch.from_numpy(a) for a in predictor.text_encoder(list(_GRAPH_EXAMPLE)))
     features = torch.zeros(len(_GRAPH_EXAMPLE), len(predictor.feature_names))
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     path = version_dir / runtime.ONNX_FILE

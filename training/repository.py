@@ -9,7 +9,8 @@ Layout (``settings.triton.model_repository`` / ``settings.triton.model_name``)::
       .staging-<host>-<pid>-<id>/   a version being built (Triton ignores non-numeric folders)
       .publish-intent.json  a publish between Triton's load and the models-topic announcement (see training.publish)
       .runs.jsonl         the retraining consumer's last runs and how they ended (bounded)
-      3/ 4/ 5/            complete versions: model.py, runtime.py, weights, tokenizer, metadata.json
+      3/ 4/ 5/            complete versions: model.py, runtime.py, network.py, weights, graph, tokenizer,
+                          metadata.json
 
 ``config.pbtxt`` serves exactly the versions with a role (champion, candidate, previous champion) through a
 ``specific`` version policy; other kept versions stay on disk for lineage and for a rollback ``--to`` them.

@@ -24,7 +24,7 @@ from foundation.settings import TrainingSettings
 from training.dataset import feature_matrix, label_ids
 from training.evaluation import Metrics, evaluate
 from training.exceptions import TrainingError
-from training.servable import runtime
+from training.servable import network, runtime
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def warm_up() -> None:
 
 
 def fit(
-    model: runtime.Classifier,
+    model: network.Classifier,
     text_encoder: runtime.TextEncoder,
     train: pd.DataFrame,
     validation: pd.DataFrame,
@@ -193,14 +193,14 @@ class _TrainingRows:
 class _Stepper:
     """One optimisation step: forward (bf16 autocast on a GPU that has it), loss, clipped backward, AdamW, schedule."""
 
-    model: runtime.Classifier
+    model: network.Classifier
     optimizer: torch.optim.Optimizer
     scheduler: Any
     device: torch.device
     autocast: bool
 
     @classmethod
-    def create(cls, model: runtime.Classifier, options: FitOptions, device: torch.device, total_steps: int) -> _Stepper:
+    def create(cls, model: network.Classifier, options: FitOptions, device: torch.device, total_steps: int) -> _Stepper:
         optimizer = _optimizer(model, options)
         warmup = int(total_steps * options.warmup_fraction)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
@@ -221,7 +221,7 @@ class _Stepper:
         return loss.item()
 
 
-def _optimizer(model: runtime.Classifier, options: FitOptions) -> torch.optim.AdamW:
+def _optimizer(model: network.Classifier, options: FitOptions) -> torch.optim.AdamW:
     """AdamW: the encoder at ``learning_rate`` (no weight decay on biases and norms), the new layers at ``head_*``."""
     head_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
     decay = [p for name, p in model.encoder.named_parameters() if p.ndim > 1]
@@ -248,7 +248,7 @@ def _train_epoch(
     running, seen = 0.0, 0
     for start in range(0, len(rows.texts), batch_size):
         index = order[start : start + batch_size]
-        ids, mask = text_encoder([rows.texts[i] for i in index.tolist()])
+        ids, mask = (torch.from_numpy(a) for a in text_encoder([rows.texts[i] for i in index.tolist()]))
         running += stepper.step(ids, mask, rows.features[index], rows.targets[index]) * len(index)
         seen += len(index)
         bar.set_postfix(loss=f"{running / seen:.4f}")
@@ -258,7 +258,7 @@ def _train_epoch(
 
 
 def _validate(
-    model: runtime.Classifier,
+    model: network.Classifier,
     text_encoder: runtime.TextEncoder,
     validation: pd.DataFrame,
     labels: tuple[str, ...],

@@ -15,7 +15,7 @@ from training.encoders import initial_model, minilm_dir
 from training.exceptions import ExportError, TrainingError
 from training.export import check_export, engines, export_graph, read_metadata
 from training.pipeline import build_version
-from training.servable import runtime
+from training.servable import network, runtime
 from training.trainer import FitOptions, fit, resolve_device
 
 pytestmark = pytest.mark.unit
@@ -208,9 +208,10 @@ def test_minilm_loads_offline_with_its_pretrained_weights() -> None:
         init.model.encoder.embeddings.word_embeddings.weight, shipped["embeddings.word_embeddings.weight"]
     )
     # The runtime encoder gives the same hidden states as transformers' model for MiniLM.
-    encoder = runtime.BertEncoder(init.encoder_config).eval()
+    encoder = network.BertEncoder(init.encoder_config).eval()
     encoder.load_state_dict(init.model.encoder.state_dict())
-    tokens = runtime.TextEncoder(init.tokenizer_dir / "tokenizer.json", 16)(["the order was late", "thanks"])
+    encoded = runtime.TextEncoder(init.tokenizer_dir / "tokenizer.json", 16)(["the order was late", "thanks"])
+    tokens = tuple(torch.from_numpy(a) for a in encoded)
     with torch.no_grad():
         want = init.model.encoder.eval()(input_ids=tokens[0], attention_mask=tokens[1]).last_hidden_state
         got = encoder(*tokens)

@@ -56,6 +56,7 @@ def test_round_trip_export_load_infer_equals_in_process(tiny_version, publish_se
         "model.onnx",
         "model.py",
         "model.safetensors",
+        "network.py",
         "runtime.py",
         "tokenizer",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from transformers import BertConfig, BertModel
 
 from training.dataset import feature_matrix
 from training.repository import render_config
-from training.servable import SERVABLE_DIR, runtime
+from training.servable import SERVABLE_DIR, SERVABLE_FILES, network, runtime
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +29,7 @@ def test_the_encoder_matches_transformers_bert_with_padding() -> None:
         max_position_embeddings=40,
     )
     reference = BertModel(config, add_pooling_layer=False).eval()
-    encoder = runtime.BertEncoder(config.to_dict()).eval()
+    encoder = network.BertEncoder(config.to_dict()).eval()
     encoder.load_state_dict(reference.state_dict(), strict=True)
     ids = torch.randint(1, 500, (3, 17))
     mask = torch.ones_like(ids)
@@ -53,17 +54,17 @@ def test_the_encoder_refuses_what_it_does_not_implement() -> None:
         "max_position_embeddings": 8,
     }
     with pytest.raises(ValueError, match="hidden_act"):
-        runtime.BertEncoder({**base, "hidden_act": "swishy"})
+        network.BertEncoder({**base, "hidden_act": "swishy"})
     with pytest.raises(ValueError, match="position_embedding_type"):
-        runtime.BertEncoder({**base, "position_embedding_type": "relative_key"})
+        network.BertEncoder({**base, "position_embedding_type": "relative_key"})
 
 
 def test_the_scaler_is_finite_for_huge_and_negative_values_and_fp16() -> None:
-    scaler = runtime.FeatureScaler(2)
+    scaler = network.FeatureScaler(2)
     scaler.fit(np.array([[0, 10], [5, 1000], [10, 100000]], dtype=np.float32))
     out = scaler(torch.tensor([[1e30, -50.0], [0.0, 0.0]]).half())
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    assert out.abs().max() <= runtime.SCALED_CLIP
+    assert out.abs().max() <= network.SCALED_CLIP
 
 
 def test_texts_are_decoded_or_refused_per_row() -> None:
@@ -240,9 +241,10 @@ def test_servable_files_import_nothing_from_the_project() -> None:
         "onnxruntime",  # optional: the serving environment's, for a CPU version's graph
         "importlib",
         "sys",
+        "types",
         "triton_python_backend_utils",
     }
-    for name in ("runtime.py", "model.py"):
+    for name in SERVABLE_FILES:
         tree = ast.parse((SERVABLE_DIR / name).read_text(encoding="utf-8"))
         imported = {
             (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
@@ -273,3 +275,53 @@ def test_half_precision_stays_close_to_float32(tiny_version) -> None:
     got = half.predict_proba(holdout["text"].tolist(), features)
     assert got.dtype == np.float32 and np.isfinite(got).all()
     np.testing.assert_allclose(got, full.predict_proba(holdout["text"].tolist(), features), atol=0.02)
+
+
+_SERVE_FROM_FOLDER = """
+import importlib.util, json, sys
+from pathlib import Path
+
+folder = Path(sys.argv[1])
+spec = importlib.util.spec_from_file_location("version_runtime", folder / "runtime.py")
+runtime = importlib.util.module_from_spec(spec)
+sys.modules["version_runtime"] = runtime
+spec.loader.exec_module(runtime)
+graph = runtime.Predictor.load(folder, threads=1)
+probs = graph.predict_proba(["an order that was late"], [[1, 2, 3, 4, 5, 6]])
+report = {"engine": graph.engine, "torch_after_graph": "torch" in sys.modules, "probs": probs.tolist()}
+weights = runtime.Predictor.load(folder, engine="torch")
+report["network"] = type(weights.model).__module__
+report["weights_probs"] = weights.predict_proba(["an order that was late"], [[1, 2, 3, 4, 5, 6]]).tolist()
+print(json.dumps(report))
+"""
+
+
+def test_a_version_folder_serves_its_graph_without_torch_and_its_weights_with_its_own_network(tiny_version) -> None:
+    """What a Triton CPU instance does: load the folder's runtime by path. The graph needs neither torch nor the
+    network (~570 MB and ~3 s per instance); the weights load the network file of that folder, not the project's."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_FROM_FOLDER, str(tiny_version.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["engine"] == "onnxruntime" and report["torch_after_graph"] is False
+    assert report["network"] == "version_runtime_network"
+    np.testing.assert_allclose(report["probs"], report["weights_probs"], atol=1e-5)
+    assert sum(report["probs"][0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_folder_without_its_network_says_so_when_asked_for_torch(tiny_version, tmp_path) -> None:
+    folder = tiny_version.copy_to(tmp_path / "no-network")
+    (folder / runtime.NETWORK_FILE).unlink()
+    spec = importlib.util.spec_from_file_location("no_network_runtime", folder / "runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.Predictor.load(folder).engine == "onnxruntime"
+    with pytest.raises(ValueError, match="network.py is missing"):
+        module.Predictor.load(folder, engine="torch")

@@ -1,7 +1,8 @@
 """Triton python-backend model of a driftloop classifier version (copied verbatim into each version folder).
 
 Inputs ``TEXT`` (TYPE_STRING ``[1]``, UTF-8) and ``FEATURES`` (TYPE_FP32 ``[6]``); output ``PROBS`` (TYPE_FP32
-``[labels]``). The work is done by ``runtime.py`` beside this file, the same code training runs in process.
+``[labels]``). The work is done by ``runtime.py`` beside this file (and ``network.py`` when the version runs on
+torch), the same code training runs in process.
 
 - The device comes from the instance: ``KIND_GPU`` runs on ``cuda:<model_instance_device_id>`` in float16,
   ``KIND_CPU`` on the CPU in float32 (``config.pbtxt`` asks for ``KIND_AUTO``: a GPU when Triton has one).
@@ -47,10 +48,6 @@ class TritonPythonModel:
             model_config = json.loads(args["model_config"])
             threads = self.runtime.cpu_threads(model_config)
             engine = self.runtime.cpu_engine(model_config) if kind != "GPU" else "torch"
-            if kind != "GPU" and threads:
-                # Each instance is its own stub process; torch's default (a thread per host core in every one of
-                # them) oversubscribes the cores, and the spinning threads cost more CPU than the model does.
-                self.runtime.torch.set_num_threads(threads)
             self.predictor = self.runtime.Predictor.load(
                 version_dir, device=device, fp16=kind == "GPU", engine=engine, threads=threads
             )

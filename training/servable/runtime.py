@@ -1,15 +1,16 @@
-"""The runtime of one classifier version: its network, its preprocessing and batched prediction.
+"""The runtime of one classifier version: its preprocessing, its engines and batched prediction.
 
 This file is copied verbatim into every version folder (``<repository>/<model>/<version>/runtime.py``) beside the
-Triton ``model.py`` that calls it, and training calls the very same functions in process to evaluate an exported
-version. So a version behaves the same inside and outside Triton, and a version folder is self-contained.
+Triton ``model.py`` that calls it and ``network.py``, and training calls the very same functions in process to
+evaluate an exported version. So a version behaves the same inside and outside Triton, and a version folder is
+self-contained.
 
 It imports nothing from driftloop, only the standard library, numpy (1.26 in Triton's serving environment, 2.x in
-the workers'), torch, tokenizers and safetensors (and onnxruntime, when present, for the graph). The encoder is a
-plain-torch BERT with the parameter names of ``transformers.BertModel``: training fine-tunes transformers' model,
-the export saves its weights (and this network's graph), and this module loads them. Importing transformers' BERT
-costs ~5 s per Triton model instance on a small CPU; this one costs nothing beyond torch. The export checks that
-every engine gives the trained model's probabilities before a version can be published.
+the workers'), tokenizers, and onnxruntime (when present, for the graph). torch, safetensors and the network
+(``network.py``: a plain-torch BERT with the parameter names of ``transformers.BertModel``) are imported only when a
+version runs on torch, so a CPU instance serving the graph holds ~60 MB of libraries instead of ~630 and loads in a
+fraction of a second. The export checks that every engine gives the trained model's probabilities before a version
+can be published.
 
 A version folder holds:
 
@@ -24,17 +25,19 @@ A version folder holds:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 WEIGHTS_FILE = "model.safetensors"
+NETWORK_FILE = "network.py"
 ONNX_FILE = "model.onnx"
 ENCODER_CONFIG_FILE = "encoder_config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -62,210 +65,34 @@ FEATURE_NAMES = (
     "account_age_days",
     "lifetime_events",
 )
-FEATURE_EMBEDDING = 32
-SCALED_CLIP = 8.0
 PREDICT_BATCH = 64
-
-_ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 class InvalidInput(ValueError):
     """A request this model cannot answer. The message goes back in that request's response; others go on."""
 
 
-# --- encoder: BERT in plain torch, parameter names as in transformers.BertModel(add_pooling_layer=False) ---------
+def load_network() -> ModuleType:
+    """The torch network (``network.py`` beside this file), imported on first use.
 
-
-class _Embeddings(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        hidden = cfg["hidden_size"]
-        self.word_embeddings = nn.Embedding(cfg["vocab_size"], hidden, padding_idx=cfg.get("pad_token_id", 0))
-        self.position_embeddings = nn.Embedding(cfg["max_position_embeddings"], hidden)
-        self.token_type_embeddings = nn.Embedding(cfg.get("type_vocab_size", 2), hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=cfg.get("layer_norm_eps", 1e-12))
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        embedded = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
-        # One segment: every token has token type 0, as transformers assumes without token_type_ids.
-        return self.LayerNorm(embedded + self.token_type_embeddings.weight[0])
-
-
-class _SelfAttention(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        hidden = cfg["hidden_size"]
-        self.heads = cfg["num_attention_heads"]
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
-
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        batch, length, width = hidden.shape
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
-
-        context = F.scaled_dot_product_attention(
-            split(self.query(hidden)), split(self.key(hidden)), split(self.value(hidden)), attn_mask=key_mask
-        )
-        return context.transpose(1, 2).reshape(batch, length, width)
-
-
-class _DenseNorm(nn.Module):
-    def __init__(self, width_in: int, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        self.dense = nn.Linear(width_in, cfg["hidden_size"])
-        self.LayerNorm = nn.LayerNorm(cfg["hidden_size"], eps=cfg.get("layer_norm_eps", 1e-12))
-
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(hidden) + residual)
-
-
-class _Attention(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        self.self = _SelfAttention(cfg)
-        self.output = _DenseNorm(cfg["hidden_size"], cfg)
-
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden, key_mask), hidden)
-
-
-class _Intermediate(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        self.dense = nn.Linear(cfg["hidden_size"], cfg["intermediate_size"])
-        self.activation = _ACTIVATIONS[cfg.get("hidden_act", "gelu")]
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden))
-
-
-class _Layer(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        self.attention = _Attention(cfg)
-        self.intermediate = _Intermediate(cfg)
-        self.output = _DenseNorm(cfg["intermediate_size"], cfg)
-
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(hidden, key_mask)
-        return self.output(self.intermediate(attended), attended)
-
-
-class _Layers(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(_Layer(cfg) for _ in range(cfg["num_hidden_layers"]))
-
-
-class BertEncoder(nn.Module):
-    """A BERT encoder (absolute positions, one segment) returning the last hidden states ``[batch, length, hidden]``.
-
-    Args:
-        cfg: a ``transformers.BertConfig`` as a dict (``encoder_config.json``).
+    Imported as part of a package (training), it is the package's ``network`` module; loaded by path from a version
+    folder (Triton), it is that folder's own file.
 
     Raises:
-        ValueError: the configuration asks for something this encoder does not implement.
+        ValueError: the folder has no ``network.py``.
     """
-
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__()
-        if cfg.get("hidden_act", "gelu") not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {cfg.get('hidden_act')!r}; known: {sorted(_ACTIVATIONS)}")
-        if cfg.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"unsupported position_embedding_type {cfg.get('position_embedding_type')!r}")
-        if cfg["hidden_size"] % cfg["num_attention_heads"]:
-            raise ValueError("hidden_size must be a multiple of num_attention_heads")
-        self.config = dict(cfg)
-        self.embeddings = _Embeddings(cfg)
-        self.encoder = _Layers(cfg)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.embeddings(input_ids)
-        key_mask = attention_mask.bool()[:, None, None, :]  # [batch, 1 (heads), 1 (queries), keys]
-        for layer in self.encoder.layer:
-            hidden = layer(hidden, key_mask)
-        return hidden
-
-
-# --- the classifier: mean-pooled text encoding + scaled numeric features -> label logits --------------------------
-
-
-class FeatureScaler(nn.Module):
-    """Signed log1p, then standardisation with statistics of the training set (saved with the weights)."""
-
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("scale", torch.ones(n_features))
-
-    @staticmethod
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return torch.sign(x) * torch.log1p(torch.abs(x))
-
-    def fit(self, features: np.ndarray) -> None:
-        """Set the statistics from training features ``[rows, n_features]`` (missing values as 0)."""
-        values = self.transform(torch.as_tensor(np.asarray(features, dtype=np.float64)))
-        std = values.std(dim=0, unbiased=False) if len(values) > 1 else torch.ones(values.shape[1])
-        with torch.no_grad():
-            self.mean.copy_(values.mean(dim=0).float() if len(values) else torch.zeros_like(self.mean))
-            self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).float())
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # Always in float32: raw counts and seconds overflow float16.
-        scaled = (self.transform(features.float()) - self.mean.float()) / self.scale.float()
-        return scaled.clamp(-SCALED_CLIP, SCALED_CLIP)
-
-
-class Classifier(nn.Module):
-    """Text encoder + numeric features -> logits over the labels.
-
-    Args:
-        encoder: a module called as ``encoder(input_ids=..., attention_mask=...)`` that returns the last hidden
-            states, or an object with ``last_hidden_state`` (``transformers.BertModel`` in training,
-            :class:`BertEncoder` at inference; their parameter names are the same).
-        hidden_size: width of the encoder's hidden states.
-        n_features: number of numeric features.
-        n_labels: number of labels.
-        dropout: dropout of the head (inactive at inference).
-    """
-
-    def __init__(self, encoder: nn.Module, hidden_size: int, n_features: int, n_labels: int, dropout: float = 0.1):
-        super().__init__()
-        self.encoder = encoder
-        self.scaler = FeatureScaler(n_features)
-        self.features = nn.Sequential(nn.Linear(n_features, FEATURE_EMBEDDING), nn.GELU())
-        self.head = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(hidden_size + FEATURE_EMBEDDING, hidden_size),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_size, n_labels),
-        )
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = getattr(hidden, "last_hidden_state", hidden)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        encoded = self.features(self.scaler(features).to(hidden.dtype))
-        return self.head(torch.cat([pooled, encoded], dim=-1))
-
-    def half_precision(self) -> Classifier:
-        """Cast everything but the feature scaler to float16 (the scaler works on raw values in float32)."""
-        self.encoder.half()
-        self.features.half()
-        self.head.half()
-        return self
+    if __package__:
+        return importlib.import_module(f"{__package__}.network")
+    name = f"{__name__}_network"
+    if name not in sys.modules:
+        path = Path(__file__).with_name(NETWORK_FILE)
+        if not path.is_file():
+            raise ValueError(f"{path} is missing, so this version cannot run on torch")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 # --- tokenization ---------------------------------------------------------------------------------------------
@@ -294,11 +121,18 @@ class TextEncoder:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``input_ids`` and ``attention_mask``, int64 ``[texts, longest]``."""
         encodings = self.tokenizer.encode_batch(list(texts))
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         return ids, mask
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, in float32."""
+    shifted = np.exp(logits.astype(np.float32, copy=False) - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 # --- a loaded version ------------------------------------------------------------------------------------------
@@ -322,8 +156,8 @@ def read_metadata(version_dir: Path | str) -> dict[str, Any]:
 
 
 class OnnxClassifier:
-    """The version's ONNX graph in an ONNX Runtime session on the CPU: called like :class:`Classifier`, it returns
-    the logits as a torch tensor.
+    """The version's ONNX graph in an ONNX Runtime session on the CPU: called like the network's ``Classifier``
+    with numpy arrays, it returns the logits as a numpy array.
 
     Args:
         path: the ``model.onnx`` file.
@@ -357,13 +191,13 @@ class OnnxClassifier:
                 f"expected {list(ONNX_INPUTS)} and {ONNX_OUTPUT!r}"
             )
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        feeds = dict(zip(ONNX_INPUTS, (input_ids.numpy(), attention_mask.numpy(), features.numpy()), strict=True))
-        (logits,) = self.session.run(None, feeds)
-        return torch.from_numpy(logits)
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, features: np.ndarray) -> np.ndarray:
+        arrays = (input_ids, attention_mask, np.ascontiguousarray(features, dtype=np.float32))
+        (logits,) = self.session.run(None, dict(zip(ONNX_INPUTS, arrays, strict=True)))
+        return logits
 
 
-def resolve_engine(engine: str, version_dir: Path | str, device: torch.device, fp16: bool = False) -> str:
+def resolve_engine(engine: str, version_dir: Path | str, device: Any, fp16: bool = False) -> str:
     """The engine that runs a version: ``"torch"`` or ``"onnxruntime"`` (see :data:`ENGINES`).
 
     Raises:
@@ -372,7 +206,7 @@ def resolve_engine(engine: str, version_dir: Path | str, device: torch.device, f
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {list(ENGINES)}")
     graph = Path(version_dir) / ONNX_FILE
-    runnable = device.type == "cpu" and not fp16 and graph.is_file()
+    runnable = str(device).split(":")[0] == "cpu" and not fp16 and graph.is_file()
     if engine == "onnxruntime" and not runnable:
         raise ValueError(
             f"onnxruntime runs a version in float32 on the CPU from its {ONNX_FILE}; "
@@ -393,26 +227,27 @@ class Predictor:
     """One loaded version, ready to predict.
 
     Args:
-        model: the classifier in eval mode on ``device``, or its graph in ONNX Runtime (:class:`OnnxClassifier`).
+        model: the network's ``Classifier`` in eval mode on ``device``, or its graph in ONNX Runtime
+            (:class:`OnnxClassifier`).
         text_encoder: its tokenizer.
         labels: output order of the probabilities.
         feature_names: input order of the features.
-        device: where the model runs.
+        device: where the model runs (``"cpu"``, ``"cuda:0"`` or a ``torch.device``).
     """
 
     def __init__(
         self,
-        model: Classifier | OnnxClassifier,
+        model: Any,
         text_encoder: TextEncoder,
         labels: Sequence[str],
         feature_names: Sequence[str],
-        device: torch.device,
+        device: Any = "cpu",
     ) -> None:
         self.model = model
         self.text_encoder = text_encoder
         self.labels = tuple(labels)
         self.feature_names = tuple(feature_names)
-        self.device = device
+        self.device = str(device)
 
     @property
     def engine(self) -> str:
@@ -423,7 +258,7 @@ class Predictor:
     def load(
         cls,
         version_dir: Path | str,
-        device: str | torch.device = "cpu",
+        device: Any = "cpu",
         fp16: bool = False,
         engine: str = "auto",
         threads: int = 0,
@@ -435,17 +270,15 @@ class Predictor:
             device: ``"cpu"`` or ``"cuda:<id>"``.
             fp16: run the encoder and heads in float16 (for GPUs).
             engine: one of :data:`ENGINES`; ``"auto"`` runs the graph with ONNX Runtime on a CPU where it can.
-            threads: ONNX Runtime's threads (0: one per core); torch's are the process's own setting.
+            threads: the engine's threads on a CPU (0: its default, one per core). torch's are the process's, so
+                a version loaded on torch with threads sets them for the whole process (a Triton instance is one).
 
         Raises:
             ValueError: a file is missing or unreadable, the weights do not fit the architecture, or the engine
                 cannot run here.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(version_dir)
-        target = torch.device(device)
+        target = str(device)
         engine = resolve_engine(engine, folder, target, fp16)
         metadata = read_metadata(folder)
         try:
@@ -463,35 +296,65 @@ class Predictor:
                 f"tokenizer has {text_encoder.vocab_size} tokens, the encoder only {encoder_config['vocab_size']}"
             )
         if engine == "onnxruntime":
-            return cls(OnnxClassifier(folder / ONNX_FILE, threads), text_encoder, labels, feature_names, target)
-        model = Classifier(BertEncoder(encoder_config), encoder_config["hidden_size"], len(feature_names), len(labels))
-        try:
-            state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-        except (OSError, SafetensorError) as exc:
-            raise ValueError(f"cannot read weights {folder / WEIGHTS_FILE}: {exc}") from exc
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"weights {folder / WEIGHTS_FILE} do not fit the architecture: {exc}") from exc
-        model.eval().to(target)
-        if fp16:
-            model.half_precision()
+            model = OnnxClassifier(folder / ONNX_FILE, threads)
+        else:
+            model = _load_weights(folder, encoder_config, len(feature_names), len(labels), target, fp16, threads)
         return cls(model, text_encoder, labels, feature_names, target)
 
     def predict_proba(self, texts: Sequence[str], features: np.ndarray) -> np.ndarray:
         """Probabilities ``[rows, labels]`` (float32, label order of the version) for texts and their features."""
         rows = len(texts)
         values = np.asarray(features, dtype=np.float32).reshape(rows, len(self.feature_names))
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, rows, PREDICT_BATCH):
-                ids, mask = self.text_encoder(texts[start : start + PREDICT_BATCH])
-                feats = torch.from_numpy(np.ascontiguousarray(values[start : start + PREDICT_BATCH]))
-                logits = self.model(ids.to(self.device), mask.to(self.device), feats.to(self.device))
-                chunks.append(logits.float().softmax(dim=-1).cpu())
+        starts = range(0, rows, PREDICT_BATCH)
+        if self.engine == "onnxruntime":
+            chunks = [
+                softmax(self.model(*self.text_encoder(texts[i : i + PREDICT_BATCH]), values[i : i + PREDICT_BATCH]))
+                for i in starts
+            ]
+        else:
+            chunks = self._torch_probs(texts, values, starts)
         if not chunks:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _torch_probs(self, texts: Sequence[str], values: np.ndarray, starts: range) -> list[np.ndarray]:
+        import torch
+
+        device = torch.device(self.device)
+        chunks = []
+        with torch.inference_mode():
+            for start in starts:
+                ids, mask = self.text_encoder(texts[start : start + PREDICT_BATCH])
+                feats = np.ascontiguousarray(values[start : start + PREDICT_BATCH])
+                tensors = (torch.from_numpy(array).to(device) for array in (ids, mask, feats))
+                chunks.append(self.model(*tensors).float().softmax(dim=-1).cpu().numpy())
+        return chunks
+
+
+def _load_weights(
+    folder: Path, encoder_config: dict[str, Any], n_features: int, n_labels: int, device: str, fp16: bool, threads: int
+) -> Any:
+    """The network with the folder's weights, in eval mode on ``device`` (imports torch and ``network.py``)."""
+    network = load_network()
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if threads and device == "cpu":
+        torch.set_num_threads(threads)
+    model = network.Classifier(network.BertEncoder(encoder_config), encoder_config["hidden_size"], n_features, n_labels)
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"cannot read weights {folder / WEIGHTS_FILE}: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights {folder / WEIGHTS_FILE} do not fit the architecture: {exc}") from exc
+    model.eval().to(torch.device(device))
+    if fp16:
+        model.half_precision()
+    return model
 
 
 # --- request handling (what Triton's execute does, testable without Triton) ------------------------------------
@@ -579,8 +442,9 @@ def run_requests(predictor: Predictor, requests: Sequence[tuple[Any, Any]]) -> l
 
 
 def cpu_threads(model_config: dict[str, Any]) -> int:
-    """The torch threads a CPU instance uses: the ``cpu_threads`` parameter of ``config.pbtxt`` (0 or none: torch's
-    default, one per core of the host).
+    """The threads a CPU instance's engine uses: the ``cpu_threads`` parameter of ``config.pbtxt`` (0 or none: the
+    engine's default, one per core of the host). Each instance is its own stub process, so the default in every one
+    of them oversubscribes the cores, and spinning threads cost more CPU than the model does.
 
     Raises:
         ValueError: the parameter is not a whole number >= 0.
