@@ -325,3 +325,13 @@ def test_a_folder_without_its_network_says_so_when_asked_for_torch(tiny_version,
     assert module.Predictor.load(folder).engine == "onnxruntime"
     with pytest.raises(ValueError, match="network.py is missing"):
         module.Predictor.load(folder, engine="torch")
+
+
+def test_the_text_encoder_gives_the_tokenizers_ids_and_masks(tiny_version) -> None:
+    """It encodes without character offsets (encode_batch_fast); the ids and masks must be encode_batch's."""
+    encoder = runtime.TextEncoder(tiny_version.path / runtime.TOKENIZER_DIR / runtime.TOKENIZER_FILE, 32)
+    texts = ["", "é ✓ 漢字", " ".join(["word"] * 600), "Café déjà vu!!! 123", "\x00\t\n", *tiny_version.holdout["text"]]
+    ids, mask = encoder(texts)
+    slow = encoder.tokenizer.encode_batch(texts)
+    assert ids.dtype == mask.dtype == np.int64 and ids.shape == mask.shape == (len(texts), 32)
+    assert ids.tolist() == [e.ids for e in slow] and mask.tolist() == [e.attention_mask for e in slow]

@@ -123,7 +123,8 @@ class TextEncoder:
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``input_ids`` and ``attention_mask``, int64 ``[texts, longest]``."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        # encode_batch_fast: the same ids and masks without character offsets (~20 % less CPU on short texts)
+        encodings = self.tokenizer.encode_batch_fast(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         return ids, mask
