@@ -223,10 +223,11 @@ class TrainingSettings(_Section):
     retire_grace_s: float = Field(5.0, ge=0)  # after a role change, how long a replaced version keeps serving
     # Triton instances of the served model per GPU (or on the CPU). Two: on a CPU host each runs on cpu_threads of its
     # own, and one's Python work (tokenizing, tensors in and out) overlaps the other's model; on 2 cores MiniLM's
-    # pipeline drained 0.83-0.99x the raw model with two, 0.61 with one. Each is a stub process (~770 MB for MiniLM).
+    # pipeline drained 0.83-0.99x the raw model with two, 0.61 with one. Each is a stub process (MiniLM: ~250 MB on
+    # ONNX Runtime, ~770 MB on torch).
     instance_count: int = Field(2, ge=1)
-    # Torch threads of each CPU instance of the served model. torch's default (0 here) is a thread per host core in
-    # every instance, which oversubscribes the cores and burns CPU spinning: scale with instance_count instead.
+    # Threads of each CPU instance's engine (ONNX Runtime or torch). Their default (0 here) is a thread per host core
+    # in every instance, which oversubscribes the cores and burns CPU spinning: scale with instance_count instead.
     cpu_threads: int = Field(1, ge=0)
     # What runs the served model on a CPU instance: the version's ONNX graph in ONNX Runtime ("auto": when the
     # serving environment has onnxruntime; MiniLM runs about twice as fast per core) or its weights in torch. GPUs
