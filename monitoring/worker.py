@@ -50,7 +50,7 @@ from monitoring.exceptions import MonitoringError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor
 from monitoring.sources import ModelStatesReader, oldest_record_at, read_tail
-from streams.client import KafkaConsumer, KafkaProducer, Record
+from streams.client import WINDOW_FETCH_MIN_BYTES, KafkaConsumer, KafkaProducer, Record
 from streams.schemas import (
     DeadLetter,
     DriftEvent,
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 STAGE = "monitoring"
 BATCH_SIZE = 1000
 POLL_TIMEOUT_S = 0.5
+FETCH_WINDOW_MS = 200  # drift is judged over minutes: a fifth of a second more costs nothing
 RESTORE_TAIL = 10_000  # drift events read back per partition at start (transitions only: a few per model and day)
 MAX_DLQ_KEY_BYTES = 1024  # a longer original key is replaced by its SHA-256 as the dead letter's Kafka key
 
@@ -145,7 +146,9 @@ class MonitorWorker:
         try:
             if health is not None:
                 health.start()
-            consumer = await asyncio.to_thread(KafkaConsumer, self.settings, config.group_id, topics)
+            # A fetch window: without one the broker answers a fetch for each request the inference workers produce.
+            window = {"fetch.wait.max.ms": FETCH_WINDOW_MS, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES}
+            consumer = await asyncio.to_thread(KafkaConsumer, self.settings, config.group_id, topics, window)
             models = await asyncio.to_thread(ModelStatesReader, self.settings, self.metrics.skipped)
             producer = KafkaProducer(self.settings, {"message.timeout.ms": 0})  # outages are waited out
             self._observe_states(await asyncio.to_thread(models.read_all))

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -93,6 +93,8 @@ class TopicReader:
         start: ``BEGINNING`` (default), ``END``, a ``datetime`` or ``Last(n)``.
         timeout_s: how long opening (metadata, watermarks, offsets for a time) may retry transient errors.
         name: names the client (``driftloop-<name>-<random>``) in the broker's logs.
+        overrides: librdkafka properties for its consumer, e.g. a fetch window (``fetch.wait.max.ms``,
+            ``fetch.min.bytes``) for a reader that need not see each record the moment it is written.
 
     Raises:
         TopicError: a topic does not exist.
@@ -107,6 +109,7 @@ class TopicReader:
         *,
         timeout_s: float = 10.0,
         name: str = "reader",
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(topics, str):
             topics = [topics]
@@ -121,6 +124,7 @@ class TopicReader:
                     "enable.auto.offset.store": False,
                     "enable.partition.eof": True,
                     "auto.offset.reset": "earliest",  # an assigned offset that retention removed: the oldest left
+                    **(overrides or {}),
                 },
             )
         )
