@@ -9,6 +9,8 @@ without it.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from typing import TYPE_CHECKING
 
 # Importing feast imports feast.metrics, which sets PROMETHEUS_MULTIPROC_DIR and so switches prometheus_client into
@@ -21,6 +23,28 @@ _PROMETHEUS_ENV = {name: os.environ.get(name) for name in ("PROMETHEUS_MULTIPROC
 import prometheus_client  # noqa: E402, F401 - before feast (see above)
 
 from foundation.lazy import lazy_exports  # noqa: E402
+
+
+def _defer_feasts_torch() -> None:
+    """Feast imports torch as soon as it is imported (``feast.torch_wrapper``), for the ``to_tensor`` of its results
+    only: 3 to 5 s and ~500 MB that a feature worker, which never asks for a tensor, paid at every start. Its
+    wrapper is replaced by one with the same functions that imports torch when one is asked for. (Before feast is
+    imported: every import of feast in driftloop goes through this package.)"""
+    name = "feast.torch_wrapper"
+    if name in sys.modules:
+        return
+    wrapper = types.ModuleType(name, "feast.torch_wrapper, importing torch on first use (see features/__init__.py)")
+
+    def get_torch() -> types.ModuleType:
+        import torch
+
+        return torch
+
+    wrapper.get_torch = get_torch  # type: ignore[attr-defined]
+    sys.modules[name] = wrapper
+
+
+_defer_feasts_torch()
 
 
 def restore_environment() -> None:

@@ -108,3 +108,16 @@ def test_the_inference_worker_starts_without_the_feast_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_feature_worker_imports_feast_without_torch() -> None:
+    """Feast imports torch for its results' to_tensor only (feast.torch_wrapper); the feature worker never asks
+    for a tensor, so torch is imported when one is asked for, not at the worker's start (~500 MB, seconds)."""
+    code = (
+        "import sys, streams.feature_app, feast.infra.offline_stores.offline_store; "
+        "print('torch' in sys.modules); "
+        "from feast.torch_wrapper import get_torch; "
+        "print(get_torch().tensor([1.5]).item(), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180)
+    assert out.stdout.split() == ["False", "1.5", "True"]
