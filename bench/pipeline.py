@@ -20,13 +20,13 @@ model repository (nothing is written to ``triton_repo/``), its own Feast store a
 3. Per model, one feature worker and one inference worker, as ``driftloop workers run`` starts them, with the default
    worker settings: a few warm-up batches and an unmeasured drain of a backlog as big as the measured one (a broker
    started for the benchmark compiles its hot paths during its first drains), then 3 s without traffic
-   (``idle_cpu_ms_per_s``); then, with both workers stopped (SIGSTOP), a backlog of ``--events`` events (at least 20,000
-   for the null model) goes onto the topic, and the workers drain it once resumed: events/s from the resume to the last
-   prediction read back. The default backlogs (20,000 tiny, 2,000 MiniLM) take seconds to drain, many times the first
-   read's start and the feature worker's push interval, so the rate is the steady one (a 3,000-event backlog drained in
-   0.7 s gave half of it). Then three fixed rates, 25 %, 50 % and 75 % of that throughput (``--fixed-s`` seconds each,
-   at most ``--events`` events): end-to-end latency p50/p99 (the prediction's ``timings_ms.end_to_end``: event's broker
-   timestamp to production).
+   (``idle_cpu_ms_per_s``); then, with both workers stopped (SIGSTOP), a backlog of ``--events`` events (at least
+   20,000 for the null model) goes onto the topic, and the workers drain it once resumed: events/s from the resume to
+   the last prediction produced (its record's time). The default backlogs (20,000 tiny, 2,000 MiniLM) take seconds to
+   drain, many times the first read's start and the feature worker's push interval, so the rate is the steady one (a
+   3,000-event backlog drained in 0.7 s gave half of it). Then three fixed rates, 25 %, 50 % and 75 % of that
+   throughput (``--fixed-s`` seconds each, at most ``--events`` events): end-to-end latency p50/p99 (the prediction's
+   ``timings_ms.end_to_end``: event's broker timestamp to production).
 4. CPU per event, from ``/proc/<pid>/stat`` (utime + stime, all threads; ``bench/procstat.py``) over each measured
    interval: the inference worker, the feature worker (``driftloop`` is the two summed), tritonserver with its python
    backend stubs, and the broker (which also serves the benchmark's own writes and reads; ``broker_jit`` is the part its
@@ -92,7 +92,7 @@ STAGES = ("queue", "features", "inference")  # timings_ms stages before end_to_e
 WORKER_TIMEOUT_S = 300.0
 JIT_THREADS = "CompilerThre"  # the JVM's C1 and C2 compiler threads ("C2 CompilerThre" in /proc)
 IDLE_S = 3.0  # warm workers, no traffic: what they burn idle
-ARRIVALS_FETCH_MS = 10
+ARRIVALS_FETCH_MS = 100
 DEFAULT_EVENTS = {"tiny": 20_000, "minilm": 2_000}  # backlogs of several seconds at these machines' rates
 NULL_EVENTS = 20_000
 
@@ -183,15 +183,15 @@ def servers(folder: Path, triton_env: dict[str, str] | None = None) -> Iterator[
 
 
 class Arrivals:
-    """Reads a topic from its beginning in a background thread, keeping (arrival time, value) of every record;
+    """Reads a topic from its beginning in a background thread, keeping (time produced, value) of every record;
     values are parsed later, so that the benchmark's own CPU stays low while it measures."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.records: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
-        # A fetch window, as the workers have: without one the broker answers a fetch for every request the
-        # inference worker produces: 15 % of its requests at a quarter of the saturation rate (tiny, 2 cores).
-        # The last arrival of a drain is seen at most ARRIVALS_FETCH_MS late (0.3 % of a 3 s drain).
+        # A fetch window: without one the broker answered a fetch for every request the inference worker produced,
+        # 15 % of its requests at a quarter of the tiny saturation rate on 2 cores. Times are the records' own
+        # (CreateTime: when the worker produced them), so reading them up to a window late changes no figure.
         window = {"fetch.wait.max.ms": ARRIVALS_FETCH_MS, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES}
         self._reader = TopicReader(settings, settings.kafka.topic(topic), BEGINNING, name="bench", overrides=window)
         self._thread = threading.Thread(target=self._run, name="bench-arrivals", daemon=True)
@@ -200,8 +200,7 @@ class Arrivals:
     def _run(self) -> None:
         while not self._stop.is_set():
             batch = self._reader.poll(0.2, 1000)
-            now = time.time()
-            self.records.extend((now, msg.value()) for msg in batch)
+            self.records.extend((msg.timestamp()[1] / 1000, msg.value()) for msg in batch)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -476,7 +475,7 @@ def measure_model(
             count: int, start: Callable[[], None], profilers: dict[str, subprocess.Popen] | None = None
         ) -> tuple[dict, float, float]:
             """Run ``start``, wait for ``count`` more predictions and the feature worker's commits; CPU per event
-            (the feature worker's until its commit), when it started and when the last prediction arrived. A
+            (the feature worker's until its commit), when it started and when the last prediction was produced. A
             profiler of ``profilers`` (by worker) stops when its worker is done."""
             profilers = profilers or {}
             expected = len(arrivals) + count

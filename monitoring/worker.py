@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 STAGE = "monitoring"
 BATCH_SIZE = 1000
 POLL_TIMEOUT_S = 0.5
-FETCH_WINDOW_MS = 200  # drift is judged over minutes: a fifth of a second more costs nothing
+FETCH_WINDOW_MS = 100  # drift is judged over minutes: a tenth of a second more costs nothing
 RESTORE_TAIL = 10_000  # drift events read back per partition at start (transitions only: a few per model and day)
 MAX_DLQ_KEY_BYTES = 1024  # a longer original key is replaced by its SHA-256 as the dead letter's Kafka key
 
