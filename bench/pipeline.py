@@ -493,7 +493,8 @@ def measure_model(
             cpu = procstat.cpu_us_per_event(before, after, count, procstat.CLOCK_TICKS)
             cpu["driftloop"] = _sum(cpu["inference_worker"], cpu["feature_worker"])
             if compiling is not None and compiled is not None:  # the broker's, spent by its JIT compiler threads
-                cpu["broker_jit"] = round((compiled - compiling) / procstat.CLOCK_TICKS * 1e6 / count, 1)
+                jit_ticks = procstat.ticks_between(compiling, compiled)
+                cpu["broker_jit"] = round(jit_ticks / procstat.CLOCK_TICKS * 1e6 / count, 1)
             last = max(t for t, _ in arrivals.records[expected - count : expected])
             return cpu, began, last
 

@@ -122,16 +122,25 @@ def read_memory_kb(pid: int, proc: Path = PROC) -> dict[str, int]:
         return {}
 
 
-def thread_ticks(pid: int, marker: str, proc: Path = PROC) -> int | None:
-    """CPU ticks of ``pid``'s threads whose name holds ``marker`` (``/proc/<pid>/task/<tid>/stat``, e.g. the JVM's
-    compiler threads); None when the process is gone."""
+def thread_ticks(pid: int, marker: str, proc: Path = PROC) -> dict[int, int] | None:
+    """CPU ticks by thread id of ``pid``'s threads whose name holds ``marker`` (``/proc/<pid>/task/<tid>/stat``, e.g.
+    the JVM's compiler threads); None when the process is gone."""
     try:
         tasks = list((proc / str(pid) / "task").iterdir())
     except OSError:
         return None
-    return sum(
-        stat.cpu_ticks for task in tasks if (stat := read_stat(int(task.name), task.parent)) and marker in stat.comm
-    )
+    return {
+        stat.pid: stat.cpu_ticks
+        for task in tasks
+        if (stat := read_stat(int(task.name), task.parent)) and marker in stat.comm
+    }
+
+
+def ticks_between(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU ticks the threads of ``after`` took since ``before`` (a thread new since then counts from zero). A thread
+    that ended in between is not in ``after``: what it took since ``before`` is lost, where summing each sample's
+    totals would subtract all it ever took (the JVM ends idle compiler threads)."""
+    return sum(ticks - before.get(tid, 0) for tid, ticks in after.items())
 
 
 def all_stats(proc: Path = PROC) -> list[Stat]:

@@ -98,13 +98,16 @@ def test_readers_return_nothing_for_a_process_that_is_gone(tmp_path):
     assert procstat.tree(4242, tmp_path) == [4242]
 
 
-def test_thread_ticks_sum_the_named_threads_of_a_process(tmp_path):
+def test_thread_ticks_count_the_named_threads_of_a_process_by_thread(tmp_path):
     tasks = tmp_path / "4242" / "task"
     for tid, name, ticks in ((4242, "java", 5), (4250, "C2 CompilerThre", 300), (4251, "C1 CompilerThre", 40)):
         (tasks / str(tid)).mkdir(parents=True)
         (tasks / str(tid) / "stat").write_text(
             f"{tid} ({name}) S 1 4242 1 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 30 0 1 1 1 0 0 0\n"
         )
-    assert procstat.thread_ticks(4242, "CompilerThre", tmp_path) == 340
-    assert procstat.thread_ticks(4242, "GC Thread", tmp_path) == 0
+    before = procstat.thread_ticks(4242, "CompilerThre", tmp_path)
+    assert before == {4250: 300, 4251: 40}
+    assert procstat.thread_ticks(4242, "GC Thread", tmp_path) == {}
     assert procstat.thread_ticks(4243, "CompilerThre", tmp_path) is None
+    # The JVM ends an idle compiler thread and starts another: neither makes the difference negative.
+    assert procstat.ticks_between(before, {4250: 310, 4260: 7}) == 17
