@@ -78,7 +78,7 @@ from driftloop.stack import triton as local_triton
 from features.store import apply_repo, online_features
 from foundation.settings import Settings, load_settings
 from streams import KafkaProducer, ensure_topics
-from streams.client import WINDOW_FETCH_MIN_BYTES, Record
+from streams.client import Record, fetch_window
 from streams.generator import dated_as_sent, produce, synthetic_records
 from streams.reader import BEGINNING, TopicReader
 from training.export import engines
@@ -192,7 +192,7 @@ class Arrivals:
         # A fetch window: without one the broker answered a fetch for every request the inference worker produced,
         # 15 % of its requests at a quarter of the tiny saturation rate on 2 cores. Times are the records' own
         # (CreateTime: when the worker produced them), so reading them up to a window late changes no figure.
-        window = {"fetch.wait.max.ms": ARRIVALS_FETCH_MS, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES}
+        window = fetch_window(ARRIVALS_FETCH_MS)
         self._reader = TopicReader(settings, settings.kafka.topic(topic), BEGINNING, name="bench", overrides=window)
         self._thread = threading.Thread(target=self._run, name="bench-arrivals", daemon=True)
         self._thread.start()

@@ -50,7 +50,7 @@ from monitoring.exceptions import MonitoringError, UnusableRecord
 from monitoring.metrics import MonitorMetrics
 from monitoring.monitor import CheckOutcome, Monitor
 from monitoring.sources import ModelStatesReader, oldest_record_at, read_tail
-from streams.client import WINDOW_FETCH_MIN_BYTES, KafkaConsumer, KafkaProducer, Record
+from streams.client import KafkaConsumer, KafkaProducer, Record, fetch_window
 from streams.schemas import (
     DeadLetter,
     DriftEvent,
@@ -147,7 +147,7 @@ class MonitorWorker:
             if health is not None:
                 health.start()
             # A fetch window: without one the broker answers a fetch for each request the inference workers produce.
-            window = {"fetch.wait.max.ms": FETCH_WINDOW_MS, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES}
+            window = fetch_window(FETCH_WINDOW_MS)
             consumer = await asyncio.to_thread(KafkaConsumer, self.settings, config.group_id, topics, window)
             models = await asyncio.to_thread(ModelStatesReader, self.settings, self.metrics.skipped)
             producer = KafkaProducer(self.settings, {"message.timeout.ms": 0})  # outages are waited out

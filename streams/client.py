@@ -28,6 +28,12 @@ Headers = list[tuple[str, bytes]]
 WINDOW_FETCH_MIN_BYTES = 64 * 1024
 
 
+def fetch_window(wait_ms: int) -> dict[str, int]:
+    """librdkafka settings for a consumer that fetches over windows of ``wait_ms`` (at most a fetch per window, idle or
+    busy) instead of once per request produced to its topics."""
+    return {"fetch.wait.max.ms": wait_ms, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES}
+
+
 def client_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka configuration shared by every client: bootstrap servers, security, and an error callback.
 

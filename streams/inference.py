@@ -30,7 +30,7 @@ from features.online_read import FEATURE_NAMES, OnlineReader, open_reader
 from foundation.health import HealthServer
 from foundation.settings import Settings
 from streams.canary import route, serving_versions
-from streams.client import WINDOW_FETCH_MIN_BYTES, KafkaConsumer, KafkaProducer, Record
+from streams.client import KafkaConsumer, KafkaProducer, Record, fetch_window
 from streams.exceptions import DeliveryError, StreamsError
 from streams.metrics import WorkerMetrics
 from streams.models_topic import ModelTracker
@@ -158,7 +158,7 @@ class InferenceWorker:
             workers.inference_group,
             [settings.kafka.topic("events-v1")],
             # The broker gathers what arrives within max_wait_ms into one fetch: a fetch per window, not per event.
-            {"fetch.wait.max.ms": workers.max_wait_ms, "fetch.min.bytes": WINDOW_FETCH_MIN_BYTES},
+            fetch_window(workers.max_wait_ms),
         )
         producer = KafkaProducer(settings, UNBOUNDED_DELIVERY)
         tracker = ModelTracker(settings, settings.triton.model_name)

@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streams import DeliveryError, KafkaConsumer, KafkaProducer, Record, client_config, ensure_topics
+from streams.client import fetch_window
 from streams.exceptions import TopicError
 
 pytestmark = pytest.mark.integration
@@ -133,7 +134,7 @@ def test_consume_available_returns_what_has_come_and_full_batches_under_a_backlo
     topic = settings.kafka.topic("labels-v1")
     with KafkaProducer(settings) as producer:
         producer.produce_batch(_records(topic, 3))
-    window = {"fetch.wait.max.ms": 50, "fetch.min.bytes": 64 * 1024}
+    window = fetch_window(50)
     with KafkaConsumer(settings, f"g-{uuid.uuid4().hex[:6]}", [topic], window) as consumer:
         began, got = time.monotonic(), []
         while len(got) < 3 and time.monotonic() - began < 60:
