@@ -198,6 +198,11 @@ class OnnxClassifier:
         return logits
 
 
+def _on_cpu(device: Any) -> bool:
+    """Whether ``device`` (``"cpu"``, ``"cuda:0"``, a ``torch.device``) is the CPU."""
+    return str(device).split(":")[0] == "cpu"
+
+
 def resolve_engine(engine: str, version_dir: Path | str, device: Any, fp16: bool = False) -> str:
     """The engine that runs a version: ``"torch"`` or ``"onnxruntime"`` (see :data:`ENGINES`).
 
@@ -207,7 +212,7 @@ def resolve_engine(engine: str, version_dir: Path | str, device: Any, fp16: bool
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {list(ENGINES)}")
     graph = Path(version_dir) / ONNX_FILE
-    runnable = str(device).split(":")[0] == "cpu" and not fp16 and graph.is_file()
+    runnable = _on_cpu(device) and not fp16 and graph.is_file()
     if engine == "onnxruntime" and not runnable:
         raise ValueError(
             f"onnxruntime runs a version in float32 on the CPU from its {ONNX_FILE}; "
@@ -341,7 +346,7 @@ def _load_weights(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if threads and device == "cpu":
+    if threads and _on_cpu(device):
         torch.set_num_threads(threads)
     model = network.Classifier(network.BertEncoder(encoder_config), encoder_config["hidden_size"], n_features, n_labels)
     try:
