@@ -5,7 +5,7 @@ SERVING := .venv-serving
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: setup system demo test test-fast lint bench stack-up stack-down stack-status clean
+.PHONY: setup system demo test test-fast lint bench gpu-bundle stack-up stack-down stack-status clean
 
 setup: system $(VENV)/.installed $(SERVING)/.installed $(VENV)/.kustomize
 
@@ -71,6 +71,10 @@ bench: setup
 	$(BIN)/python bench/pipeline.py --encoder tiny --replicas 1,2,3 --plot .stack/bench-pipeline-tiny.png
 	$(BIN)/python bench/pipeline.py --encoder minilm --plot .stack/bench-pipeline-minilm.png
 	$(BIN)/python bench/feature_worker.py --plot .stack/bench-feature-worker.png
+
+## What a GPU machine needs to run bench/triton_gpu.py (Triton's part of the hot path), in .gpu/ (docs/benchmarks.md).
+gpu-bundle: setup
+	$(BIN)/python bench/gpu_bundle.py --out .gpu
 
 stack-up: setup
 	$(BIN)/driftloop stack up
