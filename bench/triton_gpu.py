@@ -8,7 +8,8 @@ its docstring gives the device tool's command. In one run:
 
 1. The version gets random weights of its shape (MiniLM: 91 MB that need not travel; the cost is the same).
 2. ``raw``: the version in this process (its own ``runtime.Predictor``, torch, fp16 on a GPU) on requests of 64 rows
-   as the workers send them, tokenization included; ``model_only``: the network alone on batches tokenized before.
+   as the workers send them, tokenization included; ``model_only``: the network alone on batches tokenized before
+   (64 rows, and 256: what a larger ``max_batch_size`` would give).
 3. tritonserver serves the version with the ``config.pbtxt`` the training stage writes (python backend, ``KIND_AUTO``:
    two instances per GPU in fp16; dynamic batching). W client processes, as W inference workers, each keep
    ``--in-flight`` requests of 64 rows in flight over gRPC; for each W: sequences/s, request latency p50/p99, and the
@@ -128,26 +129,32 @@ def rate(step, batches: list, seconds: float) -> float:
 
 
 def measure_raw(runtime, version_dir: Path, device: str, texts: list[str], features: np.ndarray, seconds: float):
-    """(rows/s with tokenization, rows/s of the network alone, probabilities of the first rows: as measured, and in
-    float32 as training computes them)."""
+    """Rows/s of the version in process: with tokenization on requests of 64 rows, the network alone on batches
+    tokenized before (64 rows, and 256 rows: what a larger ``max_batch_size`` would give); and the probabilities of
+    the first rows, as measured and in float32 as training computes them."""
     import torch
 
     on_gpu = device.startswith("cuda")
     predictor = runtime.Predictor.load(version_dir, device=device, fp16=on_gpu, engine="torch")
-    batches = [(texts[i : i + ROWS], features[i : i + ROWS]) for i in range(0, len(texts) - ROWS + 1, ROWS)]
-    with_tokens = rate(lambda batch: predictor.predict_proba(*batch), batches, seconds)
+
+    def batches(rows: int) -> list:
+        return [(texts[i : i + rows], features[i : i + rows]) for i in range(0, len(texts) - rows + 1, rows)]
 
     def tensors(batch):
         ids, mask = predictor.text_encoder(batch[0])
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (ids, mask, batch[1])]
 
-    tokenized = [tensors(batch) for batch in batches]
+    figures = {"seq_per_s": rate(lambda batch: predictor.predict_proba(*batch), batches(ROWS), seconds)}
     with torch.inference_mode():
-        model_only = rate(lambda batch: predictor.model(*batch).float().softmax(dim=-1).cpu(), tokenized, seconds)
-    rows = slice(0, 4 * ROWS)
-    reference = predictor.predict_proba(texts[rows], features[rows])
-    full = runtime.Predictor.load(version_dir, device=device, engine="torch").predict_proba(texts[rows], features[rows])
-    return with_tokens, model_only, (reference, full)
+        for rows, name in ((ROWS, "model_only_seq_per_s"), (4 * ROWS, "model_only_256_seq_per_s")):
+            tokenized = [tensors(batch) for batch in batches(rows)]
+            figures[name] = rate(lambda b: predictor.model(*b).float().softmax(dim=-1).cpu(), tokenized, seconds)
+    first = slice(0, 4 * ROWS)
+    reference = predictor.predict_proba(texts[first], features[first])
+    full = runtime.Predictor.load(version_dir, device=device, engine="torch").predict_proba(
+        texts[first], features[first]
+    )
+    return {name: round(value, 1) for name, value in figures.items()}, (reference, full)
 
 
 # --- the server -------------------------------------------------------------------------------------------------
@@ -438,9 +445,7 @@ def main() -> None:
 
     version_dir = prepare_repository(args.bundle, work, texts, features)
     runtime = load_runtime(version_dir)
-    raw, model_only, (reference, reference_fp32) = measure_raw(
-        runtime, version_dir, device, texts, features, args.seconds
-    )
+    raw, (reference, reference_fp32) = measure_raw(runtime, version_dir, device, texts, features, args.seconds)
     if device != "cpu":
         torch.cuda.empty_cache()  # the in-process model is gone: its memory goes back to the server's instances
 
@@ -457,7 +462,7 @@ def main() -> None:
             ]
         except BaseException:
             # One run must still tell what it measured, and why the rest failed.
-            print(json.dumps({"benchmark": "triton_gpu", "device": device, "raw": raw, "model_only": model_only}))
+            print(json.dumps({"benchmark": "triton_gpu", "device": device, "raw": raw}))
             raise
         finally:
             stop(process)
@@ -474,11 +479,11 @@ def main() -> None:
         "torch": torch.__version__,
         "instances": instances(log_path),
         "load_s": round(load_s, 1),
-        "raw": {"seq_per_s": round(raw, 1), "model_only_seq_per_s": round(model_only, 1)},
+        "raw": raw,
         "triton": points,
         "best": best,
-        "ratio": round(best["seq_per_s"] / raw, 3),
-        "ratio_model_only": round(best["seq_per_s"] / model_only, 3),
+        "ratio": round(best["seq_per_s"] / raw["seq_per_s"], 3),
+        "ratio_model_only": round(best["seq_per_s"] / raw["model_only_seq_per_s"], 3),
         "max_abs_diff": diff,
         "max_abs_diff_fp32": diff_fp32,
         "atol": args.atol,
