@@ -19,7 +19,7 @@ writes that carry into ``--out`` (git-ignored ``.gpu/``, about 35 MB):
 Then, with the device tool (``carry: [".gpu"]``)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl &&
-    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/triton_gpu.py --bundle .gpu --out $OUT
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/triton_gpu.py --bundle .gpu --out $OUT --instances 2,4
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ def serving_site() -> Path:
     """The serving environment's site-packages (where the nvidia-pytriton wheel put tritonserver)."""
     code = "import json, site; print(json.dumps(site.getsitepackages()[0]))"
     python = serving_python(load_settings())
-    return Path(
-        json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
-    )  # noqa: S603
+    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    return Path(json.loads(found.stdout))
 
 
 def server_files(site: Path, python: str) -> list[tuple[Path, str]]:

@@ -2,6 +2,7 @@
 process, on the same device.
 
     python3 bench/triton_gpu.py --bundle .gpu --out DIR [--seconds 8] [--workers 1,2,4,8,12] [--in-flight 2]
+                                [--instances 2,4]
 
 ``bench/gpu_bundle.py`` prepares ``--bundle`` (the server, the client's wheels, the version less its weights, inputs);
 its docstring gives the device tool's command. In one run:
@@ -13,7 +14,8 @@ its docstring gives the device tool's command. In one run:
 3. tritonserver serves the version with the ``config.pbtxt`` the training stage writes (python backend, ``KIND_AUTO``:
    two instances per GPU in fp16; dynamic batching). W client processes, as W inference workers, each keep
    ``--in-flight`` requests of 64 rows in flight over gRPC; for each W: sequences/s, request latency p50/p99, and the
-   GPU's mean utilisation when ``torch.cuda.utilization`` can read it.
+   GPU's mean utilisation when ``torch.cuda.utilization`` can read it. ``--instances 2,4`` measures again with each
+   other count of instances per device (the version reloaded with that count in its config).
 4. ``max_abs_diff``: Triton's probabilities against the process's on the same inputs, and ``max_abs_diff_fp32``
    against float32 in process as training computes them: both within ``--atol``, the smoke tolerance, or the run
    fails. ``probs_std`` shows that the answers vary enough across inputs for that to tell.
@@ -32,6 +34,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -117,7 +120,7 @@ def prepare_repository(bundle: Path, work: Path, texts: list[str], features: np.
 
 
 def rate(step, batches: list, seconds: float) -> float:
-    """Rows per second of ``step(batch)`` cycling over ``batches`` for ``seconds`` (after two warm-up rounds)."""
+    """Rows per second of ``step(batch)`` cycling over ``batches`` for ``seconds`` (after two warm-up batches)."""
     for batch in batches[:2]:
         step(batch)
     done, started = 0, time.perf_counter()
@@ -160,6 +163,16 @@ def measure_raw(runtime, version_dir: Path, device: str, texts: list[str], featu
 # --- the server -------------------------------------------------------------------------------------------------
 
 
+def instance_count(config: Path) -> int:
+    """The instances per device that ``config.pbtxt`` asks for."""
+    return int(re.search(r"\bcount: (\d+)", config.read_text(encoding="utf-8")).group(1))
+
+
+def set_instance_count(config: Path, count: int) -> None:
+    text = config.read_text(encoding="utf-8")
+    config.write_text(re.sub(r"\bcount: \d+", f"count: {count}", text, count=1), encoding="utf-8")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -171,7 +184,8 @@ def python_info(python: Path) -> dict[str, str]:
         "import json, sys, sysconfig; print(json.dumps({'version': '%d.%d' % sys.version_info[:2],"
         " 'libdir': sysconfig.get_config_var('LIBDIR'), 'base': sys.base_prefix}))"
     )
-    return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)  # noqa: S603
+    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    return json.loads(found.stdout)
 
 
 def unpack_server(bundle: Path, work: Path) -> tuple[Path, Path]:
@@ -214,6 +228,7 @@ def start_server(
         f"--grpc-port={grpc}",
         "--allow-metrics=false",
         "--log-verbose=0",
+        "--exit-timeout-secs=5",  # idle gRPC clients would hold a SIGTERM for 30 s
     ]
     if not Path("/dev/nvidia0").exists():
         argv.append("--pinned-memory-pool-byte-size=0")
@@ -235,9 +250,10 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def http_status(url: str, method: str = "GET") -> int:
+def http_status(url: str, method: str = "GET", timeout_s: float = 5.0) -> int:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as response:  # noqa: S310
+        request = urllib.request.Request(url, method=method)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -259,7 +275,8 @@ def load_model(process: subprocess.Popen, http: int, log_path: Path) -> float:
     base = f"http://127.0.0.1:{http}/v2"
     wait_until(lambda: http_status(f"{base}/health/live") == 200, "start", process, log_path)
     started = time.monotonic()
-    status = http_status(f"{base}/repository/models/{MODEL}/load", method="POST")
+    # The answer comes once the instances are up (torch and CUDA in each stub: many seconds on a GPU).
+    status = http_status(f"{base}/repository/models/{MODEL}/load", method="POST", timeout_s=READY_TIMEOUT_S)
     if status != 200:
         raise SystemExit(
             f"tritonserver refused to load {MODEL} ({status}):\n{log_path.read_text(errors='replace')[-4000:]}"
@@ -388,7 +405,7 @@ def triton_probs(grpc: int, texts: list[str], features: np.ndarray, rows: int) -
     return np.concatenate(probs)
 
 
-def instances(log_path: Path) -> list[str]:
+def ready_lines(log_path: Path) -> list[str]:
     """What each instance said when it was ready (``model.py``: "ready on cuda:0 (torch fp16)")."""
     return [
         line.split("ready on ", 1)[1].split(";")[0]
@@ -407,7 +424,10 @@ def plot(result: dict, path: Path) -> None:
         return
     points = result["triton"]
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot([p["workers"] for p in points], [p["seq_per_s"] for p in points], marker="o", label="through Triton")
+    for count in sorted({p["instances"] for p in points}):
+        line = [p for p in points if p["instances"] == count]
+        label = f"through Triton, {count} instance{'s' if count > 1 else ''}"
+        axis.plot([p["workers"] for p in line], [p["seq_per_s"] for p in line], marker="o", label=label)
     axis.axhline(result["raw"]["seq_per_s"], color="grey", linestyle="--", label="in process (tokenization included)")
     axis.axhline(result["raw"]["model_only_seq_per_s"], color="grey", linestyle=":", label="in process, network only")
     axis.set_xlabel(f"client processes ({points[0]['in_flight']} requests of {ROWS} rows in flight each)")
@@ -431,6 +451,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured point")
     parser.add_argument("--workers", default="1,2,4,8,12", help="client processes at each point")
     parser.add_argument("--in-flight", type=int, default=2, help="requests in flight per client (max_in_flight)")
+    parser.add_argument(
+        "--instances",
+        default="",
+        help="instance counts per device to measure in turn, e.g. 2,4 (default: the config's)",
+    )
     parser.add_argument("--atol", type=float, default=0.02, help="the smoke tolerance (training.smoke_atol)")
     args = parser.parse_args()
 
@@ -451,18 +476,26 @@ def main() -> None:
 
     server, libs = (args.server, args.server_libs) if args.server else unpack_server(args.bundle, work)
     log_path = out / "tritonserver.log"
+    config = work / "repo" / MODEL / "config.pbtxt"
+    counts = [int(c) for c in args.instances.split(",")] if args.instances else [instance_count(config)]
+    points: list[dict] = []
+    load_s: dict[int, float] = {}
     with log_path.open("wb") as log:
         process, http, grpc = start_server(server, libs, args.serving_python, work / "repo", work, log)
         try:
-            load_s = load_model(process, http, log_path)
-            served = triton_probs(grpc, texts, features, len(reference))
-            points = [
-                load_point(grpc, int(w), args.in_flight, args.bundle / "inputs.json", args.seconds, device)
-                for w in args.workers.split(",")
-            ]
+            for count in counts:
+                set_instance_count(config, count)
+                load_s[count] = round(load_model(process, http, log_path), 1)  # a reload when the count changes
+                if not points:
+                    served = triton_probs(grpc, texts, features, len(reference))
+                points += [
+                    {"instances": count}
+                    | load_point(grpc, int(w), args.in_flight, args.bundle / "inputs.json", args.seconds, device)
+                    for w in args.workers.split(",")
+                ]
         except BaseException:
             # One run must still tell what it measured, and why the rest failed.
-            print(json.dumps({"benchmark": "triton_gpu", "device": device, "raw": raw}))
+            print(json.dumps({"benchmark": "triton_gpu", "device": device, "raw": raw, "triton": points}))
             raise
         finally:
             stop(process)
@@ -477,8 +510,8 @@ def main() -> None:
         "encoder": metadata.get("encoder", {}).get("kind", "?"),
         "max_seq_len": metadata["max_seq_len"],
         "torch": torch.__version__,
-        "instances": instances(log_path),
-        "load_s": round(load_s, 1),
+        "ready": ready_lines(log_path),
+        "load_s": load_s,
         "raw": raw,
         "triton": points,
         "best": best,

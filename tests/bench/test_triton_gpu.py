@@ -88,6 +88,8 @@ def test_one_run_on_the_cpu_serves_the_versions_answers(site: Path, tmp_path: Pa
             "1",
             "--workers",
             "1,2",
+            "--instances",
+            "2,1",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -98,8 +100,10 @@ def test_one_run_on_the_cpu_serves_the_versions_answers(site: Path, tmp_path: Pa
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result == json.loads((out / "triton_gpu.json").read_text())
     assert result["device"] == "cpu" and result["encoder"] == "tiny"
-    assert result["instances"] == ["cpu (torch)", "cpu (torch)"]  # the published config: two instances
-    assert [p["workers"] for p in result["triton"]] == [1, 2]
+    # The published config's two instances, then the version reloaded with one.
+    assert result["ready"] == ["cpu (torch)"] * 3
+    assert set(result["load_s"]) == {"2", "1"}
+    assert [(p["instances"], p["workers"]) for p in result["triton"]] == [(2, 1), (2, 2), (1, 1), (1, 2)]
     assert all(p["seq_per_s"] > 0 and p["p99_ms"] >= p["p50_ms"] > 0 for p in result["triton"])
     assert set(result["raw"]) == {"seq_per_s", "model_only_seq_per_s", "model_only_256_seq_per_s"}
     assert all(value > 0 for value in result["raw"].values())
