@@ -11,9 +11,10 @@ writes that carry into ``--out`` (git-ignored ``.gpu/``, about 35 MB):
   links the machine's);
 - ``wheels/``: tritonclient and what its gRPC client needs beyond that machine's packages, as installed here, built
   for ``--python``;
-- ``version/``: a served version as the training stage exports it (the servable code, ``encoder_config.json``,
-  ``tokenizer/``, ``metadata.json``) without its weights, and ``config.pbtxt`` as the training stage writes it. MiniLM's
-  weights take 91 MB: ``triton_gpu.py`` draws random ones of the same shape there, which costs what trained ones do;
+- ``repo/``: a model repository as the training stage writes it, ``classifier/config.pbtxt`` and the version ``1/``
+  (the servable code, ``encoder_config.json``, ``tokenizer/``, ``metadata.json``) without its weights and graph.
+  MiniLM's weights take 91 MB: ``triton_gpu.py`` draws random ones of the same shape there, which costs what trained
+  ones do;
 - ``inputs.json``: texts from the event generator with a feature row each.
 
 Then, with the device tool (``carry: [".gpu"]``)::
@@ -36,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from driftloop.stack.triton import serving_python
+from driftloop.stack.triton import python_info, serving_python
 from foundation.settings import load_settings
 from streams.generator import synthetic_records
-from training.encoders import TOKENIZER_FILES, initial_model
-from training.export import VersionMetadata, write_metadata
-from training.repository import render_config
-from training.servable import SERVABLE_DIR, SERVABLE_FILES, runtime
+from training.encoders import initial_model
+from training.export import VersionMetadata, write_version_files
+from training.repository import ModelRepository
+from training.servable import runtime
 
 MODEL_NAME = "classifier"
 # Beyond the GPU machine's own packages, tritonclient's gRPC client needs these (its generated code asks for a
@@ -61,10 +62,7 @@ INPUTS = 4096
 
 def serving_site() -> Path:
     """The serving environment's site-packages (where the nvidia-pytriton wheel put tritonserver)."""
-    code = "import json, site; print(json.dumps(site.getsitepackages()[0]))"
-    python = serving_python(load_settings())
-    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
-    return Path(json.loads(found.stdout))
+    return Path(python_info(serving_python(load_settings()))["site"])
 
 
 def server_files(site: Path, python: str) -> list[tuple[Path, str]]:
@@ -113,34 +111,24 @@ def download_wheels(python: str, dest: Path) -> None:
     )
 
 
-def write_version(encoder: str, dest: Path) -> None:
-    """The served version's folder less its weights, and the model's ``config.pbtxt`` beside it."""
-    settings = load_settings()
+def write_repository(encoder: str, root: Path) -> None:
+    """A Triton model repository at ``root`` as the training stage writes one: ``classifier/config.pbtxt`` and the
+    version ``1/``, less its weights and graph."""
+    settings = load_settings(triton={"model_repository": root, "model_name": MODEL_NAME})
     labels = settings.training.labels
     init = initial_model(encoder, len(labels), seed=0)
-    dest.mkdir(parents=True)
-    for name in SERVABLE_FILES:
-        shutil.copy2(SERVABLE_DIR / name, dest / name)
-    (dest / runtime.ENCODER_CONFIG_FILE).write_text(json.dumps(init.encoder_config, indent=2) + "\n", encoding="utf-8")
-    (dest / runtime.TOKENIZER_DIR).mkdir()
-    for name in TOKENIZER_FILES:
-        if (init.tokenizer_dir / name).is_file():
-            shutil.copy2(init.tokenizer_dir / name, dest / runtime.TOKENIZER_DIR / name)
     max_len = min(settings.training.max_seq_len, int(init.encoder_config["max_position_embeddings"]))
     metadata = VersionMetadata(
         model=MODEL_NAME, version=1, labels=list(labels), max_seq_len=max_len, encoder={"kind": encoder}
     )
-    write_metadata(dest, metadata)
-    config = render_config(
-        MODEL_NAME,
-        len(labels),
-        [1],
-        instance_count=settings.training.instance_count,
-        max_queue_delay_us=settings.training.max_queue_delay_us,
-        cpu_threads=settings.training.cpu_threads,
-        cpu_engine=settings.training.cpu_engine,
+    repository = ModelRepository(settings)
+    write_version_files(
+        repository.version_dir(1),
+        encoder_config=init.encoder_config,
+        tokenizer_dir=init.tokenizer_dir,
+        metadata=metadata,
     )
-    (dest.parent / "config.pbtxt").write_text(config, encoding="utf-8")
+    repository.write_config([1], len(labels))
 
 
 def write_inputs(dest: Path, count: int = INPUTS) -> None:
@@ -180,7 +168,7 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    write_version(args.encoder, args.out / "version" / "1")
+    write_repository(args.encoder, args.out / "repo")
     write_inputs(args.out / "inputs.json")
     if not args.no_server:
         write_server(serving_site(), args.python, args.out / "server.tar.xz")

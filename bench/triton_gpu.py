@@ -4,8 +4,8 @@ process, on the same device.
     python3 bench/triton_gpu.py --bundle .gpu --out DIR [--seconds 8] [--workers 1,2,4,8,12] [--in-flight 2]
                                 [--instances 2,4]
 
-``bench/gpu_bundle.py`` prepares ``--bundle`` (the server, the client's wheels, the version less its weights, inputs);
-its docstring gives the device tool's command. In one run:
+``bench/gpu_bundle.py`` prepares ``--bundle`` (the server, the client's wheels, the model repository less the
+version's weights, inputs); its docstring gives the device tool's command. In one run:
 
 1. The version gets random weights of its shape (MiniLM: 91 MB that need not travel; the cost is the same).
 2. ``raw``: the version in this process (its own ``runtime.Predictor``, torch, fp16 on a GPU) on requests of 64 rows
@@ -108,10 +108,8 @@ def write_random_weights(runtime, version_dir: Path, texts: list[str], features:
 
 def prepare_repository(bundle: Path, work: Path, texts: list[str], features: np.ndarray) -> Path:
     """``work/repo/classifier/{config.pbtxt, 1/}`` from the bundle, with weights; returns the version folder."""
-    model_dir = work / "repo" / MODEL
-    version_dir = model_dir / VERSION
-    shutil.copytree(bundle / "version" / VERSION, version_dir)
-    shutil.copy2(bundle / "version" / "config.pbtxt", model_dir / "config.pbtxt")
+    shutil.copytree(bundle / "repo", work / "repo")
+    version_dir = work / "repo" / MODEL / VERSION
     write_random_weights(load_runtime(version_dir), version_dir, texts, features)
     return version_dir
 
@@ -268,6 +266,14 @@ def wait_until(check, what: str, process: subprocess.Popen, log_path: Path) -> N
             tail = log_path.read_text(errors="replace")[-4000:]
             raise SystemExit(f"tritonserver: {what} did not happen (exit {process.poll()}); its log ends:\n{tail}")
         time.sleep(0.5)
+
+
+def served_instances(http: int) -> list[dict]:
+    """The instance groups Triton serves the model with (kind, count, GPUs), from its configuration API."""
+    url = f"http://127.0.0.1:{http}/v2/models/{MODEL}/config"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        groups = json.load(response).get("instance_group", [])
+    return [{key: group[key] for key in ("kind", "count", "gpus") if key in group} for group in groups]
 
 
 def load_model(process: subprocess.Popen, http: int, log_path: Path) -> float:
@@ -480,12 +486,17 @@ def main() -> None:
     counts = [int(c) for c in args.instances.split(",")] if args.instances else [instance_count(config)]
     points: list[dict] = []
     load_s: dict[int, float] = {}
+    groups: dict[int, list[dict]] = {}
     with log_path.open("wb") as log:
         process, http, grpc = start_server(server, libs, args.serving_python, work / "repo", work, log)
         try:
             for count in counts:
                 set_instance_count(config, count)
-                load_s[count] = round(load_model(process, http, log_path), 1)  # a reload when the count changes
+                # A new count: Triton reloads the version, or adds and removes instances in place.
+                load_s[count] = round(load_model(process, http, log_path), 1)
+                groups[count] = served_instances(http)
+                if any(group["count"] != count for group in groups[count]):
+                    raise SystemExit(f"asked for {count} instances per device, Triton serves {groups[count]}")
                 if not points:
                     served = triton_probs(grpc, texts, features, len(reference))
                 points += [
@@ -512,6 +523,7 @@ def main() -> None:
         "torch": torch.__version__,
         "ready": ready_lines(log_path),
         "load_s": load_s,
+        "instance_groups": groups,
         "raw": raw,
         "triton": points,
         "best": best,

@@ -91,6 +91,39 @@ def read_metadata(version_dir: Path) -> VersionMetadata:
         raise ExportError(f"cannot read {path}: {exc}") from exc
 
 
+def write_version_files(
+    dest: Path, *, encoder_config: dict[str, Any], tokenizer_dir: Path, metadata: VersionMetadata
+) -> Path:
+    """A new version folder at ``dest`` (which must not exist) with all but the weights and the graph: the servable
+    code with its bytecode, ``encoder_config.json``, ``tokenizer/`` and ``metadata.json``.
+
+    Raises:
+        ExportError: ``dest`` exists, or a file cannot be written or copied.
+    """
+    if dest.exists():
+        raise ExportError(f"export target {dest} already exists")
+    try:
+        dest.mkdir(parents=True)
+        for name in SERVABLE_FILES:
+            shutil.copy2(SERVABLE_DIR / name, dest / name)
+            # Bytecode now, not when Triton imports the file: a file appearing in a loaded version's folder makes
+            # Triton reload that version at its next load request. (A serving Python of another version still
+            # writes its own once.)
+            py_compile.compile(str(dest / name), doraise=True)
+        (dest / runtime.ENCODER_CONFIG_FILE).write_text(json.dumps(encoder_config, indent=2) + "\n", encoding="utf-8")
+        tokenizer = dest / runtime.TOKENIZER_DIR
+        tokenizer.mkdir()
+        if not (tokenizer_dir / runtime.TOKENIZER_FILE).is_file():
+            raise ExportError(f"{tokenizer_dir} has no {runtime.TOKENIZER_FILE}")
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).is_file():
+                shutil.copy2(tokenizer_dir / name, tokenizer / name)
+        write_metadata(dest, metadata)
+    except OSError as exc:
+        raise ExportError(f"cannot write version folder {dest}: {exc}") from exc
+    return dest
+
+
 def export_version(
     model: network.Classifier,
     *,
@@ -111,28 +144,11 @@ def export_version(
     Raises:
         ExportError: ``dest`` exists, or a file cannot be written or copied.
     """
-    if dest.exists():
-        raise ExportError(f"export target {dest} already exists")
+    write_version_files(dest, encoder_config=encoder_config, tokenizer_dir=tokenizer_dir, metadata=metadata)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     try:
-        dest.mkdir(parents=True)
-        for name in SERVABLE_FILES:
-            shutil.copy2(SERVABLE_DIR / name, dest / name)
-            # Bytecode now, not when Triton imports the file: a file appearing in a loaded version's folder makes
-            # Triton reload that version at its next load request. (A serving Python of another version still
-            # writes its own once.)
-            py_compile.compile(str(dest / name), doraise=True)
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(dest / runtime.WEIGHTS_FILE), metadata={"format": "pt"})
         (dest / runtime.WEIGHTS_FILE).chmod(0o644)  # readable by a Triton running as another user
-        (dest / runtime.ENCODER_CONFIG_FILE).write_text(json.dumps(encoder_config, indent=2) + "\n", encoding="utf-8")
-        tokenizer = dest / runtime.TOKENIZER_DIR
-        tokenizer.mkdir()
-        if not (tokenizer_dir / runtime.TOKENIZER_FILE).is_file():
-            raise ExportError(f"{tokenizer_dir} has no {runtime.TOKENIZER_FILE}")
-        for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).is_file():
-                shutil.copy2(tokenizer_dir / name, tokenizer / name)
-        write_metadata(dest, metadata)
     except OSError as exc:
         raise ExportError(f"cannot write version folder {dest}: {exc}") from exc
     export_graph(dest)

@@ -76,7 +76,8 @@ def serving_python(settings: Settings) -> Path:
     return python
 
 
-def _python_info(python: Path) -> dict[str, str]:
+def python_info(python: Path) -> dict[str, str]:
+    """``version`` (``"3.11"``), ``libdir`` (where its libpython is) and ``site`` (its site-packages) of ``python``."""
     code = (
         "import json, sys, sysconfig, site;"
         "print(json.dumps({'version': '%d.%d' % sys.version_info[:2], 'libdir': sysconfig.get_config_var('LIBDIR'),"
@@ -97,7 +98,7 @@ def locate(settings: Settings) -> TritonInstall:
     if found := shutil.which("tritonserver"):
         return TritonInstall(Path(found), None, ())
 
-    info = _python_info(serving_python(settings))
+    info = python_info(serving_python(settings))
     wheel = Path(info["site"]) / "pytriton" / "tritonserver"
     if not (wheel / "bin" / "tritonserver").exists():
         raise ComponentNotFound(

@@ -66,8 +66,8 @@ def test_one_run_on_the_cpu_serves_the_versions_answers(site: Path, tmp_path: Pa
         cwd=REPO_ROOT,
         capture_output=True,
     )
-    assert (bundle / "version" / "config.pbtxt").read_text().count("KIND_AUTO") == 1
-    assert not (bundle / "version" / "1" / "model.safetensors").exists()  # drawn there, not carried
+    assert (bundle / "repo" / "classifier" / "config.pbtxt").read_text().count("KIND_AUTO") == 1
+    assert not (bundle / "repo" / "classifier" / "1" / "model.safetensors").exists()  # drawn there, not carried
 
     serving = serving_python(load_settings())
     run = subprocess.run(  # noqa: S603
@@ -100,8 +100,12 @@ def test_one_run_on_the_cpu_serves_the_versions_answers(site: Path, tmp_path: Pa
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result == json.loads((out / "triton_gpu.json").read_text())
     assert result["device"] == "cpu" and result["encoder"] == "tiny"
-    # The published config's two instances, then the version reloaded with one.
-    assert result["ready"] == ["cpu (torch)"] * 3
+    # The published config's two instances, then one (Triton reloads the version or removes an instance in place).
+    assert result["ready"][:2] == ["cpu (torch)"] * 2 and set(result["ready"]) == {"cpu (torch)"}
+    assert result["instance_groups"] == {
+        "2": [{"kind": "KIND_CPU", "count": 2, "gpus": []}],
+        "1": [{"kind": "KIND_CPU", "count": 1, "gpus": []}],
+    }
     assert set(result["load_s"]) == {"2", "1"}
     assert [(p["instances"], p["workers"]) for p in result["triton"]] == [(2, 1), (2, 2), (1, 1), (1, 2)]
     assert all(p["seq_per_s"] > 0 and p["p99_ms"] >= p["p50_ms"] > 0 for p in result["triton"])
