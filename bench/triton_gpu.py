@@ -152,9 +152,9 @@ def measure_raw(runtime, version_dir: Path, device: str, texts: list[str], featu
             figures[name] = rate(lambda b: predictor.model(*b).float().softmax(dim=-1).cpu(), tokenized, seconds)
     first = slice(0, 4 * ROWS)
     reference = predictor.predict_proba(texts[first], features[first])
-    full = runtime.Predictor.load(version_dir, device=device, engine="torch").predict_proba(
-        texts[first], features[first]
-    )
+    # On a CPU the measured model already runs in float32.
+    fp32 = runtime.Predictor.load(version_dir, device=device, engine="torch") if on_gpu else predictor
+    full = fp32.predict_proba(texts[first], features[first])
     return {name: round(value, 1) for name, value in figures.items()}, (reference, full)
 
 
